@@ -1,0 +1,126 @@
+"""`reinforce-jax`: train a preset from the command line.
+
+    reinforce-jax train bandit
+    reinforce-jax train cartpole --num-seeds 5 --out runs/cartpole
+
+Bad arguments exit with status 2 and one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from reinforce_jax.presets import PRESETS
+
+
+class _Parser(argparse.ArgumentParser):
+  """Reports a usage error as one line and exits with status 2."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(minimum: int):
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+  return parse
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not math.isfinite(value) or value <= 0:
+    raise argparse.ArgumentTypeError(f"must be finite and positive, got {text}")
+  return value
+
+
+def _unit_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not 0.0 <= value <= 1.0:
+    raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+  return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="reinforce-jax", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  train = commands.add_parser(
+      "train", help="train a policy with REINFORCE",
+      description="Train a policy with REINFORCE. Defaults come from the preset.")
+  train.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
+                     help="one of: " + ", ".join(f"{k} ({v.description})"
+                                                 for k, v in sorted(PRESETS.items())))
+  train.add_argument("--steps", type=_int_at_least(0), help="train steps")
+  train.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
+  train.add_argument("--rollout-length", type=_int_at_least(1),
+                     help="environment steps per environment per train step")
+  train.add_argument("--gamma", type=_unit_float, help="discount in [0, 1]")
+  train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
+  train.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
+  train.add_argument("--baseline", choices=["none", "leave_one_out"], help="baseline")
+  train.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+  train.add_argument("--num-seeds", type=_int_at_least(1), default=1,
+                     help="independent runs trained together in one program (default 1)")
+  train.add_argument("--out", help="output folder (default runs/ENV)")
+  train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  return parser
+
+
+def _config(args, preset):
+  overrides = {
+      "num_steps": args.steps, "num_envs": args.num_envs,
+      "rollout_length": args.rollout_length, "gamma": args.gamma,
+      "learning_rate": args.lr, "max_grad_norm": args.max_grad_norm,
+      "baseline": args.baseline,
+  }
+  return preset.config.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  preset = PRESETS[args.env]
+  try:
+    config = _config(args, preset)
+  except ValueError as e:
+    parser.error(str(e))
+  out = args.out or f"runs/{args.env}"
+  try:
+    import pathlib
+    pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    parser.error(f"cannot create output folder {out!r}: {e.strerror}")
+
+  from reinforce_jax.experiment import run_experiment  # imports JAX: after the checks
+
+  result = run_experiment(args.env, config, seed=args.seed, num_seeds=args.num_seeds,
+                          out_dir=out, progress=not args.no_progress)
+  returns = [r for r in result.final_mean_return if r is not None]
+  print(f"{result.env}: {result.status} {result.steps_done} steps x {config.num_envs} envs x "
+        f"{config.rollout_length} env steps, {result.num_seeds} seed(s), "
+        f"{result.wall_time_s:.1f} s (compile {result.compile_time_s:.1f} s)")
+  if returns:
+    print(f"  final mean return: {sum(returns) / len(returns):.4g} "
+          f"(per seed: {', '.join(f'{r:.4g}' for r in returns)})")
+  if result.expected_reward is not None:
+    print("  exact expected reward of the learned policy: "
+          + ", ".join(f"{r:.4f}" for r in result.expected_reward))
+  print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")
+  return {"completed": 0, "non-finite": 1, "interrupted": 130}[result.status]
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,183 @@
+"""Runs a preset from the command line: several seeds in one program, trained in
+jitted chunks between progress-bar updates, with outputs written to a folder.
+
+The chunked run is the same computation as `jax.vmap(make_train(...))` over the
+seed keys (bit for bit): keys depend only on the seed and the step count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tqdm.auto import tqdm
+
+from reinforce_jax import plotting
+from reinforce_jax.config import TrainConfig
+from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.presets import PRESETS
+from reinforce_jax.train import make_optimizer, make_run, make_train_step
+
+METRICS_FILE = "metrics.jsonl"
+PARAMS_FILE = "params.msgpack"
+
+
+@dataclasses.dataclass
+class Result:
+  """What a run leaves behind (also written to `summary.json`)."""
+
+  env: str
+  steps_done: int            # train steps completed by every seed (a seed that went
+                             # non-finite keeps its own last finite step's parameters)
+  num_seeds: int
+  status: str                # "completed", "non-finite" or "interrupted"
+  final_mean_return: list[float | None]  # per seed, last step with finished episodes
+  wall_time_s: float
+  compile_time_s: float
+  out_dir: str
+  expected_reward: list[float] | None = None  # bandit only: exact, from the final policy
+  files: list[str] = dataclasses.field(default_factory=list)
+
+
+def _seed_keys(seed: int, num_seeds: int):
+  """Per-seed `(init, run)` keys, derived as `make_train(...)(key)` derives them."""
+  keys = jax.random.split(jax.random.key(seed), num_seeds)
+  split = jax.vmap(jax.random.split)(keys)
+  return split[:, 0], split[:, 1]
+
+
+def _last_finite(values: np.ndarray) -> float | None:
+  finite = values[np.isfinite(values)]
+  return float(finite[-1]) if finite.size else None
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+  """Mean over seeds, NaN (without a warning) where no seed finished an episode."""
+  finite = np.isfinite(values)
+  total = np.where(finite, values, 0.0).sum(axis=0)
+  count = finite.sum(axis=0)
+  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _jsonable(x: Any):
+  x = x.item() if hasattr(x, "item") else x
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def run_experiment(
+    env_name: str,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    num_seeds: int = 1,
+    out_dir: str | pathlib.Path,
+    progress: bool = True,
+    num_chunks: int = 50,
+) -> Result:
+  """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
+
+  Outputs in `out_dir`: `metrics.jsonl` (one JSON object per train step and seed:
+  `step` (1-based), `seed` (0-based index), `loss`, `mean_return` (null when no
+  episode finished), `num_episodes`, `mean_length`, `entropy`, `grad_norm`),
+  `learning_curve.png`, `policy.png` (bandit), `params.msgpack` (flax msgpack of
+  the final parameters, every leaf with a leading `[num_seeds]` axis),
+  `config.json` and `summary.json`.
+  """
+  preset = PRESETS[env_name]
+  env = preset.make_env()
+  policy = CategoricalPolicy(env.num_actions, hidden=preset.hidden)
+  init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
+  chunk = max(1, math.ceil(config.num_steps / num_chunks))
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "config.json").write_text(json.dumps(
+      {"env": env_name, "seed": seed, "num_seeds": num_seeds,
+       "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
+
+  start = time.perf_counter()
+  init_keys, run_keys = _seed_keys(seed, num_seeds)
+  state = jax.jit(jax.vmap(init_fn))(init_keys)
+  runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
+                   donate_argnums=0)
+  runner = runner.lower(state, run_keys, 0).compile()
+  compile_time = time.perf_counter() - start
+
+  history: dict[str, list[np.ndarray]] = {}
+  status, done = "completed", 0
+  bar = tqdm(total=config.num_steps, desc=f"{env_name}", unit="step",
+             disable=not progress, file=sys.stderr, dynamic_ncols=True)
+  try:
+    with (out / METRICS_FILE).open("w") as log:
+      while done < config.num_steps:
+        n = min(chunk, config.num_steps - done)
+        result = runner(state, run_keys, jnp.int32(n))
+        state = result.state
+        steps_done = np.asarray(result.steps_done)
+        metrics = jax.tree.map(np.asarray, result.metrics)
+        for i in range(int(steps_done.max())):
+          for s in range(num_seeds):
+            if i < steps_done[s]:
+              row = {"step": done + i + 1, "seed": s}
+              row.update({k: _jsonable(v[s, i]) for k, v in metrics.items()})
+              log.write(json.dumps(row) + "\n")
+        good = int(steps_done.min())
+        for k, v in metrics.items():
+          history.setdefault(k, []).append(v[:, :good])
+        done += good
+        bar.update(good)
+        if good:
+          recent = _last_finite(_nanmean(metrics["mean_return"][:, :good]))
+          if recent is not None:
+            bar.set_postfix(mean_return=f"{recent:.3g}")
+        if not np.asarray(result.finite).all():
+          status = "non-finite"
+          bad = np.flatnonzero(~np.asarray(result.finite)).tolist()
+          tqdm.write(
+              f"reinforce-jax: loss or parameters became non-finite at step {good + 1} "
+              f"(seeds {bad}); stopped and kept each seed's last finite parameters",
+              file=sys.stderr)
+          break
+  except KeyboardInterrupt:
+    status = "interrupted"
+    tqdm.write(f"reinforce-jax: interrupted; keeping the parameters of step {done}",
+               file=sys.stderr)
+  finally:
+    bar.close()
+
+  wall = time.perf_counter() - start
+  stacked = {k: np.concatenate(v, axis=1) if v else np.zeros((num_seeds, 0))
+             for k, v in history.items()}
+  mean_return = stacked.get("mean_return", np.zeros((num_seeds, 0)))
+  files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
+  (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
+  plotting.plot_learning_curve(
+      mean_return, out / "learning_curve.png",
+      title=f"REINFORCE on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
+  expected = None
+  if isinstance(env, ContextualBandit):
+    contexts = env.default_params.contexts
+    probs = jax.vmap(lambda p: policy.apply(p, contexts).probs)(state.params)
+    expected = [float(env.expected_reward(p, env.default_params)) for p in probs]
+    plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
+                                title=f"Learned policy after {done} steps")
+    files.append("policy.png")
+  result = Result(
+      env=env_name, steps_done=done, num_seeds=num_seeds, status=status,
+      final_mean_return=[_last_finite(r) for r in mean_return],
+      wall_time_s=round(wall, 3), compile_time_s=round(compile_time, 3),
+      out_dir=str(out), expected_reward=expected, files=sorted(files))
+  (out / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+  return result
+
