@@ -120,7 +120,7 @@ def make_train_step(
         "num_episodes": num_episodes,
         "mean_length": per_episode(jnp.sum(traj.episode_length).astype(jnp.float32)),
         "entropy": jnp.mean(traj.entropy),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
     }
     new_state = TrainState(
         params=params, opt_state=opt_state, env=env_carry, step=state.step + 1)

@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+import reinforce_jax as rj
+from reinforce_jax import cli, experiment
+from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.policies import CategoricalPolicy
+
+
+def _rows(path):
+  return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_bandit_writes_outputs(tmp_path, capsys):
+  out = tmp_path / "run"
+  code = cli.main(["train", "bandit", "--steps", "7", "--num-envs", "16", "--num-seeds", "2",
+                   "--seed", "3", "--out", str(out), "--no-progress"])
+  assert code == 0
+  for name in ("metrics.jsonl", "learning_curve.png", "policy.png", "params.msgpack",
+               "config.json", "summary.json"):
+    assert (out / name).stat().st_size > 0, name
+  rows = _rows(out)
+  assert [(r["step"], r["seed"]) for r in rows] == [(s, i) for s in range(1, 8) for i in (0, 1)]
+  assert {"loss", "mean_return", "num_episodes"} <= set(rows[0])
+  assert all(r["num_episodes"] == 16 for r in rows)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["status"] == "completed" and summary["steps_done"] == 7
+  printed = capsys.readouterr().out
+  assert "expected reward" in printed and str(out) in printed
+
+  # The chunked CLI run is the same computation as one vmapped make_train.
+  config = rj.TrainConfig(num_envs=16, num_steps=7)
+  policy = CategoricalPolicy(2, hidden=())
+  train = rj.make_train(ContextualBandit(), policy, rj.make_optimizer(config), config)
+  want = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(3), 2)).state.params
+  saved = serialization.from_bytes(want, (out / "params.msgpack").read_bytes())
+  for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "bandit", "--num-envs", "0"], "--num-envs"),
+    (["train", "bandit", "--steps", "-1"], "--steps"),
+    (["train", "mountaincar"], "invalid choice"),
+    (["train", "bandit", "--lr", "nan"], "--lr"),
+    (["train", "bandit", "--lr", "inf"], "--lr"),
+    (["train", "bandit", "--lr", "-1"], "--lr"),
+    (["train", "bandit", "--gamma", "1.5"], "--gamma"),
+    (["train", "bandit", "--num-seeds", "0"], "--num-seeds"),
+    (["train", "bandit", "--num-envs", "1", "--baseline", "leave_one_out"], "num_envs >= 2"),
+    (["train"], "required"),
+    ([], "required"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, fragment, capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_bad_arguments_from_the_shell_have_no_traceback(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "reinforce_jax", "train", "bandit", "--num-envs",
+                         "0"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+  assert done.returncode == 2
+  assert "Traceback" not in done.stderr and "--num-envs" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_run_stops_and_keeps_last_finite_params(tmp_path, capsys):
+  out = tmp_path / "nan"
+  # A learning rate this large overflows the logits after the first update.
+  code = cli.main(["train", "bandit", "--steps", "20", "--num-envs", "8", "--lr", "1e38",
+                   "--out", str(out), "--no-progress"])
+  assert code == 1
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["status"] == "non-finite" and summary["steps_done"] < 20
+  assert "non-finite" in capsys.readouterr().err
+  params = serialization.msgpack_restore((out / "params.msgpack").read_bytes())
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  assert len(_rows(out)) == summary["steps_done"]
+
+
+def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
+  class InterruptingBar(experiment.tqdm):
+    """Raises KeyboardInterrupt (as Ctrl-C would) once 4 steps are done."""
+    steps = 0
+
+    def update(self, n=1):
+      super().update(n)
+      InterruptingBar.steps += n
+      if InterruptingBar.steps >= 4:
+        raise KeyboardInterrupt
+
+  monkeypatch.setattr(experiment, "tqdm", InterruptingBar)
+  out = tmp_path / "stop"
+  code = cli.main(["train", "bandit", "--steps", "100", "--num-envs", "8", "--out", str(out),
+                   "--no-progress"])
+  assert code == 130
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["status"] == "interrupted" and 4 <= summary["steps_done"] < 100
+  assert len(_rows(out)) == summary["steps_done"]
+  assert (out / "params.msgpack").stat().st_size > 0

@@ -1,0 +1,209 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import random_linear_params
+
+import reinforce_jax as rj
+from reinforce_jax.envs import CartPole, ContextualBandit
+from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.presets import PRESETS
+
+SMALL = rj.TrainConfig(num_envs=32, num_steps=6)
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_state_is_small_and_metrics_are_scalars(bandit, linear_policy):
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+  state = init_fn(jax.random.key(0))
+  assert isinstance(state, rj.TrainState) and state.env.obs.shape == (32, 1)
+  state, metrics = jax.jit(train_step)(state, jax.random.key(1))
+  assert int(state.step) == 1
+  assert {"loss", "mean_return", "num_episodes"} <= set(metrics)
+  assert all(np.shape(v) == () for v in metrics.values())
+  assert int(metrics["num_episodes"]) == 32  # one-step episodes
+
+
+def test_jit_and_eager_agree_and_same_key_is_bit_identical(bandit, linear_policy):
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+  state = init_fn(jax.random.key(0))
+  eager = train_step(state, jax.random.key(1))
+  jitted = jax.jit(train_step)
+  compiled = jitted(state, jax.random.key(1))
+  for x, y in zip(jax.tree.leaves(eager), jax.tree.leaves(compiled), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  _assert_trees_equal(compiled, jitted(state, jax.random.key(1)))
+  other = jitted(state, jax.random.key(2))
+  assert not np.array_equal(other[0].env.obs, compiled[0].env.obs)
+
+
+def test_second_call_with_same_shapes_does_not_retrace(bandit, linear_policy):
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+  traces = []
+
+  def counted(state, key):
+    traces.append(1)
+    return train_step(state, key)
+
+  step = jax.jit(counted, donate_argnums=0)
+  state = init_fn(jax.random.key(0))
+  key = jax.random.key(1)
+  for _ in range(4):
+    state, _ = step(state, key)  # the state coming out must look exactly like the one in
+  assert len(traces) == 1 and int(state.step) == 4
+
+
+def test_vmap_over_seeds_equals_separate_runs(bandit, linear_policy):
+  train = rj.make_train(bandit, linear_policy, optax.adam(0.05), SMALL)
+  keys = jax.random.split(jax.random.key(0), 3)
+  together = jax.jit(jax.vmap(train))(keys)
+  single = jax.jit(train)
+  for i in range(3):
+    alone = single(keys[i])
+    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda v, i=i: v[i], together)),
+                    jax.tree.leaves(alone), strict=True):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_run_is_bit_identical_to_one_program(bandit, linear_policy):
+  config = SMALL.replace(num_steps=7)
+  optimizer = optax.adam(0.05)
+  whole = jax.jit(rj.make_train(bandit, linear_policy, optimizer, config))(jax.random.key(4))
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optimizer, config)
+  key_init, key_run = jax.random.split(jax.random.key(4))
+  run = jax.jit(rj.make_run(train_step, 3))
+  state, losses = init_fn(key_init), []
+  for n in (3, 3, 1):
+    out = run(state, key_run, n)
+    assert int(out.steps_done) == n and bool(out.finite)
+    state = out.state
+    losses.append(np.asarray(out.metrics["loss"][:n]))
+  _assert_trees_equal(state, whole.state)
+  np.testing.assert_array_equal(np.concatenate(losses), whole.metrics["loss"])
+
+
+def test_train_step_gradient_is_unbiased(bandit, linear_policy):
+  """SGD with step 1 exposes the gradient: params_new - params estimates grad E[r]."""
+  n = 2**15
+  config = rj.TrainConfig(num_envs=n)
+  params = random_linear_params(jax.random.key(21))
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.sgd(1.0), config)
+  state = init_fn(jax.random.key(0))._replace(params=params)
+  new_state, _ = jax.jit(train_step)(state, jax.random.key(1))
+  flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])  # noqa: E731
+  estimate = flat(new_state.params) - flat(params)
+  env_params = bandit.default_params
+
+  def expected(p):
+    return ContextualBandit.expected_reward(
+        linear_policy.apply(p, env_params.contexts).probs, env_params)
+
+  exact = flat(jax.grad(expected)(params))
+  # Closed-form per-episode variance by enumerating the four (context, action) pairs.
+  second_moment = 0.0
+  for c in range(2):
+    for a in range(2):
+      def log_pi(p, c=c, a=a):
+        return linear_policy.apply(p, env_params.contexts[c]).log_prob(a)
+      prob = 0.5 * jnp.exp(log_pi(params))
+      second_moment += prob * (flat(jax.grad(log_pi)(params)) * env_params.rewards[c, a])**2
+  stderr = jnp.sqrt((second_moment - exact**2) / n)
+  assert np.all(np.abs(estimate - exact) < 4 * stderr), (estimate, exact, stderr)
+
+
+def test_bandit_default_config_reaches_expected_reward_099(bandit):
+  preset = PRESETS["bandit"]
+  config = preset.config
+  policy = CategoricalPolicy(2, hidden=preset.hidden)
+  out = jax.jit(rj.make_train(bandit, policy, rj.make_optimizer(config), config))(
+      jax.random.key(0))
+  assert bool(out.finite) and int(out.steps_done) == config.num_steps
+  probs = policy.apply(out.state.params, bandit.default_params.contexts).probs
+  assert float(ContextualBandit.expected_reward(probs, bandit.default_params)) >= 0.99
+
+
+def test_cartpole_return_rises_well_above_random():
+  preset = PRESETS["cartpole"]
+  config = preset.config.replace(num_steps=40)
+  env = CartPole()
+  policy = CategoricalPolicy(2, hidden=preset.hidden)
+  out = jax.jit(rj.make_train(env, policy, rj.make_optimizer(config), config))(
+      jax.random.key(0))
+  returns = np.asarray(out.metrics["mean_return"])
+  assert returns[:3].mean() < 30  # a near-uniform policy: about 22
+  assert np.nanmean(returns[-5:]) > 150
+
+
+@pytest.mark.parametrize("name, optimizer", [
+    ("chain+clip", optax.chain(optax.clip_by_global_norm(0.1), optax.adam(0.05))),
+    ("schedule", optax.adam(optax.linear_schedule(0.05, 0.0, 5))),
+    ("inject_hyperparams", optax.inject_hyperparams(optax.adam)(learning_rate=0.05)),
+    ("MultiSteps", optax.MultiSteps(optax.adam(0.05), every_k_schedule=3)),
+])
+def test_optax_compositions(bandit, linear_policy, name, optimizer):
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optimizer, SMALL)
+  step = jax.jit(train_step)
+  state = init_fn(jax.random.key(0))
+  params = [state.params]
+  for _ in range(6):
+    state, metrics = step(state, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    params.append(state.params)
+  changed = [not np.array_equal(params[i + 1]["params"]["logits"]["kernel"],
+                                params[i]["params"]["logits"]["kernel"]) for i in range(6)]
+  if name == "MultiSteps":
+    assert changed == [False, False, True, False, False, True]
+  elif name == "schedule":
+    assert changed == [True] * 5 + [False]  # the rate reaches 0 at the last step
+  else:
+    assert all(changed)
+  if name == "inject_hyperparams":  # a hyperparameter is state: set it to 0 and nothing moves
+    state.opt_state.hyperparams["learning_rate"] = jnp.zeros_like(
+        state.opt_state.hyperparams["learning_rate"])
+    frozen, _ = step(state, jax.random.key(2))
+    _assert_trees_equal(frozen.params, state.params)
+
+
+def _nan_after(k):
+  """An optimizer that works as SGD until its k-th update, which is NaN."""
+  def init(params):
+    return jnp.zeros((), jnp.int32)
+
+  def update(grads, count, params=None):
+    del params
+    bad = count >= k
+    updates = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, -0.1 * g), grads)
+    return updates, count + 1
+
+  return optax.GradientTransformation(init, update)
+
+
+def test_run_stops_on_non_finite_and_keeps_last_good_params(bandit, linear_policy):
+  config = SMALL.replace(num_steps=5)
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, _nan_after(2), config)
+  key_init, key_run = jax.random.split(jax.random.key(0))
+  state = init_fn(key_init)
+  out = jax.jit(rj.make_run(train_step, 5))(state, key_run, 5)
+  assert int(out.steps_done) == 2 and not bool(out.finite)
+  good = jax.jit(rj.make_run(train_step, 5))(state, key_run, 2)
+  assert bool(good.finite)
+  _assert_trees_equal(out.state, good.state)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out.state.params))
+
+
+def test_vmapped_runs_stop_independently(bandit, linear_policy):
+  config = SMALL.replace(num_steps=4)
+  _, train_step = rj.make_train_step(bandit, linear_policy, _nan_after(1), config)
+  init_fn, _ = rj.make_train_step(bandit, linear_policy, _nan_after(1), config)
+  states = jax.vmap(init_fn)(jax.random.split(jax.random.key(0), 2))
+  # Seed 1 starts with its counter past the NaN step: it stops at once.
+  states = states._replace(opt_state=jnp.array([0, 5], jnp.int32))
+  run = jax.jit(jax.vmap(rj.make_run(train_step, 4), in_axes=(0, 0, None)))
+  out = run(states, jax.random.split(jax.random.key(1), 2), 4)
+  np.testing.assert_array_equal(out.steps_done, [1, 0])
+  np.testing.assert_array_equal(out.finite, [False, False])
