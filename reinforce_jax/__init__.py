@@ -1,6 +1,7 @@
 """reinforce_jax: score-function (log-derivative trick) gradients in JAX."""
 
 from reinforce_jax import baselines, envs, policies
+from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.losses import reinforce_loss
 from reinforce_jax.returns import discounted_returns
@@ -30,6 +31,7 @@ __all__ = [
     "make_train",
     "make_train_step",
     "policies",
+    "recommended_compiler_options",
     "reinforce_loss",
     "reset_envs",
     "rollout",

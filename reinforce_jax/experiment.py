@@ -22,6 +22,7 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from reinforce_jax import plotting
+from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.policies import CategoricalPolicy
@@ -110,7 +111,7 @@ def run_experiment(
   init_keys, run_keys = _seed_keys(seed, num_seeds)
   state = jax.jit(jax.vmap(init_fn))(init_keys)
   runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=recommended_compiler_options())
   runner = runner.lower(state, run_keys, 0).compile()
   compile_time = time.perf_counter() - start
 

@@ -16,23 +16,22 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from reinforce_jax import _sampling
 
-def sample_action(dist, key: jax.Array) -> jax.Array:
-  """Draws one action per batch entry, with no gradient path.
 
-  A `distrax.Categorical` is sampled by inverting its CDF with one uniform per
-  draw; `jax.random.categorical` (Gumbel-max) spends one uniform and two logs
-  per category, and random bits dominate a cheap rollout on a CPU. The draw has
-  the same distribution. Any other distribution uses its own `sample`.
+def act(dist, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Samples one action per batch entry and scores it: `(action, log_prob, entropy)`.
+
+  The action has no gradient path (the score-function estimator differentiates
+  `log_prob(a)` at a fixed `a`); `log_prob` keeps its dependence on the policy's
+  parameters; `entropy` is a metric and carries no gradient. A
+  `distrax.Categorical` takes a fast path with the same distribution and values
+  (see `_sampling`); any other distribution uses its own methods.
   """
   if type(dist) is distrax.Categorical:
-    probs = jax.nn.softmax(dist.logits, axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, cdf.shape[:-1] + (1,), cdf.dtype) * cdf[..., -1:]
-    action = jnp.sum(u >= cdf[..., :-1], axis=-1, dtype=jnp.int32)
-  else:
-    action = dist.sample(seed=key)
-  return jax.lax.stop_gradient(action)
+    return _sampling.categorical_statistics(dist.logits, key)
+  action = jax.lax.stop_gradient(dist.sample(seed=key))
+  return action, dist.log_prob(action), jax.lax.stop_gradient(dist.entropy())
 
 
 class EnvCarry(NamedTuple):
@@ -94,11 +93,9 @@ def rollout(
   num_envs = carry.episode_return.shape[0]
   env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-  def one_step(carry: EnvCarry, key):
-    key_action, key_env = jax.random.split(key)
-    dist = apply_fn(params, carry.obs)
-    action = sample_action(dist, key_action)
-    log_prob = dist.log_prob(action)
+  def one_step(carry: EnvCarry, keys):
+    key_action, key_env = keys
+    action, log_prob, entropy = act(apply_fn(params, carry.obs), key_action)
     obs, env_state, reward, terminated, truncated, _ = env_step(
         jax.random.split(key_env, num_envs), carry.env_state, action, env_params)
     episode_return = carry.episode_return + reward
@@ -106,7 +103,7 @@ def rollout(
     done = jnp.logical_or(terminated, truncated)
     transition = Trajectory(
         log_prob=log_prob,
-        entropy=jax.lax.stop_gradient(dist.entropy()),
+        entropy=entropy,
         reward=reward,
         terminated=terminated,
         truncated=truncated,
@@ -121,4 +118,7 @@ def rollout(
     )
     return carry, transition
 
-  return jax.lax.scan(one_step, carry, jax.random.split(key, num_steps), unroll=num_steps == 1)
+  # Every step's (action, environment) keys in one draw: on a CPU each threefry
+  # call is a small loop, so fewer, larger calls are cheaper.
+  keys = jax.random.split(key, (num_steps, 2))
+  return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]), unroll=num_steps == 1)

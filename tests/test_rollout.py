@@ -1,3 +1,4 @@
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,7 +6,7 @@ import numpy as np
 from reinforce_jax import reset_envs, rollout
 from reinforce_jax.envs import CartPole
 from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.rollout import sample_action
+from reinforce_jax.rollout import act
 
 
 def test_time_major_shapes_and_episode_bookkeeping():
@@ -43,12 +44,14 @@ def test_log_prob_is_differentiable_and_actions_are_not():
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
 
-def test_inverse_cdf_sampling_has_the_right_distribution():
-  policy = CategoricalPolicy(3, hidden=())
-  logits_params = {"params": {"logits": {"kernel": jnp.zeros((1, 3)),
-                                         "bias": jnp.log(jnp.array([0.2, 0.5, 0.3]))}}}
-  n = 50_000
-  dist = policy.apply(logits_params, jnp.zeros((n, 1)))
-  actions = sample_action(dist, jax.random.key(0))
-  freq = np.bincount(np.asarray(actions), minlength=3) / n
-  np.testing.assert_allclose(freq, [0.2, 0.5, 0.3], atol=4 * np.sqrt(0.25 / n))
+def test_act_scores_categorical_and_other_distributions():
+  logits = jnp.array([[0.2, 1.0, -0.3], [2.0, 0.0, 0.0]])
+  dist = distrax.Categorical(logits=logits)
+  action, log_prob, entropy = act(dist, jax.random.key(0))
+  np.testing.assert_allclose(log_prob, dist.log_prob(action), rtol=1e-6)
+  np.testing.assert_allclose(entropy, dist.entropy(), rtol=1e-6)
+  # Any other distribution goes through its own methods.
+  normal = distrax.Normal(jnp.zeros(3), jnp.ones(3))
+  action, log_prob, entropy = act(normal, jax.random.key(1))
+  np.testing.assert_allclose(log_prob, normal.log_prob(action), rtol=1e-6)
+  np.testing.assert_allclose(entropy, normal.entropy(), rtol=1e-6)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from reinforce_jax._sampling import inverse_cdf
 from reinforce_jax.envs.base import Environment
 
 
@@ -86,8 +87,8 @@ class ContextualBandit(Environment[BanditState, BanditParams]):
 
   def reset_env(self, key, params):
     # Inverse-CDF sampling: one uniform per draw, where `categorical` needs C.
-    cdf = jnp.cumsum(params.context_probs)
-    context = jnp.sum(jax.random.uniform(key) * cdf[-1] >= cdf[:-1], dtype=jnp.int32)
+    probs = params.context_probs
+    context = inverse_cdf(jax.random.uniform(key) * jnp.sum(probs), probs)
     state = BanditState(context=context, time=jnp.zeros((), jnp.int32))
     return params.contexts[context], state
 

@@ -1,0 +1,84 @@
+"""Shared benchmark plumbing: timing, the machine and versions, JSON output.
+
+Timings are medians over interleaved rounds (the machines are shared and
+noisy); compile time is measured separately with ahead-of-time lowering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def environment() -> dict:
+  """The device, host and package versions a result was measured with."""
+  device = jax.devices()[0]
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "optax", "distrax", "chex", "numpy", "torch"):
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+      versions[name] = importlib.metadata.version(name)
+  return {
+      "device": {"platform": device.platform, "kind": device.device_kind,
+                 "count": jax.device_count()},
+      "host": {"machine": platform.machine(), "processor": platform.processor(),
+               "cpu_count": os.cpu_count(), "python": platform.python_version()},
+      "versions": versions,
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def device_tag() -> str:
+  device = jax.devices()[0]
+  kind = device.device_kind.lower().replace(" ", "-")
+  return f"{device.platform}-{kind}" if device.platform != "cpu" else f"cpu-{os.cpu_count()}core"
+
+
+def block(tree):
+  return jax.block_until_ready(tree)
+
+
+def interleaved_medians(candidates: dict[str, Callable[[], float]], rounds: int) -> dict:
+  """Runs every candidate once per round, in turn, and takes medians.
+
+  Each candidate returns its own measurement (seconds per unit of work), so the
+  rounds see the same machine load; ratios of medians from one call compare fairly.
+  """
+  samples: dict[str, list[float]] = {name: [] for name in candidates}
+  for _ in range(rounds):
+    for name, measure in candidates.items():
+      samples[name].append(measure())
+  return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                 "rounds": len(v)} for name, v in samples.items()}
+
+
+def timed(fn: Callable[[], object], repeats: int = 1) -> float:
+  """Seconds per call of `fn` (which must block on its own result)."""
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
+def compile_seconds(jitted, *args) -> tuple[float, object]:
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return time.perf_counter() - start, compiled
+
+
+def write(name: str, payload: dict, out: str | None = None) -> pathlib.Path:
+  path = pathlib.Path(out) if out else RESULTS / f"{name}-{device_tag()}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"benchmark": name, **environment(), **payload}, indent=2) + "\n")
+  return path

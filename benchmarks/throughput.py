@@ -1,0 +1,129 @@
+"""Episodes per second of the jitted `train_step` for 1 to 65536 parallel environments.
+
+For each size: compile time (ahead of time, separately), the jitted `train_step`
+called from a Python loop (the main use), the same steps fused into one program
+(`make_run`), and the shortest hand-written fused loop (`reference.py`), timed
+in interleaved rounds. Writes JSON to benchmarks/results/ and prints a table.
+
+    python benchmarks/throughput.py                       # the seed's bandit
+    python benchmarks/throughput.py --env cartpole --rollout-length 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import common
+import jax
+import optax
+import reference
+
+import reinforce_jax as rj
+from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.presets import PRESETS
+
+
+def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s, options):
+  preset = PRESETS[env_name]
+  env = preset.make_env()
+  policy = CategoricalPolicy(env.num_actions, hidden=preset.hidden)
+  optimizer = optax.adam(1e-2)
+  config = preset.config.replace(num_envs=num_envs, rollout_length=rollout_length,
+                                 baseline="none")
+  init_fn, train_step = rj.make_train_step(env, policy, optimizer, config)
+  key = jax.random.key(0, impl=key_impl)
+  state = common.block(jax.jit(init_fn)(key))
+  step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
+  compile_s, step = common.compile_seconds(step, state, key)
+  holder = {"state": common.block(step(state, key)[0])}
+
+  def python_loop(calls):
+    # `step` donates its state, so the loop threads it through `holder`.
+    s = holder["state"]
+    start = common.time.perf_counter()
+    for _ in range(calls):
+      s, _ = step(s, key)
+    common.block(s)
+    holder["state"] = s
+    return (common.time.perf_counter() - start) / calls
+
+  # Calibrate the number of calls so that one measurement lasts about budget_s.
+  calls = max(3, min(5000, int(budget_s / python_loop(3))))
+
+  run = jax.jit(rj.make_run(train_step, calls), compiler_options=options)
+  run_compile_s, run = common.compile_seconds(run, holder["state"], key, calls)
+  def fused_run():
+    return common.timed(lambda: common.block(run(holder["state"], key, calls))) / calls
+
+  candidates = {"train_step_python_loop": lambda: python_loop(calls),
+                "make_run_fused": fused_run}
+  if env_name == "bandit" and rollout_length == 1:
+    loop = jax.jit(reference.make_fused_loop(num_envs, optimizer), static_argnums=3,
+                   compiler_options=options)
+    params = reference.init_params()
+    opt_state = optimizer.init(params)
+    common.block(loop(params, opt_state, key, calls))
+    candidates["reference_fused_loop"] = lambda: common.timed(
+        lambda: common.block(loop(params, opt_state, key, calls))) / calls
+  timings = common.interleaved_medians(candidates, rounds)
+  steps_per_episode = 1 if env_name == "bandit" else None
+  row = {
+      "num_envs": num_envs, "rollout_length": rollout_length,
+      "compile_s": {"train_step": compile_s, "make_run": run_compile_s},
+      "calls_per_measurement": calls, "timings": timings,
+  }
+  step_s = timings["train_step_python_loop"]["median_s"]
+  row["env_steps_per_s"] = num_envs * rollout_length / step_s
+  if steps_per_episode:
+    row["episodes_per_s"] = num_envs * rollout_length / steps_per_episode / step_s
+  if "reference_fused_loop" in timings:
+    row["ratio_python_loop_to_reference"] = step_s / timings["reference_fused_loop"]["median_s"]
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--env", choices=sorted(PRESETS), default="bandit")
+  parser.add_argument("--sizes", default=",".join(str(4**i) for i in range(9)),
+                      help="comma-separated num_envs (default 1,4,...,65536)")
+  parser.add_argument("--rollout-length", type=int, default=1)
+  parser.add_argument("--key-impl", default="threefry2x32",
+                      choices=["threefry2x32", "rbg", "unsafe_rbg"])
+  parser.add_argument("--compiler-options", choices=["recommended", "default"],
+                      default="recommended",
+                      help="XLA options for every jit here: reinforce_jax.recommended_compiler_"
+                           "options() or XLA's defaults (default: recommended)")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--budget", type=float, default=0.25,
+                      help="seconds per measurement (default 0.25)")
+  parser.add_argument("--out", help="JSON path (default benchmarks/results/...)")
+  args = parser.parse_args()
+  sizes = [int(s) for s in args.sizes.split(",")]
+  options = rj.recommended_compiler_options() if args.compiler_options == "recommended" else {}
+  rows = []
+  header = (f"{'num_envs':>9} {'compile s':>9} {'step us':>10} {'fused us':>10} "
+            f"{'ref us':>9} {'loop/ref':>8} {'env steps/s':>13}")
+  print(f"{args.env}, rollout length {args.rollout_length}, {args.key_impl} keys, "
+        f"{jax.devices()[0].device_kind}, compiler options {options or 'XLA defaults'}")
+  print(header)
+  for n in sizes:
+    row = measure_size(args.env, n, args.rollout_length, args.key_impl, args.rounds,
+                       args.budget, options)
+    rows.append(row)
+    t = row["timings"]
+    ref = t.get("reference_fused_loop", {}).get("median_s", math.nan)
+    print(f"{n:>9} {row['compile_s']['train_step']:>9.2f} "
+          f"{t['train_step_python_loop']['median_s'] * 1e6:>10.1f} "
+          f"{t['make_run_fused']['median_s'] * 1e6:>10.1f} {ref * 1e6:>9.1f} "
+          f"{row.get('ratio_python_loop_to_reference', math.nan):>8.2f} "
+          f"{row['env_steps_per_s']:>13,.0f}", flush=True)
+  name = f"throughput-{args.env}" + ("" if args.key_impl == "threefry2x32" else f"-{args.key_impl}")
+  name += "" if args.compiler_options == "recommended" else "-xla-defaults"
+  path = common.write(name, {"env": args.env, "key_impl": args.key_impl,
+                             "compiler_options": options, "rows": rows}, args.out)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,155 @@
+"""The seed's PyTorch loop against reinforce_jax on the same machine, in one run.
+
+* `torch_seed`: the tutorial's loop verbatim (one episode per Python iteration:
+  forward, sample, reward, `-log_prob * reward`, backward, Adam step), printing
+  removed. Needs the torch extra: `pip install -e '.[torch]'`.
+* `train_step_python_loop`: our jitted `train_step` (donated state) called from a
+  Python loop with 4096 parallel one-step episodes.
+* `reference_fused_loop`: the shortest hand-written fused JAX loop doing the same
+  work (benchmarks/reference.py), compiled with the same XLA options as ours
+  (`reinforce_jax.recommended_compiler_options()`) and, as a user would write
+  it, with XLA's defaults; and the same loop with a key per environment.
+
+Timings are interleaved rounds; medians and ratios come from this one run.
+
+    python benchmarks/vs_pytorch_seed.py [--num-envs 4096] [--key-impl unsafe_rbg]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common
+import jax
+import optax
+import reference
+
+import reinforce_jax as rj
+from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.policies import CategoricalPolicy
+
+TARGET_SPEEDUP_VS_TORCH = 5000
+TARGET_LOOP_TO_REFERENCE = 1.3
+
+
+def torch_seed_loop(num_episodes: int) -> float:
+  """Seconds per episode of the seed tutorial's training loop."""
+  import torch
+  import torch.nn as nn
+  import torch.optim as optim
+  from torch.distributions import Categorical
+
+  class PolicyNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.fc = nn.Linear(1, 2)
+
+    def forward(self, x):
+      return self.fc(x)
+
+  policy = PolicyNet()
+  optimizer = optim.Adam(policy.parameters(), lr=0.01)
+  start = common.time.perf_counter()
+  for _ in range(num_episodes):
+    x = torch.tensor([[1.0]]) if torch.rand(1).item() > 0.5 else torch.tensor([[-1.0]])
+    logits = policy(x)
+    dist = Categorical(logits=logits)
+    action = dist.sample()
+    log_prob = dist.log_prob(action)
+    correct = int((x.item() > 0 and action.item() == 1) or (x.item() < 0 and action.item() == 0))
+    reward = torch.tensor(float(correct))
+    loss = -log_prob * reward
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+  return (common.time.perf_counter() - start) / num_episodes
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--num-envs", type=int, default=4096)
+  parser.add_argument("--steps", type=int, default=400, help="train steps per measurement")
+  parser.add_argument("--torch-episodes", type=int, default=1000)
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--key-impl", default="threefry2x32",
+                      choices=["threefry2x32", "rbg", "unsafe_rbg"])
+  parser.add_argument("--out")
+  args = parser.parse_args()
+  try:
+    import torch
+    torch.manual_seed(0)
+  except ImportError:
+    torch = None
+    print("torch is not installed (pip install -e '.[torch]'): skipping the seed's loop")
+
+  env, policy = ContextualBandit(), CategoricalPolicy(2, hidden=())
+  optimizer = optax.adam(0.01)
+  config = rj.TrainConfig(num_envs=args.num_envs, rollout_length=1)
+  init_fn, train_step = rj.make_train_step(env, policy, optimizer, config)
+  key = jax.random.key(0, impl=args.key_impl)
+  options = rj.recommended_compiler_options()
+  step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
+  holder = {"state": common.block(step(jax.jit(init_fn)(key), key)[0])}
+
+  def ours():
+    state = holder["state"]
+    start = common.time.perf_counter()
+    for _ in range(args.steps):
+      state, _ = step(state, key)
+    common.block(state)
+    holder["state"] = state
+    return (common.time.perf_counter() - start) / args.steps
+
+  candidates = {"train_step_python_loop": ours}
+  variants = [("reference_fused_loop", False, options),
+              ("reference_fused_loop_xla_defaults", False, {}),
+              ("reference_fused_loop_per_env_keys", True, options)]
+  for name, per_env, opts in variants:
+    loop = jax.jit(reference.make_fused_loop(args.num_envs, optimizer, per_env_keys=per_env),
+                   static_argnums=3, compiler_options=opts)
+    params = reference.init_params()
+    opt_state = optimizer.init(params)
+    common.block(loop(params, opt_state, key, args.steps))
+    candidates[name] = (lambda loop=loop, p=params, o=opt_state: common.timed(
+        lambda: common.block(loop(p, o, key, args.steps))) / args.steps)
+  if torch is not None:
+    torch_seed_loop(50)  # warm-up
+    candidates["torch_seed"] = lambda: torch_seed_loop(args.torch_episodes)
+  timings = common.interleaved_medians(candidates, args.rounds)
+
+  step_s = timings["train_step_python_loop"]["median_s"]
+  episodes_per_s = {name: (1 if name == "torch_seed" else args.num_envs) / t["median_s"]
+                    for name, t in timings.items()}
+  results = {
+      "num_envs": args.num_envs, "key_impl": args.key_impl, "timings": timings,
+      "episodes_per_s": episodes_per_s,
+      "ratio_python_loop_to_reference": step_s / timings["reference_fused_loop"]["median_s"],
+      "ratio_python_loop_to_reference_xla_defaults":
+          step_s / timings["reference_fused_loop_xla_defaults"]["median_s"],
+      "ratio_python_loop_to_reference_per_env_keys":
+          step_s / timings["reference_fused_loop_per_env_keys"]["median_s"],
+      "compiler_options": options,
+      "targets": {"speedup_vs_torch_seed": TARGET_SPEEDUP_VS_TORCH,
+                  "ratio_python_loop_to_reference": TARGET_LOOP_TO_REFERENCE},
+  }
+  if torch is not None:
+    results["speedup_vs_torch_seed"] = (episodes_per_s["train_step_python_loop"]
+                                        / episodes_per_s["torch_seed"])
+  print(f"{'':38} {'us/step':>10} {'episodes/s':>14}")
+  for name, t in timings.items():
+    print(f"{name:38} {t['median_s'] * 1e6:>10.1f} {episodes_per_s[name]:>14,.0f}")
+  if torch is not None:
+    print(f"speedup over the seed's PyTorch loop: {results['speedup_vs_torch_seed']:,.0f}x "
+          f"(target >= {TARGET_SPEEDUP_VS_TORCH:,}x)")
+  print(f"train_step from Python / shortest fused loop, same XLA options: "
+        f"{results['ratio_python_loop_to_reference']:.2f} (target <= {TARGET_LOOP_TO_REFERENCE})")
+  print(f"  ... / the loop with XLA's defaults: "
+        f"{results['ratio_python_loop_to_reference_xla_defaults']:.2f}; "
+        f"/ the loop with a key per environment: "
+        f"{results['ratio_python_loop_to_reference_per_env_keys']:.2f}")
+  suffix = "" if args.key_impl == "threefry2x32" else f"-{args.key_impl}"
+  print(f"wrote {common.write('vs_pytorch_seed' + suffix, results, args.out)}")
+
+
+if __name__ == "__main__":
+  main()
