@@ -20,6 +20,8 @@ from collections.abc import Callable
 import jax
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+# PRNG implementations a benchmark can be keyed with (`jax.random.key(0, impl=...)`).
+KEY_IMPLS = ["threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg"]
 
 
 def environment() -> dict:

@@ -89,7 +89,7 @@ def main():
                       help="comma-separated num_envs (default 1,4,...,65536)")
   parser.add_argument("--rollout-length", type=int, default=1)
   parser.add_argument("--key-impl", default="threefry2x32",
-                      choices=["threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg"])
+                      choices=common.KEY_IMPLS)
   parser.add_argument("--compiler-options", choices=["recommended", "default"],
                       default="recommended",
                       help="XLA options for every jit here: reinforce_jax.recommended_compiler_"

@@ -72,7 +72,7 @@ def main():
   parser.add_argument("--torch-episodes", type=int, default=1000)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--key-impl", default="threefry2x32",
-                      choices=["threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg"])
+                      choices=common.KEY_IMPLS)
   parser.add_argument("--out")
   args = parser.parse_args()
   try:

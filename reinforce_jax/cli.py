@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pathlib
 import sys
 
 from reinforce_jax.presets import PRESETS
@@ -99,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(str(e))
   out = args.out or f"runs/{args.env}"
   try:
-    import pathlib
     pathlib.Path(out).mkdir(parents=True, exist_ok=True)
   except OSError as e:
     parser.error(f"cannot create output folder {out!r}: {e.strerror}")

@@ -75,6 +75,12 @@ def make_train_step(
     `metrics` holds float32/int32 scalars: `loss`, `mean_return` (mean
     undiscounted return of the episodes that finished during this step, NaN if
     none did), `num_episodes`, `mean_length`, `entropy` and `grad_norm`.
+
+  The loss is the mean of `-log_prob * (G_t - b)` over all `T * B` steps, so its
+  negated gradient estimates `(1/T) sum_t E[grad log pi(a_t | s_t) (G_t - b)]`:
+  for one-step episodes (`T = 1`) exactly the gradient of the expected reward.
+  Returns are cut (not bootstrapped) at truncation and at the end of the
+  rollout, as REINFORCE has no value estimate to bootstrap from.
   """
   if env_params is None:
     env_params = env.default_params

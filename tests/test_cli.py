@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -40,8 +41,7 @@ def test_train_bandit_writes_outputs(tmp_path, capsys):
   train = rj.make_train(ContextualBandit(), policy, rj.make_optimizer(config), config)
   want = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(3), 2)).state.params
   saved = serialization.from_bytes(want, (out / "params.msgpack").read_bytes())
-  for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(want), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(saved, jax.device_get(want))
 
 
 @pytest.mark.parametrize("argv, fragment", [

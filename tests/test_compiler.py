@@ -1,5 +1,5 @@
+import chex
 import jax
-import numpy as np
 import optax
 
 import reinforce_jax as rj
@@ -14,5 +14,4 @@ def test_recommended_options_compile_and_give_the_same_training(bandit, linear_p
   train = rj.make_train(bandit, linear_policy, optax.adam(0.05), config)
   plain = jax.jit(train)(jax.random.key(0))
   tuned = jax.jit(train, compiler_options=options)(jax.random.key(0))
-  for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(tuned), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(plain, tuned, rtol=1e-5, atol=1e-6)

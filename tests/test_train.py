@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +12,6 @@ from reinforce_jax.policies import CategoricalPolicy
 from reinforce_jax.presets import PRESETS
 
 SMALL = rj.TrainConfig(num_envs=32, num_steps=6)
-
-
-def _assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_state_is_small_and_metrics_are_scalars(bandit, linear_policy):
@@ -35,9 +31,8 @@ def test_jit_and_eager_agree_and_same_key_is_bit_identical(bandit, linear_policy
   eager = train_step(state, jax.random.key(1))
   jitted = jax.jit(train_step)
   compiled = jitted(state, jax.random.key(1))
-  for x, y in zip(jax.tree.leaves(eager), jax.tree.leaves(compiled), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-  _assert_trees_equal(compiled, jitted(state, jax.random.key(1)))
+  chex.assert_trees_all_close(eager, compiled, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_equal(compiled, jitted(state, jax.random.key(1)))
   other = jitted(state, jax.random.key(2))
   assert not np.array_equal(other[0].env.obs, compiled[0].env.obs)
 
@@ -64,10 +59,8 @@ def test_vmap_over_seeds_equals_separate_runs(bandit, linear_policy):
   together = jax.jit(jax.vmap(train))(keys)
   single = jax.jit(train)
   for i in range(3):
-    alone = single(keys[i])
-    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda v, i=i: v[i], together)),
-                    jax.tree.leaves(alone), strict=True):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.tree.map(lambda v, i=i: v[i], together),
+                                single(keys[i]), rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_run_is_bit_identical_to_one_program(bandit, linear_policy):
@@ -83,7 +76,7 @@ def test_chunked_run_is_bit_identical_to_one_program(bandit, linear_policy):
     assert int(out.steps_done) == n and bool(out.finite)
     state = out.state
     losses.append(np.asarray(out.metrics["loss"][:n]))
-  _assert_trees_equal(state, whole.state)
+  chex.assert_trees_all_equal(state, whole.state)
   np.testing.assert_array_equal(np.concatenate(losses), whole.metrics["loss"])
 
 
@@ -166,7 +159,7 @@ def test_optax_compositions(bandit, linear_policy, name, optimizer):
     state.opt_state.hyperparams["learning_rate"] = jnp.zeros_like(
         state.opt_state.hyperparams["learning_rate"])
     frozen, _ = step(state, jax.random.key(2))
-    _assert_trees_equal(frozen.params, state.params)
+    chex.assert_trees_all_equal(frozen.params, state.params)
 
 
 def _nan_after(k):
@@ -192,7 +185,7 @@ def test_run_stops_on_non_finite_and_keeps_last_good_params(bandit, linear_polic
   assert int(out.steps_done) == 2 and not bool(out.finite)
   good = jax.jit(rj.make_run(train_step, 5))(state, key_run, 2)
   assert bool(good.finite)
-  _assert_trees_equal(out.state, good.state)
+  chex.assert_trees_all_equal(out.state, good.state)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out.state.params))
 
 
