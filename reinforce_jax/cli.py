@@ -35,24 +35,20 @@ def _int_at_least(minimum: int):
   return parse
 
 
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not math.isfinite(value) or value <= 0:
-    raise argparse.ArgumentTypeError(f"must be finite and positive, got {text}")
-  return value
+def _number(valid, requirement: str):
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not valid(value):
+      raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    return value
+  return parse
 
 
-def _unit_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not 0.0 <= value <= 1.0:
-    raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-  return value
+_positive_float = _number(lambda v: math.isfinite(v) and v > 0, "finite and positive")
+_unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
 def build_parser() -> argparse.ArgumentParser:
