@@ -37,6 +37,29 @@ def inverse_cdf(u: jax.Array, probs: jax.Array) -> jax.Array:
   return index
 
 
+def categorical_score(log_probs: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(log_prob, entropy)` of `index` under normalised `log_probs`, both differentiable.
+
+  Args:
+    log_probs: `[..., K]` normalised log-probabilities (`logsumexp == 0`).
+    index: `[...]` integer categories.
+
+  Returns:
+    `log_prob[...]` of `index` and the distribution's entropy `[...]`.
+  """
+  num = log_probs.shape[-1]
+  probs = jnp.exp(log_probs)
+  if num > UNROLL_MAX:
+    log_prob = jnp.take_along_axis(log_probs, index[..., None], axis=-1)[..., 0]
+    return log_prob, -jnp.sum(probs * log_probs, axis=-1)
+  log_prob = log_probs[..., 0]
+  entropy = -probs[..., 0] * log_probs[..., 0]
+  for k in range(1, num):
+    log_prob = jnp.where(index == k, log_probs[..., k], log_prob)
+    entropy = entropy - probs[..., k] * log_probs[..., k]
+  return log_prob, entropy
+
+
 def categorical_statistics(log_probs: jax.Array, key: jax.Array):
   """Samples one index per row of normalised `log_probs` and scores it.
 
@@ -46,19 +69,9 @@ def categorical_statistics(log_probs: jax.Array, key: jax.Array):
 
   Returns:
     `(index, log_prob, entropy)`, each `[...]`; `index` is int32 with no
-    gradient path, `log_prob` is differentiable with respect to `log_probs`.
+    gradient path; `log_prob` and `entropy` are differentiable.
   """
-  num = log_probs.shape[-1]
   probs = jnp.exp(jax.lax.stop_gradient(log_probs))
   u = jax.random.uniform(key, log_probs.shape[:-1], log_probs.dtype)
   index = jax.lax.stop_gradient(inverse_cdf(u, probs))
-  if num > UNROLL_MAX:
-    log_prob = jnp.take_along_axis(log_probs, index[..., None], axis=-1)[..., 0]
-    entropy = -jnp.sum(probs * jax.lax.stop_gradient(log_probs), axis=-1)
-    return index, log_prob, entropy
-  log_prob = log_probs[..., 0]
-  entropy = -probs[..., 0] * jax.lax.stop_gradient(log_probs[..., 0])
-  for k in range(1, num):
-    log_prob = jnp.where(index == k, log_probs[..., k], log_prob)
-    entropy = entropy - probs[..., k] * jax.lax.stop_gradient(log_probs[..., k])
-  return index, log_prob, entropy
+  return (index, *categorical_score(log_probs, index))

@@ -32,3 +32,22 @@ def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:
         f"leave_one_out needs at least 2 samples along axis {axis}, got shape {values.shape}")
   total = jnp.sum(values, axis=axis, keepdims=True)
   return (total - values) / (n - 1)
+
+
+def batch_mean(values: jax.Array, *, axis: int = -1) -> jax.Array:
+  """Mean over `axis`, the sample itself included.
+
+  Because each entry sees its own return, the expected gradient shrinks by the
+  factor `(n - 1) / n` (its direction is unchanged); `leave_one_out` is the same
+  baseline rescaled to remove exactly that factor.
+  """
+  return jnp.broadcast_to(jnp.mean(values, axis=axis, keepdims=True), values.shape)
+
+
+def ema_update(average: jax.Array, values: jax.Array, *, decay: float) -> jax.Array:
+  """`decay * average + (1 - decay) * mean(values)`: the EMA baseline's next value.
+
+  The baseline used at a step is the average *before* that step's update, so it
+  depends only on earlier episodes and the estimator stays unbiased.
+  """
+  return decay * average + (1.0 - decay) * jnp.mean(values)

@@ -75,3 +75,62 @@ def reinforce_loss(
   weights = jax.lax.stop_gradient(weights).astype(log_prob.dtype)
   total = jnp.sum(weights)
   return -jnp.sum(weights * per_item) / jnp.where(total == 0, 1, total)
+
+
+def ppo_clip_loss(
+    log_prob: jax.Array,
+    old_log_prob: jax.Array,
+    advantage: jax.Array,
+    *,
+    clip_eps: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """PPO's clipped surrogate, to minimise: `-mean(min(r A, clip(r, 1-eps, 1+eps) A))`.
+
+  `r = exp(log_prob - old_log_prob)` is the probability ratio of the current and
+  the behaviour policy; `old_log_prob` and `advantage` enter through
+  `stop_gradient`. At `r = 1` the gradient equals `reinforce_loss`'s.
+
+  Args:
+    log_prob: `[...]` log-probabilities under the current parameters.
+    old_log_prob: same shape, under the parameters that collected the data.
+    advantage: same shape, advantage estimates.
+    clip_eps: the clipping range epsilon.
+
+  Returns:
+    `(loss, metrics)` with metrics `approx_kl` (the estimator
+    `mean((r - 1) - log r)` of KL(old || new), Schulman 2020) and
+    `clip_fraction` (share of samples whose ratio left `[1 - eps, 1 + eps]`).
+
+  References:
+    Schulman, J. et al. (2017). Proximal policy optimization algorithms.
+    arXiv:1707.06347.
+  """
+  _checks.check_floating(log_prob=log_prob)
+  _checks.check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob, advantage=advantage)
+  old_log_prob = jax.lax.stop_gradient(old_log_prob)
+  advantage = jax.lax.stop_gradient(advantage)
+  log_ratio = log_prob - old_log_prob
+  ratio = jnp.exp(log_ratio)
+  clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+  loss = -jnp.mean(jnp.minimum(ratio * advantage, clipped * advantage))
+  log_ratio = jax.lax.stop_gradient(log_ratio)
+  metrics = {
+      "approx_kl": jnp.mean(jnp.expm1(log_ratio) - log_ratio),
+      "clip_fraction": jnp.mean(jnp.abs(jnp.exp(log_ratio) - 1.0) > clip_eps),
+  }
+  return loss, metrics
+
+
+def value_loss(value: jax.Array, target: jax.Array) -> jax.Array:
+  """`0.5 * mean((value - stop_gradient(target))^2)`: the critic's regression loss."""
+  _checks.check_same_shape(value=value, target=target)
+  return 0.5 * jnp.mean(jnp.square(value - jax.lax.stop_gradient(target)))
+
+
+def entropy_bonus(entropy: jax.Array) -> jax.Array:
+  """Mean policy entropy: a quantity to maximise.
+
+  It is returned with its natural (positive) sign; a loss to minimise subtracts
+  it: `loss = policy_loss - entropy_coef * entropy_bonus(entropy)`.
+  """
+  return jnp.mean(entropy)

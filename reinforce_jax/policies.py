@@ -1,8 +1,14 @@
 """Policies: flax modules whose output is a distrax distribution.
 
-The hot path is a pure `policy.apply(params, obs)`, so any flax linen module
-that maps a `[..., D]` observation batch to a distrax distribution with a
-`[...]` batch shape can replace these.
+A policy maps observations `[..., D]` to a distribution with batch shape
+`[...]`, or, when it carries a value head, to `(distribution, value)` with
+`value` of shape `[...]`. The hot path is a pure `policy.apply(params, obs)`, so
+any flax linen module with that contract can replace these.
+
+Value heads (`value=`):
+  * `None`: no critic (plain REINFORCE);
+  * `"shared"`: a linear value head on the policy's last hidden layer;
+  * `"separate"`: its own MLP with the same hidden widths.
 """
 
 from __future__ import annotations
@@ -13,6 +19,36 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+VALUE_HEADS = (None, "shared", "separate")
+
+
+class MLP(nn.Module):
+  """Dense layers with orthogonal(sqrt(2)) weights and an activation after each."""
+
+  hidden: Sequence[int]
+  activation: Callable[[jax.Array], jax.Array] = nn.tanh
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, width in enumerate(self.hidden):
+      x = self.activation(nn.Dense(
+          width, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)), name=f"hidden_{i}")(x))
+    return x
+
+
+def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array) -> jax.Array:
+  if module.value == "shared":
+    trunk = features
+  else:
+    trunk = MLP(module.hidden, module.activation, name="value_trunk")(obs)
+  value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(trunk)
+  return value[..., 0]
+
+
+def _check_value_head(value):
+  if value not in VALUE_HEADS:
+    raise ValueError(f"value must be one of {VALUE_HEADS}, got {value!r}")
 
 
 class CategoricalPolicy(nn.Module):
@@ -27,21 +63,76 @@ class CategoricalPolicy(nn.Module):
       The default 0.01 starts every policy close to uniform, so early episodes
       explore; hidden layers use orthogonal(sqrt(2)) (Andrychowicz et al., 2021,
       "What matters in on-policy reinforcement learning?").
+    value: `None`, `"shared"` or `"separate"` (see the module docstring).
   """
 
   num_actions: int
   hidden: Sequence[int] = (64, 64)
   activation: Callable[[jax.Array], jax.Array] = nn.tanh
   logits_scale: float = 0.01
+  value: str | None = None
 
   @nn.compact
-  def __call__(self, obs: jax.Array) -> distrax.Categorical:
-    x = jnp.asarray(obs, jnp.float32)
-    for i, width in enumerate(self.hidden):
-      dense = nn.Dense(width, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)),
-                       name=f"hidden_{i}")
-      x = self.activation(dense(x))
+  def __call__(self, obs: jax.Array):
+    _check_value_head(self.value)
+    obs = jnp.asarray(obs, jnp.float32)
+    features = MLP(self.hidden, self.activation, name="trunk")(obs)
     logits = nn.Dense(self.num_actions,
                       kernel_init=nn.initializers.orthogonal(self.logits_scale),
-                      name="logits")(x)
-    return distrax.Categorical(logits=logits)
+                      name="logits")(features)
+    dist = distrax.Categorical(logits=logits)
+    if self.value is None:
+      return dist
+    return dist, _value_output(self, obs, features)
+
+
+class GaussianPolicy(nn.Module):
+  """MLP mapping observations to a diagonal Gaussian over `action_dim` actions.
+
+  Attributes:
+    action_dim: size of the action vector.
+    hidden: widths of the hidden layers.
+    activation: nonlinearity between hidden layers.
+    state_dependent_std: if True, the log standard deviation is a head of the
+      network; otherwise one learned vector shared by all states.
+    init_log_std: initial log standard deviation.
+    squash: if set, `(low, high)`: the sample goes through `tanh` and is scaled
+      to the box, a `distrax.Transformed` whose `log_prob` includes the change-of
+      -variables correction `-sum log|d action / d u|`. Unsquashed policies emit
+      an unbounded Gaussian (clip in the environment).
+    value: `None`, `"shared"` or `"separate"`.
+  """
+
+  action_dim: int
+  hidden: Sequence[int] = (64, 64)
+  activation: Callable[[jax.Array], jax.Array] = nn.tanh
+  state_dependent_std: bool = False
+  init_log_std: float = 0.0
+  squash: tuple[float, float] | None = None
+  value: str | None = None
+
+  @nn.compact
+  def __call__(self, obs: jax.Array):
+    _check_value_head(self.value)
+    obs = jnp.asarray(obs, jnp.float32)
+    features = MLP(self.hidden, self.activation, name="trunk")(obs)
+    loc = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
+                   name="loc")(features)
+    if self.state_dependent_std:
+      log_std = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
+                         bias_init=nn.initializers.constant(self.init_log_std),
+                         name="log_std")(features)
+    else:
+      log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
+                           (self.action_dim,))
+      log_std = jnp.broadcast_to(log_std, loc.shape)
+    dist = distrax.MultivariateNormalDiag(loc, jnp.exp(log_std))
+    if self.squash is not None:
+      low, high = self.squash
+      to_box = distrax.Chain([distrax.ScalarAffine(shift=(high + low) / 2,
+                                                   scale=(high - low) / 2),
+                              distrax.Tanh()])
+      dist = distrax.Transformed(dist, distrax.Block(to_box, ndims=1))
+    if self.value is None:
+      return dist
+    return dist, _value_output(self, obs, features)

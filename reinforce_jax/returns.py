@@ -1,4 +1,4 @@
-"""Discounted returns over time-major `[T, B, ...]` rollouts.
+"""Returns and advantages over time-major `[T, B, ...]` rollouts.
 
 Episode ends come in two kinds and are kept apart:
   * `terminated`: the MDP reached a terminal state; nothing follows, so the
@@ -67,3 +67,119 @@ def discounted_returns(
       (reward_t, terminated_t, truncated_t, bootstrap_value_t.astype(reward_t.dtype)),
       reverse=True, unroll=reward_t.shape[0] == 1)
   return returns
+
+
+def _continuation_values(value_t, terminated_t, truncated_t, bootstrap_value_t, last_value):
+  """`v'_t`: what follows step t: 0 if terminated, the final observation's value
+  if truncated, else the next step's value (`last_value` after the last step)."""
+  next_value_t = jnp.concatenate([value_t[1:], last_value[None]], axis=0)
+  return jnp.where(terminated_t, 0.0, jnp.where(truncated_t, bootstrap_value_t, next_value_t))
+
+
+def _check_value_inputs(reward_t, value_t, terminated_t, truncated_t, bootstrap_value_t,
+                        last_value):
+  _checks.check_rank_at_least("reward_t", reward_t, 1)
+  _checks.check_same_shape(reward_t=reward_t, value_t=value_t, terminated_t=terminated_t,
+                           truncated_t=truncated_t)
+  if bootstrap_value_t is None:
+    bootstrap_value_t = jnp.zeros_like(reward_t)
+  _checks.check_same_shape(reward_t=reward_t, bootstrap_value_t=bootstrap_value_t)
+  _checks.check_same_shape(**{"value_t[0]": value_t[0], "last_value": last_value})
+  return bootstrap_value_t
+
+
+def gae_advantages(
+    reward_t: jax.Array,
+    value_t: jax.Array,
+    terminated_t: jax.Array,
+    truncated_t: jax.Array,
+    last_value: jax.Array,
+    *,
+    gamma: float | jax.Array,
+    lambda_: float | jax.Array,
+    bootstrap_value_t: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Generalised advantage estimation, GAE(lambda), with a reverse `lax.scan`.
+
+  `delta_t = r_t + gamma * v'_t - v_t` with `v'_t` the continuation value (0 at
+  termination, `bootstrap_value_t` at truncation, else `v_{t+1}`), and
+  `A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}`, `A_T = 0`.
+
+  Args:
+    reward_t: `[T, ...]` rewards.
+    value_t: `[T, ...]` value estimates of the observations the actions were taken in.
+    terminated_t, truncated_t: `[T, ...]` bool episode ends.
+    last_value: `[...]` value of the observation after the rollout's last step.
+    gamma: discount in [0, 1].
+    lambda_: GAE mixing in [0, 1]; 1 gives discounted returns minus values, 0
+      one-step TD errors.
+    bootstrap_value_t: `[T, ...]` value of each step's final observation, used
+      where it was truncated (zeros if omitted).
+
+  Returns:
+    `(advantages, value_targets)`, both `[T, ...]`, with
+    `value_targets = advantages + value_t` (the lambda-returns).
+
+  References:
+    Schulman, J. et al. (2016). High-dimensional continuous control using
+    generalized advantage estimation. ICLR.
+  """
+  bootstrap_value_t = _check_value_inputs(
+      reward_t, value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
+  continuation = _continuation_values(
+      value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
+  delta_t = reward_t + gamma * continuation - value_t
+  chain_t = gamma * lambda_ * (1.0 - jnp.logical_or(terminated_t, truncated_t))
+
+  def backward(next_advantage, xs):
+    delta, chain = xs
+    advantage = delta + chain * next_advantage
+    return advantage, advantage
+
+  _, advantages = jax.lax.scan(
+      backward, jnp.zeros_like(last_value, dtype=delta_t.dtype),
+      (delta_t, chain_t.astype(delta_t.dtype)), reverse=True)
+  return advantages, advantages + value_t
+
+
+def lambda_returns(
+    reward_t: jax.Array,
+    value_t: jax.Array,
+    terminated_t: jax.Array,
+    truncated_t: jax.Array,
+    last_value: jax.Array,
+    *,
+    gamma: float | jax.Array,
+    lambda_: float | jax.Array,
+    bootstrap_value_t: jax.Array | None = None,
+) -> jax.Array:
+  """Lambda-returns `G_t = r_t + gamma * [(1 - lambda) v'_t + lambda G_{t+1}]`.
+
+  At an episode end the bracket is the continuation value alone (0 when
+  terminated, `bootstrap_value_t` when truncated); after the last step
+  `G_T = last_value`. Arguments as in `gae_advantages`; equals its value targets.
+
+  Returns:
+    `[T, ...]` float returns.
+  """
+  bootstrap_value_t = _check_value_inputs(
+      reward_t, value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
+  continuation = _continuation_values(
+      value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
+  done_t = jnp.logical_or(terminated_t, truncated_t)
+
+  def backward(next_return, xs):
+    reward, cont, done = xs
+    mixed = jnp.where(done, cont, (1.0 - lambda_) * cont + lambda_ * next_return)
+    ret = reward + gamma * mixed
+    return ret, ret
+
+  _, returns = jax.lax.scan(
+      backward, last_value.astype(reward_t.dtype), (reward_t, continuation, done_t),
+      reverse=True)
+  return returns
+
+
+def normalize_advantages(advantages: jax.Array, *, eps: float = 1e-8) -> jax.Array:
+  """`(A - mean(A)) / (std(A) + eps)` over every entry (a constant shift and scale)."""
+  return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)

@@ -5,6 +5,11 @@ sampled action with its dependence on the parameters intact, so a caller can
 differentiate a loss built on the trajectory without a second forward pass.
 Actions are sampled, then cut from the graph with `stop_gradient`: the score
 function estimator differentiates `log_prob(a)` at a fixed `a`.
+
+A sample is what `score` needs to evaluate `log_prob` again later (PPO's
+epochs): the action itself, or for a `distrax.Transformed` distribution (a
+tanh-squashed Gaussian) the pre-transform draw `u`, since inverting `tanh` near
+the bounds loses precision; the environment receives `bijector.forward(u)`.
 """
 
 from __future__ import annotations
@@ -19,19 +24,48 @@ import jax.numpy as jnp
 from reinforce_jax import _sampling
 
 
-def act(dist, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Samples one action per batch entry and scores it: `(action, log_prob, entropy)`.
+def split_output(output) -> tuple[Any, jax.Array | None]:
+  """A policy returns a distribution or `(distribution, value)`: `(dist, value or None)`."""
+  if isinstance(output, tuple):
+    dist, value = output
+    return dist, value
+  return output, None
 
-  The action has no gradient path (the score-function estimator differentiates
-  `log_prob(a)` at a fixed `a`); `log_prob` keeps its dependence on the policy's
-  parameters; `entropy` is a metric and carries no gradient. A
-  `distrax.Categorical` takes a fast path with the same distribution and values
-  (see `_sampling`); any other distribution uses its own methods.
+
+def score(dist, sample: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(log_prob, entropy)` of a sample drawn by `act`, differentiable in `dist`.
+
+  For a `distrax.Transformed`, `log_prob = base.log_prob(u) - log|det J(u)|` at
+  the stored pre-transform draw `u` (exact change of variables, no inverse), and
+  the entropy is the base distribution's (the transformed one has no closed form).
   """
-  if type(dist) is distrax.Categorical:
-    return _sampling.categorical_statistics(dist.logits, key)
-  action = jax.lax.stop_gradient(dist.sample(seed=key))
-  return action, dist.log_prob(action), jax.lax.stop_gradient(dist.entropy())
+  if type(dist) is distrax.Categorical and dist.num_categories <= _sampling.UNROLL_MAX:
+    return _sampling.categorical_score(dist.logits, sample)
+  if isinstance(dist, distrax.Transformed):
+    log_prob = dist.distribution.log_prob(sample) - dist.bijector.forward_log_det_jacobian(
+        sample)
+    return log_prob, dist.distribution.entropy()
+  return dist.log_prob(sample), dist.entropy()
+
+
+def act(dist, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Samples one action per batch entry: `(env_action, sample, log_prob, entropy)`.
+
+  `env_action` goes to the environment; `sample` is what `score` re-evaluates
+  (the same array except for transformed distributions); neither has a gradient
+  path. A `distrax.Categorical` with few categories takes a reduction-free path
+  with the same distribution and values (see `_sampling`).
+  """
+  if type(dist) is distrax.Categorical and dist.num_categories <= _sampling.UNROLL_MAX:
+    action, log_prob, entropy = _sampling.categorical_statistics(dist.logits, key)
+    return action, action, log_prob, entropy
+  base = dist.distribution if isinstance(dist, distrax.Transformed) else dist
+  sample = jax.lax.stop_gradient(base.sample(seed=key))
+  env_action = sample
+  if isinstance(dist, distrax.Transformed):
+    env_action = jax.lax.stop_gradient(dist.bijector.forward(sample))
+  log_prob, entropy = score(dist, sample)
+  return env_action, sample, log_prob, entropy
 
 
 class EnvCarry(NamedTuple):
@@ -46,8 +80,12 @@ class EnvCarry(NamedTuple):
 class Trajectory(NamedTuple):
   """Time-major `[T, B]` record of a rollout."""
 
+  obs: jax.Array             # [T, B, ...] observations the actions were taken in
+  sample: jax.Array          # [T, B, ...] what `score` re-evaluates (usually the action)
   log_prob: jax.Array        # [T, B] float32, differentiable w.r.t. params
   entropy: jax.Array         # [T, B] float32, entropy of the policy at each obs
+  value: jax.Array           # [T, B] float32 value estimates (zeros without a critic)
+  bootstrap_value: jax.Array  # [T, B] value of the final observation where truncated, else 0
   reward: jax.Array          # [T, B] float32
   terminated: jax.Array      # [T, B] bool
   truncated: jax.Array       # [T, B] bool
@@ -81,7 +119,8 @@ def rollout(
   Args:
     key: PRNG key for the whole rollout.
     params: policy parameters.
-    apply_fn: maps `(params, obs [B, ...])` to a distribution with batch shape `[B]`.
+    apply_fn: maps `(params, obs [B, ...])` to a distribution with batch shape
+      `[B]`, or to `(distribution, value [B])`.
     env: an environment with the gymnax 1.x `step` (auto-resetting).
     env_params: the environment's params, shared by all `B` environments.
     carry: the batched environment state to continue from.
@@ -89,21 +128,39 @@ def rollout(
 
   Returns:
     `(carry, trajectory)`: the advanced `EnvCarry` and a `[T, B]` `Trajectory`.
+    With a critic, `trajectory.bootstrap_value` holds the value of the final
+    observation of every truncated episode (computed only on steps where some
+    environment was truncated).
   """
   num_envs = carry.episode_return.shape[0]
   env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
+  def value_of(obs):
+    return jax.lax.stop_gradient(split_output(apply_fn(params, obs))[1])
+
   def one_step(carry: EnvCarry, keys):
     key_action, key_env = keys
-    action, log_prob, entropy = act(apply_fn(params, carry.obs), key_action)
-    obs, env_state, reward, terminated, truncated, _ = env_step(
+    dist, value = split_output(apply_fn(params, carry.obs))
+    action, sample, log_prob, entropy = act(dist, key_action)
+    obs, env_state, reward, terminated, truncated, info = env_step(
         jax.random.split(key_env, num_envs), carry.env_state, action, env_params)
+    if value is None:
+      value = bootstrap = jnp.zeros_like(reward)
+    else:
+      bootstrap = jax.lax.cond(
+          jnp.any(truncated),
+          lambda: jnp.where(truncated, value_of(info["final_observation"]), 0.0),
+          lambda: jnp.zeros_like(reward))
     episode_return = carry.episode_return + reward
     episode_length = carry.episode_length + 1
     done = jnp.logical_or(terminated, truncated)
     transition = Trajectory(
+        obs=carry.obs,
+        sample=sample,
         log_prob=log_prob,
         entropy=entropy,
+        value=value,
+        bootstrap_value=bootstrap,
         reward=reward,
         terminated=terminated,
         truncated=truncated,

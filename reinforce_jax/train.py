@@ -1,9 +1,9 @@
-"""The REINFORCE training step, and whole runs built from it.
+"""The policy-gradient training step (REINFORCE, a2c, ppo), and whole runs built from it.
 
 `make_train_step` returns two pure functions. `train_step(state, key)` rolls out
-`B` environments for `T` steps (one policy evaluation per step), computes the
-discounted reward-to-go, builds the surrogate with `reinforce_loss`,
-differentiates it with `jax.grad` and applies any `optax.GradientTransformation`.
+`B` environments for `T` steps, computes returns and advantages, builds the
+surrogate (`reinforce_loss`, or PPO's clipped surrogate), differentiates it with
+`jax.grad` and applies any `optax.GradientTransformation`.
 
 Nothing is jitted on the caller's behalf:
 
@@ -27,9 +27,21 @@ import optax
 
 from reinforce_jax import baselines
 from reinforce_jax.config import TrainConfig
-from reinforce_jax.losses import reinforce_loss
-from reinforce_jax.returns import discounted_returns
-from reinforce_jax.rollout import EnvCarry, reset_envs, rollout
+from reinforce_jax.losses import (
+    entropy_bonus,
+    ppo_clip_loss,
+    reinforce_loss,
+    value_loss,
+)
+from reinforce_jax.returns import discounted_returns, gae_advantages, normalize_advantages
+from reinforce_jax.rollout import (
+    EnvCarry,
+    Trajectory,
+    reset_envs,
+    rollout,
+    score,
+    split_output,
+)
 
 Metrics = dict[str, jax.Array]
 
@@ -41,6 +53,15 @@ class TrainState(NamedTuple):
   opt_state: Any        # optimizer state
   env: EnvCarry         # batched environment state, observations, episode counters
   step: jax.Array       # [] int32, train steps taken
+  baseline: Any = ()    # [] float32 EMA baseline when config.baseline == "ema", else ()
+
+
+class _Minibatch(NamedTuple):
+  obs: jax.Array
+  sample: jax.Array
+  old_log_prob: jax.Array
+  advantage: jax.Array
+  target: jax.Array
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -49,6 +70,39 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   if config.max_grad_norm is None:
     return adam
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+
+def _episode_metrics(traj) -> Metrics:
+  done = jnp.logical_or(traj.terminated, traj.truncated)
+  num_episodes = jnp.sum(done, dtype=jnp.int32)
+
+  def per_episode(total):
+    return jnp.where(num_episodes > 0, total / jnp.maximum(num_episodes, 1), jnp.nan)
+
+  return {
+      "mean_return": per_episode(jnp.sum(traj.episode_return)),
+      "num_episodes": num_episodes,
+      "mean_length": per_episode(jnp.sum(traj.episode_length).astype(jnp.float32)),
+  }
+
+
+def _baseline(config: TrainConfig, returns, value, ema):
+  """REINFORCE's baseline for `[T, B]` returns (see `TrainConfig.baseline`)."""
+  if config.baseline == "constant":
+    return config.baseline_constant
+  if config.baseline == "ema":
+    return ema
+  if config.baseline == "batch_mean":
+    return baselines.batch_mean(returns, axis=1)
+  if config.baseline == "leave_one_out":
+    return baselines.leave_one_out(returns, axis=1)
+  if config.baseline == "value":
+    return value
+  return 0.0
 
 
 def make_train_step(
@@ -60,77 +114,155 @@ def make_train_step(
     env_params: Any = None,
 ) -> tuple[Callable[[jax.Array], TrainState],
            Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]]:
-  """Builds `(init_fn, train_step)` for REINFORCE on `env`.
+  """Builds `(init_fn, train_step)` for `config.algo` on `env`.
 
   Args:
     env: a functional environment with gymnax 1.x `reset`/`step` (auto-reset).
     policy: a flax module mapping observations `[B, ...]` to a distribution with
-      batch shape `[B]` (e.g. `CategoricalPolicy`).
+      batch shape `[B]`, or to `(distribution, value [B])` (needed by a2c, ppo
+      and the `"value"` baseline).
     optimizer: any `optax.GradientTransformation`.
-    config: `TrainConfig` (`num_envs`, `rollout_length`, `gamma`, `baseline`).
+    config: `TrainConfig`.
     env_params: the environment's params; `env.default_params` if `None`.
 
   Returns:
     `init_fn(key) -> TrainState` and `train_step(state, key) -> (state, metrics)`.
-    `metrics` holds float32/int32 scalars: `loss`, `mean_return` (mean
-    undiscounted return of the episodes that finished during this step, NaN if
-    none did), `num_episodes`, `mean_length`, `entropy` and `grad_norm`.
+    `metrics` holds float32/int32 scalars: `loss`, `policy_loss`, `entropy`,
+    `grad_norm`, `mean_return` (mean undiscounted return of the episodes that
+    finished during this step, NaN if none did), `num_episodes`, `mean_length`;
+    with a critic also `value_loss`; with ppo also `approx_kl` and
+    `clip_fraction` (means over its minibatch updates).
 
-  The loss is the mean of `-log_prob * (G_t - b)` over all `T * B` steps, so its
-  negated gradient estimates `(1/T) sum_t E[grad log pi(a_t | s_t) (G_t - b)]`:
-  for one-step episodes (`T = 1`) exactly the gradient of the expected reward.
-  Returns are cut (not bootstrapped) at truncation and at the end of the
-  rollout, as REINFORCE has no value estimate to bootstrap from.
+  REINFORCE and a2c differentiate one pass: the rollout keeps `log_prob` (and the
+  value) differentiable. Their policy loss is the mean of
+  `-log_prob * (G_t - b)` over all `T * B` steps, so its negated gradient
+  estimates `(1/T) sum_t E[grad log pi(a_t | s_t) (G_t - b)]`: for one-step
+  episodes (`T = 1`) exactly the gradient of the expected reward. Without a
+  critic, returns are cut at truncation and at the end of the rollout; with one,
+  they bootstrap from the value of the final (or last) observation. ppo rolls
+  out without gradients and re-evaluates `log_prob` in each minibatch.
   """
   if env_params is None:
     env_params = env.default_params
   num_envs, num_steps = config.num_envs, config.rollout_length
+  use_value = config.uses_value
 
   def init_fn(key: jax.Array) -> TrainState:
     key_params, key_env = jax.random.split(key)
     env_carry = reset_envs(key_env, env, env_params, num_envs)
     params = policy.init(key_params, env_carry.obs)
+    _, value = split_output(jax.eval_shape(policy.apply, params, env_carry.obs))
+    if use_value and value is None:
+      raise ValueError(
+          f"algo={config.algo!r} with baseline={config.baseline!r} needs a value head: "
+          "build the policy with value='shared' or value='separate'")
     return TrainState(
         params=params,
         opt_state=optimizer.init(params),
         env=env_carry,
         step=jnp.zeros((), jnp.int32),
+        baseline=jnp.zeros((), jnp.float32) if config.baseline == "ema" else (),
     )
 
-  def loss_fn(params, env_carry: EnvCarry, key: jax.Array):
+  def last_value(params, obs):
+    if not use_value:
+      return jnp.zeros(obs.shape[:1], jnp.float32)
+    return jax.lax.stop_gradient(split_output(policy.apply(params, obs))[1])
+
+  def advantages(traj: Trajectory, bootstrap_last, ema):
+    """`(advantages, value_targets)`, both `[T, B]` and free of gradients."""
+    traj = jax.lax.stop_gradient(traj)
+    if config.algo == "reinforce":
+      returns = discounted_returns(
+          traj.reward, traj.terminated, traj.truncated, gamma=config.gamma,
+          bootstrap_value_t=traj.bootstrap_value, last_value=bootstrap_last)
+      advantage, target = returns - _baseline(config, returns, traj.value, ema), returns
+    else:
+      advantage, target = gae_advantages(
+          traj.reward, traj.value, traj.terminated, traj.truncated, bootstrap_last,
+          gamma=config.gamma, lambda_=config.gae_lambda,
+          bootstrap_value_t=traj.bootstrap_value)
+    return advantage, target
+
+  def one_pass_loss(params, state: TrainState, key: jax.Array):
     env_carry, traj = rollout(
-        key, params, policy.apply, env, env_params, env_carry, num_steps)
-    returns = discounted_returns(
-        traj.reward, traj.terminated, traj.truncated, gamma=config.gamma)
-    baseline = None
-    if config.baseline == "leave_one_out":
-      baseline = baselines.leave_one_out(returns, axis=1)
-    loss = reinforce_loss(traj.log_prob, returns, baseline)
-    return loss, (env_carry, traj)
+        key, params, policy.apply, env, env_params, state.env, num_steps)
+    advantage, target = advantages(traj, last_value(params, env_carry.obs), state.baseline)
+    if config.normalize_advantages:
+      advantage = normalize_advantages(advantage)
+    policy_loss = reinforce_loss(traj.log_prob, advantage)
+    entropy = entropy_bonus(traj.entropy)
+    loss = policy_loss - config.entropy_coef * entropy
+    metrics = {"policy_loss": policy_loss, "entropy": entropy}
+    if use_value:
+      metrics["value_loss"] = value_loss(traj.value, target)
+      loss = loss + config.value_coef * metrics["value_loss"]
+    return loss, (env_carry, traj, target, metrics)
+
+  def one_pass_step(state: TrainState, key: jax.Array):
+    (loss, (env_carry, traj, target, metrics)), grads = jax.value_and_grad(
+        one_pass_loss, has_aux=True)(state.params, state, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.baseline
+    if config.baseline == "ema":
+      ema = baselines.ema_update(state.baseline, target, decay=config.ema_decay)
+    metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
+    return state._replace(params=params, opt_state=opt_state, env=env_carry,
+                          baseline=ema), traj, metrics
+
+  def ppo_minibatch_loss(params, batch: _Minibatch):
+    dist, value = split_output(policy.apply(params, batch.obs))
+    log_prob, entropy = score(dist, batch.sample)
+    advantage = batch.advantage
+    if config.normalize_advantages:
+      advantage = normalize_advantages(advantage)
+    policy_loss, metrics = ppo_clip_loss(
+        log_prob, batch.old_log_prob, advantage, clip_eps=config.clip_eps)
+    metrics = {"policy_loss": policy_loss, "entropy": entropy_bonus(entropy),
+               "value_loss": value_loss(value, batch.target), **metrics}
+    loss = (policy_loss + config.value_coef * metrics["value_loss"]
+            - config.entropy_coef * metrics["entropy"])
+    return loss, metrics
+
+  def ppo_step(state: TrainState, key: jax.Array):
+    key_rollout, key_epochs = jax.random.split(key)
+    env_carry, traj = rollout(
+        key_rollout, state.params, policy.apply, env, env_params, state.env, num_steps)
+    traj = jax.lax.stop_gradient(traj)
+    advantage, target = advantages(traj, last_value(state.params, env_carry.obs), ())
+    size = num_envs * num_steps
+    flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), _Minibatch(
+        traj.obs, traj.sample, traj.log_prob, advantage, target))
+
+    def update(carry, batch):
+      params, opt_state = carry
+      (loss, metrics), grads = jax.value_and_grad(ppo_minibatch_loss, has_aux=True)(
+          params, batch)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
+      return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def epoch(carry, key):
+      order = jax.random.permutation(key, size)
+      batches = jax.tree.map(
+          lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:]), flat)
+      return jax.lax.scan(update, carry, batches)
+
+    (params, opt_state), metrics = jax.lax.scan(
+        epoch, (state.params, state.opt_state),
+        jax.random.split(key_epochs, config.num_epochs))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    return state._replace(params=params, opt_state=opt_state, env=env_carry), traj, metrics
+
+  algo_step = ppo_step if config.algo == "ppo" else one_pass_step
 
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
-    key = jax.random.fold_in(key, state.step)
-    (loss, (env_carry, traj)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.env, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    done = jnp.logical_or(traj.terminated, traj.truncated)
-    num_episodes = jnp.sum(done, dtype=jnp.int32)
-    per_episode = lambda total: jnp.where(  # noqa: E731
-        num_episodes > 0, total / jnp.maximum(num_episodes, 1), jnp.nan)
-    metrics = {
-        "loss": loss,
-        "mean_return": per_episode(jnp.sum(traj.episode_return)),
-        "num_episodes": num_episodes,
-        "mean_length": per_episode(jnp.sum(traj.episode_length).astype(jnp.float32)),
-        "entropy": jnp.mean(traj.entropy),
-        "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
-    }
-    new_state = TrainState(
-        params=params, opt_state=opt_state, env=env_carry, step=state.step + 1)
-    return new_state, metrics
+    new_state, traj, metrics = algo_step(state, jax.random.fold_in(key, state.step))
+    metrics = {**metrics, **_episode_metrics(traj)}
+    return new_state._replace(step=state.step + 1), metrics
 
   return init_fn, train_step
 

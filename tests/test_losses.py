@@ -1,5 +1,6 @@
 """reinforce_loss: value, stop_gradient, shape checks, and the estimator's statistics."""
 
+import distrax
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ from conftest import random_linear_params
 
 from reinforce_jax import reinforce_loss
 from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.rollout import act
 
 
 def test_value_is_negative_mean_of_logprob_times_advantage():
@@ -182,3 +184,41 @@ def test_gradient_step_increases_expected_reward(bandit, linear_policy):
   before = expected(params)
   after = expected(unravel(flat_params + 0.5 * batch))
   assert after > before
+
+
+# --- Gaussian score function vs the closed form, and the sample_and_log_prob trap ---
+
+def test_gaussian_score_function_gradient_matches_closed_form():
+  """x ~ N(mu, sigma^2), f = (x - k)^2: d/dmu E f = 2 (mu - k), d/dsigma E f = 2 sigma."""
+  mu, sigma, k, n = 0.7, 1.3, 0.2, 200_000
+
+  theta = jnp.array([mu, sigma])
+  # The library's path: act() samples n draws, cuts them, scores them.
+  def surrogate(th):
+    dist = distrax.Normal(jnp.full((n,), th[0]), jnp.full((n,), th[1]))
+    _, x, log_prob, _ = act(dist, jax.random.key(1))
+    return -reinforce_loss(log_prob, (x - k) ** 2), x
+
+  batch_grad, x = jax.grad(surrogate, has_aux=True)(theta)
+  per_sample = jnp.stack([(x - mu) / sigma**2 * (x - k) ** 2,
+                          ((x - mu) ** 2 - sigma**2) / sigma**3 * (x - k) ** 2], axis=1)
+  np.testing.assert_allclose(batch_grad, per_sample.mean(0), rtol=1e-3)
+  exact = np.array([2 * (mu - k), 2 * sigma])
+  stderr = per_sample.std(0) / np.sqrt(n)
+  assert np.all(np.abs(np.asarray(batch_grad) - exact) < 4 * stderr), (batch_grad, exact)
+
+
+def test_sample_and_log_prob_trap():
+  """distrax computes log_prob from the standard-normal noise: zero gradient in loc."""
+  def trap(loc):
+    x, log_prob = distrax.Normal(loc, 1.0).sample_and_log_prob(
+        seed=jax.random.key(0), sample_shape=(1000,))
+    return -reinforce_loss(log_prob, (x - 0.2) ** 2)
+
+  def right(loc):
+    dist = distrax.Normal(loc, 1.0)
+    _, x, log_prob, _ = act(dist, jax.random.key(0))
+    return -reinforce_loss(log_prob, (x - 0.2) ** 2)
+
+  assert float(jax.grad(trap)(0.7)) == 0.0
+  assert float(jax.grad(lambda loc: right(jnp.full((1000,), loc)))(0.7)) != 0.0

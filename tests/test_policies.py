@@ -2,8 +2,10 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.policies import CategoricalPolicy, GaussianPolicy
+from reinforce_jax.rollout import act
 
 
 def test_no_hidden_layers_is_the_seeds_linear_layer():
@@ -23,9 +25,52 @@ def test_mlp_shapes_and_near_uniform_start():
   policy = CategoricalPolicy(3, hidden=(16, 8))
   obs = jax.random.normal(jax.random.key(1), (5, 4))
   params = policy.init(jax.random.key(0), obs)
-  assert [k for k in params["params"]] == ["hidden_0", "hidden_1", "logits"]
+  assert sorted(params["params"]) == ["logits", "trunk"]
+  assert sorted(params["params"]["trunk"]) == ["hidden_0", "hidden_1"]
   dist = policy.apply(params, obs)
   assert dist.batch_shape == (5,) and dist.num_categories == 3
   np.testing.assert_allclose(dist.probs, 1 / 3, atol=0.02)
   actions = dist.sample(seed=jax.random.key(2))
   assert actions.shape == (5,) and dist.log_prob(actions).shape == (5,)
+
+
+def test_value_heads_shared_and_separate():
+  obs = jax.random.normal(jax.random.key(1), (5, 4))
+  for value in ("shared", "separate"):
+    policy = CategoricalPolicy(2, hidden=(8,), value=value)
+    params = policy.init(jax.random.key(0), obs)
+    dist, v = policy.apply(params, obs)
+    assert isinstance(dist, distrax.Categorical) and v.shape == (5,)
+    assert ("value_trunk" in params["params"]) == (value == "separate")
+  with pytest.raises(ValueError, match="value must be one of"):
+    CategoricalPolicy(2, value="both").init(jax.random.key(0), obs)
+
+
+@pytest.mark.parametrize("state_dependent", [False, True])
+def test_gaussian_policy_shapes(state_dependent):
+  policy = GaussianPolicy(2, hidden=(8,), state_dependent_std=state_dependent,
+                          init_log_std=-0.5)
+  obs = jax.random.normal(jax.random.key(1), (5, 3))
+  params = policy.init(jax.random.key(0), obs)
+  dist = policy.apply(params, obs)
+  assert dist.batch_shape == (5,) and dist.event_shape == (2,)
+  np.testing.assert_allclose(dist.stddev(), np.exp(-0.5), rtol=0.05)
+  assert ("log_std" in params["params"]) and (
+      isinstance(params["params"]["log_std"], dict) == state_dependent)
+
+
+def test_squashed_gaussian_log_prob_includes_the_tanh_correction():
+  policy = GaussianPolicy(1, hidden=(), squash=(-2.0, 2.0), init_log_std=0.5)
+  obs = jnp.zeros((4000, 3))
+  params = policy.init(jax.random.key(0), obs)
+  dist = policy.apply(params, obs)
+  action, u, log_prob, _ = act(dist, jax.random.key(1))
+  assert np.all(np.abs(action) < 2.0) and action.shape == (4000, 1)
+  base = dist.distribution
+  # log(2 (1 - tanh(u)^2)), written stably: 1 - tanh^2 cancels badly near the bounds.
+  log_det = jnp.log(2.0) + 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+  want = base.log_prob(u) - jnp.sum(log_det, axis=-1)
+  np.testing.assert_allclose(log_prob, want, rtol=1e-4, atol=1e-4)
+  inside = np.abs(np.asarray(action[:, 0])) < 1.5  # where inverting tanh is accurate
+  np.testing.assert_allclose(np.asarray(log_prob)[inside],
+                             np.asarray(dist.log_prob(action))[inside], rtol=1e-3, atol=1e-3)

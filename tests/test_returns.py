@@ -3,7 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reinforce_jax import discounted_returns
+from reinforce_jax.returns import (
+    discounted_returns,
+    gae_advantages,
+    lambda_returns,
+    normalize_advantages,
+)
 
 
 def reference_returns(reward, terminated, truncated, gamma, bootstrap, last_value):
@@ -63,3 +68,82 @@ def test_shape_mismatch_raises():
   with pytest.raises(ValueError, match="last_value"):
     discounted_returns(jnp.zeros((4, 2)), jnp.zeros((4, 2), bool), jnp.zeros((4, 2), bool),
                        gamma=0.9, last_value=jnp.zeros(3))
+
+
+# --- GAE and lambda-returns ---
+
+def reference_gae(reward, value, terminated, truncated, bootstrap, last_value, gamma, lam):
+  T, B = reward.shape
+  adv = np.zeros((T, B))
+  for b in range(B):
+    following = 0.0
+    for t in reversed(range(T)):
+      if terminated[t, b]:
+        cont = 0.0
+      elif truncated[t, b]:
+        cont = bootstrap[t, b]
+      else:
+        cont = value[t + 1, b] if t + 1 < T else last_value[b]
+      delta = reward[t, b] + gamma * cont - value[t, b]
+      done = terminated[t, b] or truncated[t, b]
+      adv[t, b] = delta + (0.0 if done else gamma * lam * following)
+      following = adv[t, b]
+  return adv
+
+
+def _random_rollout(seed, T=17, B=4, p_end=0.15):
+  rng = np.random.default_rng(seed)
+  f32 = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+  return (f32(T, B), f32(T, B), rng.random((T, B)) < p_end, rng.random((T, B)) < p_end,
+          f32(T, B), f32(B))
+
+
+@pytest.mark.parametrize("gamma, lam", [(0.99, 0.95), (0.9, 0.0), (1.0, 1.0), (0.5, 0.7)])
+def test_gae_matches_reference_and_lambda_returns(gamma, lam):
+  reward, value, terminated, truncated, bootstrap, last = _random_rollout(1)
+  adv, targets = jax.jit(gae_advantages, static_argnames=())(
+      reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam,
+      bootstrap_value_t=bootstrap)
+  want = reference_gae(reward, value, terminated, truncated, bootstrap, last, gamma, lam)
+  np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-5)
+  ret = lambda_returns(reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam,
+                       bootstrap_value_t=bootstrap)
+  np.testing.assert_allclose(ret, targets, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_one_gives_discounted_returns_minus_values():
+  reward, value, terminated, truncated, bootstrap, last = _random_rollout(2)
+  adv, _ = gae_advantages(reward, value, terminated, truncated, last, gamma=0.97, lambda_=1.0,
+                          bootstrap_value_t=bootstrap)
+  ret = discounted_returns(reward, terminated, truncated, gamma=0.97,
+                           bootstrap_value_t=bootstrap, last_value=last)
+  np.testing.assert_allclose(adv, ret - value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_parity_with_rlax_without_truncation(lam):
+  rlax = pytest.importorskip("rlax")
+  reward, value, terminated, _, _, last = _random_rollout(3)
+  truncated = np.zeros_like(terminated)
+  gamma = 0.98
+  adv, _ = gae_advantages(reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam)
+  ret = lambda_returns(reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam)
+  disc = discounted_returns(reward, terminated, truncated, gamma=gamma, last_value=last)
+  discount = (gamma * (1.0 - terminated)).astype(np.float32)
+  values = np.concatenate([value, last[None]], axis=0)
+  for b in range(reward.shape[1]):
+    want_adv = rlax.truncated_generalized_advantage_estimation(
+        reward[:, b], discount[:, b], lam, values[:, b])
+    want_ret = rlax.lambda_returns(reward[:, b], discount[:, b], values[1:, b], lam)
+    want_disc = rlax.discounted_returns(
+        reward[:, b], discount[:, b], np.full(reward.shape[0], last[b], np.float32))
+    np.testing.assert_allclose(adv[:, b], want_adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret[:, b], want_ret, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(disc[:, b], want_disc, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_advantages():
+  adv = jnp.array([[1.0, 2.0], [3.0, 6.0]])
+  out = normalize_advantages(adv)
+  np.testing.assert_allclose(float(out.mean()), 0.0, atol=1e-6)
+  np.testing.assert_allclose(float(out.std()), 1.0, rtol=1e-5)

@@ -47,11 +47,12 @@ def test_log_prob_is_differentiable_and_actions_are_not():
 def test_act_scores_categorical_and_other_distributions():
   logits = jnp.array([[0.2, 1.0, -0.3], [2.0, 0.0, 0.0]])
   dist = distrax.Categorical(logits=logits)
-  action, log_prob, entropy = act(dist, jax.random.key(0))
+  action, sample, log_prob, entropy = act(dist, jax.random.key(0))
+  np.testing.assert_array_equal(action, sample)
   np.testing.assert_allclose(log_prob, dist.log_prob(action), rtol=1e-6)
   np.testing.assert_allclose(entropy, dist.entropy(), rtol=1e-6)
   # Any other distribution goes through its own methods.
   normal = distrax.Normal(jnp.zeros(3), jnp.ones(3))
-  action, log_prob, entropy = act(normal, jax.random.key(1))
+  action, _, log_prob, entropy = act(normal, jax.random.key(1))
   np.testing.assert_allclose(log_prob, normal.log_prob(action), rtol=1e-6)
   np.testing.assert_allclose(entropy, normal.entropy(), rtol=1e-6)
