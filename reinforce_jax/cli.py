@@ -2,6 +2,7 @@
 
     reinforce-jax train bandit
     reinforce-jax train cartpole --num-seeds 5 --out runs/cartpole
+    reinforce-jax train pendulum --algo ppo
 
 Bad arguments exit with status 2 and one line on stderr, no traceback.
 """
@@ -13,6 +14,7 @@ import math
 import pathlib
 import sys
 
+from reinforce_jax.config import ALGOS, BASELINES
 from reinforce_jax.presets import PRESETS
 
 
@@ -49,17 +51,20 @@ def _number(valid, requirement: str):
 
 _positive_float = _number(lambda v: math.isfinite(v) and v > 0, "finite and positive")
 _unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+_non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="reinforce-jax", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   train = commands.add_parser(
-      "train", help="train a policy with REINFORCE",
-      description="Train a policy with REINFORCE. Defaults come from the preset.")
+      "train", help="train a policy (REINFORCE, A2C or PPO)",
+      description="Train a policy. Defaults come from the preset of ENV and --algo.")
   train.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
                      help="one of: " + ", ".join(f"{k} ({v.description})"
                                                  for k, v in sorted(PRESETS.items())))
+  train.add_argument("--algo", choices=list(ALGOS),
+                     help="reinforce, a2c or ppo (default: the preset's)")
   train.add_argument("--steps", type=_int_at_least(0), help="train steps")
   train.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
   train.add_argument("--rollout-length", type=_int_at_least(1),
@@ -67,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--gamma", type=_unit_float, help="discount in [0, 1]")
   train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
   train.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
-  train.add_argument("--baseline", choices=["none", "leave_one_out"], help="baseline")
+  train.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
+  train.add_argument("--gae-lambda", type=_unit_float, help="GAE lambda in [0, 1] (a2c, ppo)")
+  train.add_argument("--entropy-coef", type=_non_negative_float, help="entropy bonus weight")
+  train.add_argument("--stop-at-return", type=float, metavar="R",
+                     help="stop once every seed's latest mean return is >= R")
   train.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
   train.add_argument("--num-seeds", type=_int_at_least(1), default=1,
                      help="independent runs trained together in one program (default 1)")
@@ -81,9 +90,11 @@ def _config(args, preset):
       "num_steps": args.steps, "num_envs": args.num_envs,
       "rollout_length": args.rollout_length, "gamma": args.gamma,
       "learning_rate": args.lr, "max_grad_norm": args.max_grad_norm,
-      "baseline": args.baseline,
+      "baseline": args.baseline, "gae_lambda": args.gae_lambda,
+      "entropy_coef": args.entropy_coef,
   }
-  return preset.config.replace(**{k: v for k, v in overrides.items() if v is not None})
+  algo = args.algo or preset.default_algo
+  return preset.configs[algo].replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
   from reinforce_jax.experiment import run_experiment  # imports JAX: after the checks
 
   result = run_experiment(args.env, config, seed=args.seed, num_seeds=args.num_seeds,
-                          out_dir=out, progress=not args.no_progress)
+                          out_dir=out, progress=not args.no_progress,
+                          stop_at_return=args.stop_at_return)
   returns = [r for r in result.final_mean_return if r is not None]
-  print(f"{result.env}: {result.status} {result.steps_done} steps x {config.num_envs} envs x "
+  print(f"{result.env} {config.algo}: {result.status} {result.steps_done} steps x "
+        f"{config.num_envs} envs x "
         f"{config.rollout_length} env steps, {result.num_seeds} seed(s), "
         f"{result.wall_time_s:.1f} s (compile {result.compile_time_s:.1f} s)")
   if returns:
@@ -114,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
   if result.expected_reward is not None:
     print("  exact expected reward of the learned policy: "
           + ", ".join(f"{r:.4f}" for r in result.expected_reward))
+  if result.solved_at_step is not None:
+    print(f"  every seed reached {args.stop_at_return:g} at step {result.solved_at_step}, "
+          f"{result.solved_after_s:.1f} s after the start (compile included)")
   print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")
-  return {"completed": 0, "non-finite": 1, "interrupted": 130}[result.status]
+  return {"completed": 0, "solved": 0, "non-finite": 1, "interrupted": 130}[result.status]
 
 
 if __name__ == "__main__":

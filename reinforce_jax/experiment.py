@@ -25,8 +25,8 @@ from reinforce_jax import plotting
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
 from reinforce_jax.presets import PRESETS
+from reinforce_jax.rollout import split_output
 from reinforce_jax.train import make_optimizer, make_run, make_train_step
 
 METRICS_FILE = "metrics.jsonl"
@@ -41,12 +41,14 @@ class Result:
   steps_done: int            # train steps completed by every seed (a seed that went
                              # non-finite keeps its own last finite step's parameters)
   num_seeds: int
-  status: str                # "completed", "non-finite" or "interrupted"
+  status: str                # "completed", "solved", "non-finite" or "interrupted"
   final_mean_return: list[float | None]  # per seed, last step with finished episodes
   wall_time_s: float
   compile_time_s: float
   out_dir: str
   expected_reward: list[float] | None = None  # bandit only: exact, from the final policy
+  solved_at_step: int | None = None    # first step where every seed reached stop_at_return
+  solved_after_s: float | None = None  # seconds from the start of the run to then
   files: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -86,6 +88,7 @@ def run_experiment(
     out_dir: str | pathlib.Path,
     progress: bool = True,
     num_chunks: int = 50,
+    stop_at_return: float | None = None,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -94,17 +97,18 @@ def run_experiment(
   episode finished), `num_episodes`, `mean_length`, `entropy`, `grad_norm`),
   `learning_curve.png`, `policy.png` (bandit), `params.msgpack` (flax msgpack of
   the final parameters, every leaf with a leading `[num_seeds]` axis),
-  `config.json` and `summary.json`.
+  `config.json` and `summary.json`. With `stop_at_return`, the run ends at the
+  first chunk after which every seed's latest mean return reaches it.
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
-  policy = CategoricalPolicy(env.num_actions, hidden=preset.hidden)
+  policy = preset.policy(env, config)
   init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
   chunk = max(1, math.ceil(config.num_steps / num_chunks))
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "config.json").write_text(json.dumps(
-      {"env": env_name, "seed": seed, "num_seeds": num_seeds,
+      {"env": env_name, "seed": seed, "num_seeds": num_seeds, "stop_at_return": stop_at_return,
        "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
 
   start = time.perf_counter()
@@ -117,6 +121,8 @@ def run_experiment(
 
   history: dict[str, list[np.ndarray]] = {}
   status, done = "completed", 0
+  solved_at, solved_after = None, None
+  latest = np.full(num_seeds, np.nan)
   bar = tqdm(total=config.num_steps, desc=f"{env_name}", unit="step",
              disable=not progress, file=sys.stderr, dynamic_ncols=True)
   try:
@@ -139,9 +145,16 @@ def run_experiment(
         done += good
         bar.update(good)
         if good:
+          for seed_index, curve in enumerate(metrics["mean_return"][:, :good]):
+            last = _last_finite(curve)
+            latest[seed_index] = latest[seed_index] if last is None else last
           recent = _last_finite(_nanmean(metrics["mean_return"][:, :good]))
           if recent is not None:
             bar.set_postfix(mean_return=f"{recent:.3g}")
+        if stop_at_return is not None and np.all(latest >= stop_at_return):
+          status, solved_at = "solved", done
+          solved_after = time.perf_counter() - start
+          break
         if not np.asarray(result.finite).all():
           status = "non-finite"
           bad = np.flatnonzero(~np.asarray(result.finite)).tolist()
@@ -165,11 +178,11 @@ def run_experiment(
   (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
   plotting.plot_learning_curve(
       mean_return, out / "learning_curve.png",
-      title=f"REINFORCE on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
+      title=f"{config.algo.upper()} on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
   expected = None
   if isinstance(env, ContextualBandit):
     contexts = env.default_params.contexts
-    probs = jax.vmap(lambda p: policy.apply(p, contexts).probs)(state.params)
+    probs = jax.vmap(lambda p: split_output(policy.apply(p, contexts))[0].probs)(state.params)
     expected = [float(env.expected_reward(p, env.default_params)) for p in probs]
     plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
                                 title=f"Learned policy after {done} steps")
@@ -178,7 +191,9 @@ def run_experiment(
       env=env_name, steps_done=done, num_seeds=num_seeds, status=status,
       final_mean_return=[_last_finite(r) for r in mean_return],
       wall_time_s=round(wall, 3), compile_time_s=round(compile_time, 3),
-      out_dir=str(out), expected_reward=expected, files=sorted(files))
+      out_dir=str(out), expected_reward=expected, files=sorted(files),
+      solved_at_step=solved_at,
+      solved_after_s=None if solved_after is None else round(solved_after, 3))
   (out / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result
 

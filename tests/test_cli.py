@@ -107,3 +107,27 @@ def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
   assert summary["status"] == "interrupted" and 4 <= summary["steps_done"] < 100
   assert len(_rows(out)) == summary["steps_done"]
   assert (out / "params.msgpack").stat().st_size > 0
+
+
+@pytest.mark.parametrize("env, algo", [("pendulum", "ppo"), ("cartpole", "a2c")])
+def test_train_other_algorithms(env, algo, tmp_path, capsys):
+  out = tmp_path / env
+  code = cli.main(["train", env, "--algo", algo, "--steps", "2", "--num-envs", "8",
+                   "--rollout-length", "16", "--out", str(out), "--no-progress"])
+  assert code == 0
+  config = json.loads((out / "config.json").read_text())
+  assert config["algo"] == algo and config["num_envs"] == 8
+  rows = _rows(out)
+  assert len(rows) == 2 and "value_loss" in rows[0]
+  assert f"{env} {algo}: completed" in capsys.readouterr().out
+
+
+def test_stop_at_return(tmp_path):
+  out = tmp_path / "solved"
+  code = cli.main(["train", "bandit", "--steps", "500", "--num-envs", "64", "--seed", "1",
+                   "--stop-at-return", "0.9", "--out", str(out), "--no-progress"])
+  summary = json.loads((out / "summary.json").read_text())
+  assert code == 0 and summary["status"] == "solved"
+  assert summary["solved_at_step"] == summary["steps_done"] < 500
+  rows = _rows(out)
+  assert rows[-1]["mean_return"] >= 0.9

@@ -111,7 +111,7 @@ def test_train_step_gradient_is_unbiased(bandit, linear_policy):
 
 def test_bandit_default_config_reaches_expected_reward_099(bandit):
   preset = PRESETS["bandit"]
-  config = preset.config
+  config = preset.configs["reinforce"]
   policy = CategoricalPolicy(2, hidden=preset.hidden)
   out = jax.jit(rj.make_train(bandit, policy, rj.make_optimizer(config), config))(
       jax.random.key(0))
@@ -122,7 +122,7 @@ def test_bandit_default_config_reaches_expected_reward_099(bandit):
 
 def test_cartpole_return_rises_well_above_random():
   preset = PRESETS["cartpole"]
-  config = preset.config.replace(num_steps=40)
+  config = preset.configs["reinforce"].replace(num_steps=40)
   env = CartPole()
   policy = CategoricalPolicy(2, hidden=preset.hidden)
   out = jax.jit(rj.make_train(env, policy, rj.make_optimizer(config), config))(
@@ -200,3 +200,52 @@ def test_vmapped_runs_stop_independently(bandit, linear_policy):
   out = run(states, jax.random.split(jax.random.key(1), 2), 4)
   np.testing.assert_array_equal(out.steps_done, [1, 0])
   np.testing.assert_array_equal(out.finite, [False, False])
+
+
+# --- a2c and ppo share the rollout and the returns module ---
+
+def _run_preset(env_name, algo, num_steps, seed=0):
+  preset = PRESETS[env_name]
+  config = preset.configs[algo].replace(num_steps=num_steps)
+  env = preset.make_env()
+  policy = preset.policy(env, config)
+  train = rj.make_train(env, policy, rj.make_optimizer(config), config)
+  return jax.jit(train)(jax.random.key(seed))
+
+
+def test_a2c_learns_cartpole():
+  out = _run_preset("cartpole", "a2c", 60)
+  returns = np.asarray(out.metrics["mean_return"])
+  assert "value_loss" in out.metrics
+  assert np.nanmean(returns[:3]) < 30 and np.nanmean(returns[-5:]) > 100
+
+
+def test_ppo_learns_cartpole_and_reports_its_metrics():
+  out = _run_preset("cartpole", "ppo", 12)
+  returns = np.asarray(out.metrics["mean_return"])
+  assert np.nanmean(returns[:2]) < 40 and np.nanmean(returns[-3:]) > 150
+  kl, clip = np.asarray(out.metrics["approx_kl"]), np.asarray(out.metrics["clip_fraction"])
+  assert np.all(kl >= 0) and np.all((clip >= 0) & (clip <= 1)) and clip.max() > 0
+
+
+def test_ppo_improves_pendulum():
+  out = _run_preset("pendulum", "ppo", 40)
+  returns = np.asarray(out.metrics["mean_return"])
+  finished = returns[np.isfinite(returns)]
+  assert finished[-3:].mean() > finished[:3].mean() + 150
+
+
+def test_value_head_is_required_where_used(bandit, linear_policy):
+  for config in (rj.TrainConfig(algo="a2c"), rj.TrainConfig(baseline="value")):
+    init_fn, _ = rj.make_train_step(bandit, linear_policy, optax.adam(0.1), config)
+    with pytest.raises(ValueError, match="value head"):
+      init_fn(jax.random.key(0))
+
+
+def test_config_errors_name_the_field():
+  with pytest.raises(ValueError, match="num_minibatches=3 must divide"):
+    rj.TrainConfig(algo="ppo", num_envs=4, rollout_length=2, num_minibatches=3)
+  with pytest.raises(ValueError, match="applies to algo='reinforce'"):
+    rj.TrainConfig(algo="ppo", baseline="leave_one_out")
+  with pytest.raises(ValueError, match="gae_lambda"):
+    rj.TrainConfig(gae_lambda=1.5)

@@ -1,4 +1,4 @@
-"""Functional environments (gymnax 1.x interface), one file each."""
+"""Functional environments (gymnax 1.x interface), one file each, and `make`."""
 
 from reinforce_jax.envs.bandit import (
     BanditParams,
@@ -9,6 +9,33 @@ from reinforce_jax.envs.bandit import (
 )
 from reinforce_jax.envs.base import Environment
 from reinforce_jax.envs.cartpole import CartPole, CartPoleParams, CartPoleState
+from reinforce_jax.envs.gymnax_env import GymnaxEnv
+from reinforce_jax.envs.pendulum import Pendulum, PendulumParams, PendulumState
+from reinforce_jax.envs.wrappers import EpisodeStatistics, NormalizeObservation, Wrapper
+
+REGISTRY = {
+    "ContextualBandit-v0": ContextualBandit,
+    "CartPole-v1": CartPole,
+    "Pendulum-v1": Pendulum,
+}
+
+
+def make(name: str, **kwargs) -> Environment:
+  """An environment by name: ours (`"CartPole-v1"`, `"Pendulum-v1"`,
+  `"ContextualBandit-v0"`) or any gymnax 1.x one as `"gymnax:<name>"` (keyword
+  arguments go to the constructor, or to `gymnax.make`)."""
+  if name.startswith("gymnax:"):
+    try:
+      import gymnax
+    except ImportError:
+      raise ImportError(
+          f"{name!r} needs gymnax: pip install 'reinforce_jax[gymnax]'") from None
+    return GymnaxEnv(*gymnax.make(name.removeprefix("gymnax:"), **kwargs))
+  if name not in REGISTRY:
+    raise ValueError(
+        f"unknown environment {name!r}; known: {sorted(REGISTRY)} or 'gymnax:<name>'")
+  return REGISTRY[name](**kwargs)
+
 
 __all__ = [
     "BanditParams",
@@ -18,6 +45,15 @@ __all__ = [
     "CartPoleState",
     "ContextualBandit",
     "Environment",
+    "EpisodeStatistics",
+    "GymnaxEnv",
+    "NormalizeObservation",
+    "REGISTRY",
+    "Wrapper",
+    "make",
+    "Pendulum",
+    "PendulumParams",
+    "PendulumState",
     "make_params",
     "seed_params",
 ]
