@@ -20,17 +20,17 @@ import optax
 import reference
 
 import reinforce_jax as rj
-from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.presets import PRESETS, make_policy
 
 
-def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s, options):
+def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s, options,
+                 algo="reinforce", baseline="none", value_head="separate"):
   preset = PRESETS[env_name]
   env = preset.make_env()
-  policy = CategoricalPolicy(env.num_actions, hidden=preset.hidden)
   optimizer = optax.adam(1e-2)
-  config = preset.config.replace(num_envs=num_envs, rollout_length=rollout_length,
-                                 baseline="none")
+  config = preset.configs[algo].replace(num_envs=num_envs, rollout_length=rollout_length,
+                                        baseline=baseline)
+  policy = make_policy(env, preset.hidden, value=value_head if config.uses_value else None)
   init_fn, train_step = rj.make_train_step(env, policy, optimizer, config)
   key = jax.random.key(0, impl=key_impl)
   state = common.block(jax.jit(init_fn)(key))
@@ -58,7 +58,7 @@ def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
 
   candidates = {"train_step_python_loop": lambda: python_loop(calls),
                 "make_run_fused": fused_run}
-  if env_name == "bandit" and rollout_length == 1:
+  if env_name == "bandit" and rollout_length == 1 and algo == "reinforce" and baseline == "none":
     loop = jax.jit(reference.make_fused_loop(num_envs, optimizer), static_argnums=3,
                    compiler_options=options)
     params = reference.init_params()
@@ -88,6 +88,11 @@ def main():
   parser.add_argument("--sizes", default=",".join(str(4**i) for i in range(9)),
                       help="comma-separated num_envs (default 1,4,...,65536)")
   parser.add_argument("--rollout-length", type=int, default=1)
+  parser.add_argument("--algo", default="reinforce", choices=["reinforce", "a2c", "ppo"])
+  parser.add_argument("--baseline", default="none",
+                      help="REINFORCE's baseline (default none)")
+  parser.add_argument("--value-head", default="separate", choices=["shared", "separate"],
+                      help="for a2c, ppo and the value baseline (default separate)")
   parser.add_argument("--key-impl", default="threefry2x32",
                       choices=common.KEY_IMPLS)
   parser.add_argument("--compiler-options", choices=["recommended", "default"],
@@ -104,12 +109,13 @@ def main():
   rows = []
   header = (f"{'num_envs':>9} {'compile s':>9} {'step us':>10} {'fused us':>10} "
             f"{'ref us':>9} {'loop/ref':>8} {'env steps/s':>13}")
-  print(f"{args.env}, rollout length {args.rollout_length}, {args.key_impl} keys, "
+  print(f"{args.env}, {args.algo}, baseline {args.baseline}, "
+        f"rollout length {args.rollout_length}, {args.key_impl} keys, "
         f"{jax.devices()[0].device_kind}, compiler options {options or 'XLA defaults'}")
   print(header)
   for n in sizes:
     row = measure_size(args.env, n, args.rollout_length, args.key_impl, args.rounds,
-                       args.budget, options)
+                       args.budget, options, args.algo, args.baseline, args.value_head)
     rows.append(row)
     t = row["timings"]
     ref = t.get("reference_fused_loop", {}).get("median_s", math.nan)
@@ -118,9 +124,15 @@ def main():
           f"{t['make_run_fused']['median_s'] * 1e6:>10.1f} {ref * 1e6:>9.1f} "
           f"{row.get('ratio_python_loop_to_reference', math.nan):>8.2f} "
           f"{row['env_steps_per_s']:>13,.0f}", flush=True)
-  name = f"throughput-{args.env}" + ("" if args.key_impl == "threefry2x32" else f"-{args.key_impl}")
+  name = f"throughput-{args.env}"
+  name += "" if args.algo == "reinforce" else f"-{args.algo}"
+  name += "" if args.baseline == "none" else f"-{args.baseline}"
+  name += f"-{args.value_head}" if args.baseline == "value" or args.algo != "reinforce" else ""
+  name += "" if args.key_impl == "threefry2x32" else f"-{args.key_impl}"
   name += "" if args.compiler_options == "recommended" else "-xla-defaults"
-  path = common.write(name, {"env": args.env, "key_impl": args.key_impl,
+  path = common.write(name, {"env": args.env, "algo": args.algo, "baseline": args.baseline,
+                             "value_head": args.value_head,
+                             "key_impl": args.key_impl,
                              "compiler_options": options, "rows": rows}, args.out)
   print(f"wrote {path}")
 
