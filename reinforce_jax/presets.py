@@ -56,8 +56,8 @@ PRESETS: dict[str, Preset] = {
         configs={
             "reinforce": _CARTPOLE_REINFORCE,
             "a2c": TrainConfig(
-                algo="a2c", num_envs=64, rollout_length=32, learning_rate=3e-3,
-                max_grad_norm=0.5, num_steps=400, entropy_coef=0.01),
+                algo="a2c", num_envs=128, rollout_length=64, learning_rate=2e-3,
+                max_grad_norm=0.5, num_steps=200, normalize_advantages=True),
             "ppo": TrainConfig(
                 algo="ppo", num_envs=64, rollout_length=128, learning_rate=2.5e-3,
                 max_grad_norm=0.5, num_steps=80, normalize_advantages=True,
