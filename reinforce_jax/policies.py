@@ -46,9 +46,12 @@ def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array) -> jax
   return value[..., 0]
 
 
-def _check_value_head(value):
-  if value not in VALUE_HEADS:
-    raise ValueError(f"value must be one of {VALUE_HEADS}, got {value!r}")
+def _trunk(module: nn.Module, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(obs as float32, features of the policy's hidden layers)`."""
+  if module.value not in VALUE_HEADS:
+    raise ValueError(f"value must be one of {VALUE_HEADS}, got {module.value!r}")
+  obs = jnp.asarray(obs, jnp.float32)
+  return obs, MLP(module.hidden, module.activation, name="trunk")(obs)
 
 
 class CategoricalPolicy(nn.Module):
@@ -74,9 +77,7 @@ class CategoricalPolicy(nn.Module):
 
   @nn.compact
   def __call__(self, obs: jax.Array):
-    _check_value_head(self.value)
-    obs = jnp.asarray(obs, jnp.float32)
-    features = MLP(self.hidden, self.activation, name="trunk")(obs)
+    obs, features = _trunk(self, obs)
     logits = nn.Dense(self.num_actions,
                       kernel_init=nn.initializers.orthogonal(self.logits_scale),
                       name="logits")(features)
@@ -113,9 +114,7 @@ class GaussianPolicy(nn.Module):
 
   @nn.compact
   def __call__(self, obs: jax.Array):
-    _check_value_head(self.value)
-    obs = jnp.asarray(obs, jnp.float32)
-    features = MLP(self.hidden, self.activation, name="trunk")(obs)
+    obs, features = _trunk(self, obs)
     loc = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
                    name="loc")(features)
     if self.state_dependent_std:

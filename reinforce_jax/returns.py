@@ -157,27 +157,15 @@ def lambda_returns(
 
   At an episode end the bracket is the continuation value alone (0 when
   terminated, `bootstrap_value_t` when truncated); after the last step
-  `G_T = last_value`. Arguments as in `gae_advantages`; equals its value targets.
+  `G_T = last_value`. Arguments as in `gae_advantages`: the lambda-return is
+  `A_t + v_t` (a telescoping identity), so this is GAE's value target.
 
   Returns:
     `[T, ...]` float returns.
   """
-  bootstrap_value_t = _check_value_inputs(
-      reward_t, value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
-  continuation = _continuation_values(
-      value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
-  done_t = jnp.logical_or(terminated_t, truncated_t)
-
-  def backward(next_return, xs):
-    reward, cont, done = xs
-    mixed = jnp.where(done, cont, (1.0 - lambda_) * cont + lambda_ * next_return)
-    ret = reward + gamma * mixed
-    return ret, ret
-
-  _, returns = jax.lax.scan(
-      backward, last_value.astype(reward_t.dtype), (reward_t, continuation, done_t),
-      reverse=True)
-  return returns
+  return gae_advantages(
+      reward_t, value_t, terminated_t, truncated_t, last_value, gamma=gamma,
+      lambda_=lambda_, bootstrap_value_t=bootstrap_value_t)[1]
 
 
 def normalize_advantages(advantages: jax.Array, *, eps: float = 1e-8) -> jax.Array:

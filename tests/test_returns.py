@@ -91,6 +91,26 @@ def reference_gae(reward, value, terminated, truncated, bootstrap, last_value, g
   return adv
 
 
+def reference_lambda_returns(reward, value, terminated, truncated, bootstrap, last_value, gamma,
+                             lam):
+  """The lambda-return recursion itself (not via GAE)."""
+  T, B = reward.shape
+  out = np.zeros((T, B))
+  for b in range(B):
+    following = last_value[b]
+    for t in reversed(range(T)):
+      next_value = value[t + 1, b] if t + 1 < T else last_value[b]
+      if terminated[t, b]:
+        mixed = 0.0
+      elif truncated[t, b]:
+        mixed = bootstrap[t, b]
+      else:
+        mixed = (1 - lam) * next_value + lam * following
+      out[t, b] = reward[t, b] + gamma * mixed
+      following = out[t, b]
+  return out
+
+
 def _random_rollout(seed, T=17, B=4, p_end=0.15):
   rng = np.random.default_rng(seed)
   f32 = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
@@ -108,7 +128,10 @@ def test_gae_matches_reference_and_lambda_returns(gamma, lam):
   np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-5)
   ret = lambda_returns(reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam,
                        bootstrap_value_t=bootstrap)
-  np.testing.assert_allclose(ret, targets, rtol=1e-5, atol=1e-5)
+  want_ret = reference_lambda_returns(reward, value, terminated, truncated, bootstrap, last,
+                                      gamma, lam)
+  np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(targets, want_ret, rtol=1e-5, atol=1e-5)
 
 
 def test_lambda_one_gives_discounted_returns_minus_values():
