@@ -23,7 +23,7 @@ run: $(VENV)/.installed
 	@echo "Done: learning curve $(OUT)/learning_curve.png, learned policy $(OUT)/policy.png, metrics $(OUT)/metrics.jsonl, parameters $(OUT)/params.msgpack"
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
