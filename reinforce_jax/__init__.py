@@ -1,8 +1,17 @@
 """reinforce_jax: score-function (log-derivative trick) gradients in JAX."""
 
-from reinforce_jax import baselines, envs, policies
+from reinforce_jax import baselines, envs, monte_carlo, policies
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
+from reinforce_jax.estimators import (
+    GradStats,
+    dice_objective,
+    grad_estimate,
+    gumbel_softmax,
+    magic_box,
+    straight_through,
+    vimco_objective,
+)
 from reinforce_jax.losses import reinforce_loss
 from reinforce_jax.returns import discounted_returns
 from reinforce_jax.rollout import EnvCarry, Trajectory, reset_envs, rollout
@@ -19,13 +28,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EnvCarry",
+    "GradStats",
     "RunOutput",
     "TrainConfig",
     "TrainState",
     "Trajectory",
     "baselines",
+    "dice_objective",
     "discounted_returns",
     "envs",
+    "grad_estimate",
+    "gumbel_softmax",
+    "magic_box",
+    "monte_carlo",
     "make_optimizer",
     "make_run",
     "make_train",
@@ -35,4 +50,6 @@ __all__ = [
     "reinforce_loss",
     "reset_envs",
     "rollout",
+    "straight_through",
+    "vimco_objective",
 ]

@@ -1,0 +1,205 @@
+"""grad_estimate, DiCE, VIMCO and the relaxations, on closed-form problems."""
+
+import itertools
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reinforce_jax as rj
+
+N = 20_000
+
+
+def gaussian(p):
+  return distrax.Normal(p["mu"], jnp.exp(p["log_sigma"]))
+
+
+GAUSS = {"mu": jnp.float32(0.6), "log_sigma": jnp.log(jnp.float32(0.8))}
+SIGMA = 0.8
+
+
+def closed_form(problem):
+  mu = 0.6
+  if problem == "quadratic":  # f = (x - k)^2, k = 0.2
+    return lambda x: (x - 0.2) ** 2, {"mu": 2 * (mu - 0.2), "log_sigma": 2 * SIGMA**2}
+  omega = 1.7  # f = cos(omega x): E f = cos(omega mu) exp(-omega^2 sigma^2 / 2)
+  damp = np.exp(-(omega**2) * SIGMA**2 / 2)
+  return jnp.cos if omega == 1 else (lambda x: jnp.cos(omega * x)), {
+      "mu": -omega * np.sin(omega * mu) * damp,
+      "log_sigma": -(omega**2) * SIGMA**2 * np.cos(omega * mu) * damp,
+  }
+
+
+def assert_within(gradient, stats, exact, num_se=4.0):
+  for name, want in exact.items():
+    stderr = float(jnp.sqrt(stats.variance[name]))
+    assert abs(float(gradient[name]) - want) < num_se * stderr + 1e-6, (name, gradient, exact)
+
+
+@pytest.mark.parametrize("problem", ["quadratic", "cosine"])
+@pytest.mark.parametrize("estimator, baseline", [
+    ("score_function", None), ("score_function", "rloo"), ("score_function", "optimal"),
+    ("score_function", 0.5), ("pathwise", None), ("measure_valued", None)])
+def test_gaussian_problems_unbiased(problem, estimator, baseline):
+  f, exact = closed_form(problem)
+  gradient, stats = rj.grad_estimate(f, gaussian, GAUSS, jax.random.key(0), num_samples=N,
+                                     estimator=estimator, baseline=baseline, return_stats=True)
+  assert set(gradient) == {"mu", "log_sigma"} and stats.per_sample["mu"].shape == (N,)
+  assert_within(gradient, stats, exact)
+
+
+def test_bernoulli_closed_form():
+  """b ~ Bernoulli(sigmoid(theta)), f = (b - t)^2: gradient p (1 - p) (1 - 2 t)."""
+  theta, t = 0.3, 0.45
+  p = 1 / (1 + np.exp(-theta))
+  exact = p * (1 - p) * (1 - 2 * t)
+  for baseline in (None, "rloo", "optimal"):
+    g, stats = rj.grad_estimate(lambda b: (b - t) ** 2,
+                                lambda th: distrax.Bernoulli(logits=th),
+                                jnp.float32(theta), jax.random.key(1), num_samples=N,
+                                baseline=baseline, return_stats=True)
+    assert abs(float(g) - exact) < 4 * float(jnp.sqrt(stats.variance)) + 1e-6, baseline
+  with pytest.raises(ValueError, match="measure_valued"):
+    rj.grad_estimate(lambda b: b, lambda th: distrax.Bernoulli(logits=th), jnp.float32(0.0),
+                     jax.random.key(0), num_samples=4, estimator="measure_valued")
+
+
+def test_softmax_bandit_closed_form_and_rloo_variance():
+  """a ~ softmax(theta), f = r[a]: gradient pi * (r - pi . r)."""
+  theta = jnp.array([0.5, -0.3, 1.0, 0.0])
+  r = jnp.array([6.0, 8.0, 3.0, 5.5])  # an offset of 5 that only a baseline removes
+  pi = jax.nn.softmax(theta)
+  exact = np.asarray(pi * (r - jnp.dot(pi, r)))
+  results = {}
+  for baseline in (None, "rloo"):
+    g, stats = rj.grad_estimate(lambda a: r[a], lambda th: distrax.Categorical(logits=th), theta,
+                                jax.random.key(2), num_samples=N, baseline=baseline,
+                                return_stats=True)
+    assert np.all(np.abs(np.asarray(g) - exact) < 4 * np.sqrt(np.asarray(stats.variance)))
+    results[baseline] = float(jnp.sum(stats.variance))
+  assert results["rloo"] < 0.5 * results[None]
+
+
+def test_rloo_lowers_variance_on_the_gaussian():
+  f, _ = closed_form("quadratic")
+  variances = {}
+  for baseline in (None, "rloo", "optimal"):
+    _, stats = rj.grad_estimate(f, gaussian, GAUSS, jax.random.key(3), num_samples=4000,
+                                baseline=baseline, return_stats=True)
+    variances[baseline] = sum(float(v) for v in jax.tree.leaves(stats.variance))
+  assert variances["rloo"] < variances[None] and variances["optimal"] < variances[None]
+
+
+def test_composes_with_optax():
+  import optax
+  f, _ = closed_form("quadratic")
+  optimizer = optax.adam(0.05)
+  params = GAUSS
+  state = optimizer.init(params)
+  for i in range(200):  # minimise E (x - 0.2)^2: mu -> 0.2, sigma -> 0
+    grads = rj.grad_estimate(f, gaussian, params, jax.random.key(i), num_samples=64,
+                             baseline="rloo")
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert abs(float(params["mu"]) - 0.2) < 0.1 and float(params["log_sigma"]) < np.log(0.3)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="estimator must be one of"):
+    rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=4,
+                     estimator="magic")
+  with pytest.raises(ValueError, match="baselines apply to the score-function"):
+    rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=4,
+                     estimator="pathwise", baseline="rloo")
+
+
+# --- DiCE ---
+
+def test_dice_gets_first_and_second_derivatives_right():
+  """x ~ N(mu, 1), f = x^2: d/dmu E f = 2 mu and d2/dmu2 E f = 2; the plain surrogate's
+  second derivative estimates -(mu^2 + 1) instead."""
+  mu0, n = 0.7, 200_000
+  eps = jax.random.normal(jax.random.key(0), (n,))
+
+  def per_sample(mu, objective):
+    x = jax.lax.stop_gradient(mu + eps)
+    log_p = -0.5 * (x - mu) ** 2
+    return objective(log_p, x**2)
+
+  dice = lambda mu: per_sample(mu, lambda lp, c: rj.magic_box(lp) * c)  # noqa: E731
+  plain = lambda mu: per_sample(mu, lambda lp, c: lp * c)  # noqa: E731
+  first = jax.jacfwd(dice)(mu0)
+  second = jax.jacfwd(jax.jacfwd(dice))(mu0)
+  se = lambda v: float(jnp.std(v) / np.sqrt(n))  # noqa: E731
+  assert abs(float(first.mean()) - 2 * mu0) < 4 * se(first)
+  assert abs(float(second.mean()) - 2.0) < 4 * se(second)
+  plain_second = jax.jacfwd(jax.jacfwd(plain))(mu0)
+  assert abs(float(plain_second.mean()) + (mu0**2 + 1)) < 4 * se(plain_second)
+  np.testing.assert_allclose(float(rj.dice_objective(
+      -0.5 * (eps[:, None] * 0) , (mu0 + eps[:, None]) ** 2, axis=1)),
+      float(jnp.mean((mu0 + eps) ** 2)), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
+    rj.dice_objective(jnp.zeros(3), jnp.zeros(4))
+
+
+# --- VIMCO ---
+
+def test_vimco_is_unbiased_for_the_multi_sample_bound():
+  """q(z) = Bernoulli(sigmoid(phi)), log p(x, z) = a_z; K = 3 samples: the exact
+  E[log mean_k w_k] is a sum over the 8 joint outcomes."""
+  a = jnp.array([-1.0, 0.5])
+  phi0, k, m = 0.4, 3, 40_000
+
+  def log_q(z, phi):
+    return z * jax.nn.log_sigmoid(phi) + (1 - z) * jax.nn.log_sigmoid(-phi)
+
+  def exact_bound(phi):
+    total = 0.0
+    for zs in itertools.product([0, 1], repeat=k):
+      z = jnp.array(zs, jnp.float32)
+      prob = jnp.exp(jnp.sum(log_q(z, phi)))
+      log_w = a[jnp.array(zs)] - log_q(z, phi)
+      total += prob * (jax.nn.logsumexp(log_w) - np.log(k))
+    return total
+
+  exact = float(jax.grad(exact_bound)(phi0))
+  zs = jax.random.bernoulli(jax.random.key(0), jax.nn.sigmoid(phi0), (k, m)).astype(jnp.float32)
+
+  def surrogate(phi):
+    lq = log_q(zs, phi)
+    return rj.vimco_objective(a[zs.astype(jnp.int32)] - lq, lq) * m  # sum over the batch
+
+  per_batch = jax.vmap(lambda j: jax.grad(lambda phi: rj.vimco_objective(
+      (a[zs[:, j].astype(jnp.int32)] - log_q(zs[:, j], phi))[:, None],
+      log_q(zs[:, j], phi)[:, None]))(phi0))(jnp.arange(m))
+  np.testing.assert_allclose(float(jax.grad(surrogate)(phi0)) / m, float(per_batch.mean()),
+                             rtol=1e-4)
+  stderr = float(per_batch.std() / np.sqrt(m))
+  assert abs(float(per_batch.mean()) - exact) < 4 * stderr, (per_batch.mean(), exact)
+  with pytest.raises(ValueError, match="K >= 2"):
+    rj.vimco_objective(jnp.zeros((1, 2)), jnp.zeros((1, 2)))
+
+
+# --- Relaxations ---
+
+def test_gumbel_softmax_and_straight_through():
+  logits = jnp.array([0.2, 1.0, -0.5])
+  n = 40_000
+  keys = jax.random.split(jax.random.key(0), n)
+  soft = jax.vmap(lambda k: rj.gumbel_softmax(k, logits, 0.5))(keys)
+  np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-5)
+  hard = jax.vmap(lambda k: rj.gumbel_softmax(k, logits, 0.5, hard=True))(keys)
+  assert set(np.unique(np.asarray(hard))) <= {0.0, 1.0}
+  probs = np.asarray(jax.nn.softmax(logits))
+  freq = np.asarray(hard.mean(0))  # argmax of logits + Gumbel is an exact sample
+  assert np.all(np.abs(freq - probs) < 4 * np.sqrt(probs * (1 - probs) / n))
+  st = rj.straight_through(jax.random.key(1), logits)
+  assert float(st.sum()) == 1.0 and set(np.asarray(st).tolist()) <= {0.0, 1.0}
+  weights = jnp.array([1.0, 2.0, 3.0])
+  g_st = jax.grad(lambda lg: jnp.dot(rj.straight_through(jax.random.key(1), lg), weights))(
+      logits)
+  g_probs = jax.grad(lambda lg: jnp.dot(jax.nn.softmax(lg), weights))(logits)
+  np.testing.assert_allclose(g_st, g_probs, rtol=1e-6)
