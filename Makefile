@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/time_to_solve.py
 	$(BIN)/python benchmarks/baselines.py
 	$(BIN)/python benchmarks/algorithms.py
+	$(BIN)/python benchmarks/estimators.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
