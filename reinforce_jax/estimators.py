@@ -28,6 +28,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from reinforce_jax.monte_carlo import _weak_derivative_grads
+
 ESTIMATORS = ("score_function", "pathwise", "measure_valued")
 
 
@@ -114,18 +116,16 @@ def _measure_valued_per_sample(f, dist_builder, params, key, num_samples):
   maxwell = jax.random.double_sided_maxwell(key_maxwell, 0.0, 1.0, (num_samples, dim))
   coupled = jax.random.uniform(key_uniform, (num_samples, dim)) * maxwell
 
-  def replaced(values):  # [N, D] -> [N, D, D]: coordinate d of copy d replaced
-    tiled = jnp.broadcast_to(base[:, None, :], (num_samples, dim, dim))
-    return jnp.where(jnp.eye(dim, dtype=bool), values[:, :, None], tiled)
+  def flat_f(x):
+    return f(x.reshape(shape))
 
-  evaluate = jax.vmap(jax.vmap(lambda x: f(x.reshape(shape))))
-  d_loc = (evaluate(replaced(loc + scale * weibull)) - evaluate(replaced(loc - scale * weibull))
-           ) / (math.sqrt(2 * math.pi) * scale)
-  d_scale = (evaluate(replaced(loc + scale * maxwell)) - evaluate(replaced(loc + scale * coupled))
-             ) / scale
+  d_loc = _weak_derivative_grads(flat_f, loc + scale * weibull, loc - scale * weibull, base,
+                                 math.sqrt(2 * math.pi) * scale)
+  d_scale = _weak_derivative_grads(flat_f, loc + scale * maxwell, loc + scale * coupled, base,
+                                   scale)
   per_sample = jax.vmap(lambda dl, ds: pullback((dl.reshape(shape), ds.reshape(shape)))[0])(
       d_loc, d_scale)
-  values = jax.vmap(lambda x: f(x.reshape(shape)))(base)
+  values = jax.vmap(flat_f)(base)
   return per_sample, values
 
 
