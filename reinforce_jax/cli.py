@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
   train.add_argument("--num-seeds", type=_int_at_least(1), default=1,
                      help="independent runs trained together in one program (default 1)")
+  train.add_argument("--devices", type=_int_at_least(1),
+                     help="local devices to split the environments over (default: all)")
   train.add_argument("--out", help="output folder (default runs/ENV)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
@@ -111,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
   except OSError as e:
     parser.error(f"cannot create output folder {out!r}: {e.strerror}")
 
-  from reinforce_jax.experiment import run_experiment  # imports JAX: after the checks
+  import jax  # imported after the cheap argument checks
+
+  from reinforce_jax.experiment import run_experiment
+
+  devices = args.devices or jax.local_device_count()
+  if devices > jax.local_device_count():
+    parser.error(f"--devices {devices}: only {jax.local_device_count()} local device(s)")
+  if config.num_envs % devices:
+    parser.error(f"--num-envs {config.num_envs} must be divisible by --devices {devices}")
 
   result = run_experiment(args.env, config, seed=args.seed, num_seeds=args.num_seeds,
                           out_dir=out, progress=not args.no_progress,
-                          stop_at_return=args.stop_at_return)
+                          stop_at_return=args.stop_at_return, devices=devices)
   returns = [r for r in result.final_mean_return if r is not None]
   print(f"{result.env} {config.algo}: {result.status} {result.steps_done} steps x "
         f"{config.num_envs} envs x "

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from reinforce_jax import plotting
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
+from reinforce_jax.distributed import make_mesh, shard_state
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.presets import PRESETS
 from reinforce_jax.rollout import split_output
@@ -89,6 +90,7 @@ def run_experiment(
     progress: bool = True,
     num_chunks: int = 50,
     stop_at_return: float | None = None,
+    devices: int | None = None,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -98,7 +100,8 @@ def run_experiment(
   `learning_curve.png`, `policy.png` (bandit), `params.msgpack` (flax msgpack of
   the final parameters, every leaf with a leading `[num_seeds]` axis),
   `config.json` and `summary.json`. With `stop_at_return`, the run ends at the
-  first chunk after which every seed's latest mean return reaches it.
+  first chunk after which every seed's latest mean return reaches it. The
+  environments are split over `devices` local devices (default: all of them).
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
@@ -114,6 +117,9 @@ def run_experiment(
   start = time.perf_counter()
   init_keys, run_keys = _seed_keys(seed, num_seeds)
   state = jax.jit(jax.vmap(init_fn))(init_keys)
+  num_devices = jax.local_device_count() if devices is None else devices
+  if num_devices > 1:  # state leaves are [seeds, envs, ...]: split the envs
+    state = shard_state(state, make_mesh(num_devices), batch_axis=1)
   runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
                    donate_argnums=0, compiler_options=recommended_compiler_options())
   runner = runner.lower(state, run_keys, 0).compile()

@@ -54,6 +54,8 @@ def test_train_bandit_writes_outputs(tmp_path, capsys):
     (["train", "bandit", "--gamma", "1.5"], "--gamma"),
     (["train", "bandit", "--num-seeds", "0"], "--num-seeds"),
     (["train", "bandit", "--num-envs", "1", "--baseline", "leave_one_out"], "num_envs >= 2"),
+    (["train", "bandit", "--devices", "999"], "--devices 999"),
+    (["train", "bandit", "--devices", "0"], "--devices"),
     (["train"], "required"),
     ([], "required"),
 ])

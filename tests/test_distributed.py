@@ -1,0 +1,89 @@
+"""Data parallelism: the same global batch and seed train the same model on 1 and 8 devices.
+
+The multi-device checks run in a subprocess with 8 virtual CPU devices
+(`--xla_force_host_platform_device_count`, which must be set before JAX starts).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from reinforce_jax.distributed import make_mesh, shard_state
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    import reinforce_jax as rj
+    from reinforce_jax.distributed import make_mesh, shard_state
+    from reinforce_jax.presets import PRESETS
+    assert jax.device_count() == 8
+    report = {}
+    for env_name, algo in [("cartpole", "reinforce"), ("cartpole", "ppo")]:
+      preset = PRESETS[env_name]
+      config = preset.configs[algo].replace(num_envs=32, rollout_length=min(
+          preset.configs[algo].rollout_length, 16), num_steps=3)
+      env = preset.make_env()
+      policy = preset.policy(env, config)
+      init_fn, step = rj.make_train_step(env, policy, rj.make_optimizer(config), config)
+      runs = {}
+      for n in (1, 8):
+        state = shard_state(init_fn(jax.random.key(0)), make_mesh(n))
+        jitted = jax.jit(step)
+        losses = []
+        for _ in range(3):
+          state, metrics = jitted(state, jax.random.key(1))
+          losses.append(float(metrics["loss"]))
+        runs[n] = (jax.device_get(state), losses, str(state.env.obs.sharding.spec))
+      for a, b in zip(jax.tree.leaves(runs[1][0]), jax.tree.leaves(runs[8][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+      np.testing.assert_allclose(runs[1][1], runs[8][1], rtol=2e-4, atol=2e-5)
+      report[f"{env_name}-{algo}"] = runs[8][2]
+    # The CLI splits the environments over every visible device by default.
+    import pathlib, tempfile
+    from flax import serialization
+    from reinforce_jax import cli
+    params = {}
+    for devices in ("8", "1"):
+      out = tempfile.mkdtemp()
+      assert cli.main(["train", "bandit", "--steps", "3", "--num-envs", "16", "--num-seeds",
+                       "2", "--devices", devices, "--out", out, "--no-progress"]) == 0
+      params[devices] = serialization.msgpack_restore(
+          (pathlib.Path(out) / "params.msgpack").read_bytes())
+    for a, b in zip(jax.tree.leaves(params["8"]), jax.tree.leaves(params["1"])):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    report["cli"] = "P('envs')"
+    print(json.dumps(report))
+""")
+
+
+def test_one_and_eight_devices_train_the_same_model():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                        env=env, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert all("envs" in spec for spec in report.values()), report
+
+
+def test_mesh_and_sharding_errors():
+  with pytest.raises(ValueError, match="num_devices must be in"):
+    make_mesh(jax.local_device_count() + 1)
+  import optax
+
+  import reinforce_jax as rj
+  from reinforce_jax.envs import ContextualBandit
+  from reinforce_jax.policies import CategoricalPolicy
+  init_fn, _ = rj.make_train_step(ContextualBandit(), CategoricalPolicy(2, hidden=()),
+                                  optax.sgd(0.1), rj.TrainConfig(num_envs=3))
+  state = init_fn(jax.random.key(0))
+  sharded = shard_state(state, make_mesh(1))
+  assert sharded.env.obs.shape == (3, 1)
+  if jax.local_device_count() > 1:
+    with pytest.raises(ValueError, match="divisible"):
+      shard_state(state, make_mesh(2))
