@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="independent runs trained together in one program (default 1)")
   train.add_argument("--devices", type=_int_at_least(1),
                      help="local devices to split the environments over (default: all)")
+  train.add_argument("--profile", metavar="DIR",
+                     help="write a jax.profiler trace of the first chunk of steps to DIR")
   train.add_argument("--out", help="output folder (default runs/ENV)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
   result = run_experiment(args.env, config, seed=args.seed, num_seeds=args.num_seeds,
                           out_dir=out, progress=not args.no_progress,
-                          stop_at_return=args.stop_at_return, devices=devices)
+                          stop_at_return=args.stop_at_return, devices=devices,
+                          profile_dir=args.profile)
   returns = [r for r in result.final_mean_return if r is not None]
   print(f"{result.env} {config.algo}: {result.status} {result.steps_done} steps x "
         f"{config.num_envs} envs x "

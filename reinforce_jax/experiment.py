@@ -91,6 +91,7 @@ def run_experiment(
     num_chunks: int = 50,
     stop_at_return: float | None = None,
     devices: int | None = None,
+    profile_dir: str | pathlib.Path | None = None,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -102,6 +103,8 @@ def run_experiment(
   `config.json` and `summary.json`. With `stop_at_return`, the run ends at the
   first chunk after which every seed's latest mean return reaches it. The
   environments are split over `devices` local devices (default: all of them).
+  With `profile_dir`, the first chunk of training runs under `jax.profiler.trace`
+  (view it with TensorBoard's profile plugin or Perfetto).
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
@@ -135,7 +138,11 @@ def run_experiment(
     with (out / METRICS_FILE).open("w") as log:
       while done < config.num_steps:
         n = min(chunk, config.num_steps - done)
-        result = runner(state, run_keys, jnp.int32(n))
+        if profile_dir is not None and done == 0:
+          with jax.profiler.trace(str(profile_dir), create_perfetto_trace=True):
+            result = jax.block_until_ready(runner(state, run_keys, jnp.int32(n)))
+        else:
+          result = runner(state, run_keys, jnp.int32(n))
         state = result.state
         steps_done = np.asarray(result.steps_done)
         metrics = jax.tree.map(np.asarray, result.metrics)

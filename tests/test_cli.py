@@ -133,3 +133,12 @@ def test_stop_at_return(tmp_path):
   assert summary["solved_at_step"] == summary["steps_done"] < 500
   rows = _rows(out)
   assert rows[-1]["mean_return"] >= 0.9
+
+
+def test_profile_writes_a_trace(tmp_path):
+  trace = tmp_path / "trace"
+  code = cli.main(["train", "bandit", "--steps", "4", "--num-envs", "8", "--profile", str(trace),
+                   "--out", str(tmp_path / "run"), "--no-progress"])
+  assert code == 0
+  assert list(trace.rglob("*.xplane.pb")), list(trace.rglob("*"))
+  assert list(trace.rglob("*.trace.json.gz"))
