@@ -10,11 +10,12 @@ Bad arguments exit with status 2 and one line on stderr, no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import pathlib
 import sys
 
-from reinforce_jax.config import ALGOS, BASELINES
+from reinforce_jax.config import ALGOS, BASELINES, TrainConfig
 from reinforce_jax.presets import PRESETS
 
 
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local devices to split the environments over (default: all)")
   train.add_argument("--profile", metavar="DIR",
                      help="write a jax.profiler trace of the first chunk of steps to DIR")
+  train.add_argument("--checkpoint-every", type=_int_at_least(1), metavar="N",
+                     help="save the training state (orbax) every N steps and at the end")
+  train.add_argument("--resume", metavar="DIR",
+                     help="continue the run in DIR from its latest checkpoint up to --steps")
   train.add_argument("--out", help="output folder (default runs/ENV)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
@@ -101,15 +106,42 @@ def _config(args, preset):
   return preset.configs[algo].replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
+  """The config, seed, seed count and checkpoint interval of the run in `--resume DIR`."""
+  import json
+
+  from reinforce_jax.checkpoints import latest_step
+
+  folder = pathlib.Path(args.resume)
+  try:
+    stored = json.loads((folder / "config.json").read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"--resume {args.resume}: no readable config.json ({e})") from None
+  if stored.get("env") != args.env:
+    raise ValueError(f"--resume {args.resume} holds a {stored.get('env')!r} run, not {args.env!r}")
+  if latest_step(folder / "checkpoints") is None:
+    raise ValueError(f"--resume {args.resume}: no complete checkpoint in {folder / 'checkpoints'}")
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  config = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+  if args.steps is not None:
+    config = config.replace(num_steps=args.steps)
+  return config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   preset = PRESETS[args.env]
+  seed, num_seeds, checkpoint_every = args.seed, args.num_seeds, args.checkpoint_every
   try:
-    config = _config(args, preset)
+    if args.resume:
+      config, seed, num_seeds, stored_every = _stored_run(args)
+      checkpoint_every = checkpoint_every or stored_every
+    else:
+      config = _config(args, preset)
   except ValueError as e:
     parser.error(str(e))
-  out = args.out or f"runs/{args.env}"
+  out = args.resume or args.out or f"runs/{args.env}"
   try:
     pathlib.Path(out).mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -125,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
   if config.num_envs % devices:
     parser.error(f"--num-envs {config.num_envs} must be divisible by --devices {devices}")
 
-  result = run_experiment(args.env, config, seed=args.seed, num_seeds=args.num_seeds,
-                          out_dir=out, progress=not args.no_progress,
-                          stop_at_return=args.stop_at_return, devices=devices,
-                          profile_dir=args.profile)
+  from reinforce_jax.checkpoints import CheckpointError
+
+  try:
+    result = run_experiment(args.env, config, seed=seed, num_seeds=num_seeds,
+                            out_dir=out, progress=not args.no_progress,
+                            stop_at_return=args.stop_at_return, devices=devices,
+                            profile_dir=args.profile, checkpoint_every=checkpoint_every,
+                            resume=bool(args.resume))
+  except CheckpointError as e:
+    parser.error(str(e))
   returns = [r for r in result.final_mean_return if r is not None]
   print(f"{result.env} {config.algo}: {result.status} {result.steps_done} steps x "
         f"{config.num_envs} envs x "

@@ -21,7 +21,7 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from reinforce_jax import plotting
+from reinforce_jax import checkpoints, plotting
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.distributed import make_mesh, shard_state
@@ -65,6 +65,24 @@ def _last_finite(values: np.ndarray) -> float | None:
   return float(finite[-1]) if finite.size else None
 
 
+def _mean_return_curves(path: pathlib.Path, num_seeds: int) -> np.ndarray:
+  """`[num_seeds, steps]` mean returns read back from `metrics.jsonl` (NaN where none)."""
+  rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+  curves = np.full((num_seeds, max((r["step"] for r in rows), default=0)), np.nan)
+  for row in rows:
+    if row["mean_return"] is not None:
+      curves[row["seed"], row["step"] - 1] = row["mean_return"]
+  return curves
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+  """Keeps the rows of steps up to `step` (a resumed run rewrites what followed)."""
+  if not path.exists():
+    return
+  rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+  path.write_text("".join(row + "\n" for row in rows))
+
+
 def _nanmean(values: np.ndarray) -> np.ndarray:
   """Mean over seeds, NaN (without a warning) where no seed finished an episode."""
   finite = np.isfinite(values)
@@ -92,6 +110,8 @@ def run_experiment(
     stop_at_return: float | None = None,
     devices: int | None = None,
     profile_dir: str | pathlib.Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -104,18 +124,26 @@ def run_experiment(
   first chunk after which every seed's latest mean return reaches it. The
   environments are split over `devices` local devices (default: all of them).
   With `profile_dir`, the first chunk of training runs under `jax.profiler.trace`
-  (view it with TensorBoard's profile plugin or Perfetto).
+  (view it with TensorBoard's profile plugin or Perfetto). With
+  `checkpoint_every`, the full training state is saved with orbax to
+  `out_dir/checkpoints/` every that many steps and at the end; `resume=True`
+  continues the run in `out_dir` from its latest checkpoint up to
+  `config.num_steps`, dropping any metrics rows written after that checkpoint.
+  Steps are bit-identical to an uninterrupted run.
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
   policy = preset.policy(env, config)
   init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
   chunk = max(1, math.ceil(config.num_steps / num_chunks))
+  if checkpoint_every:
+    chunk = min(chunk, checkpoint_every)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "config.json").write_text(json.dumps(
       {"env": env_name, "seed": seed, "num_seeds": num_seeds, "stop_at_return": stop_at_return,
-       "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
+       "checkpoint_every": checkpoint_every, "hidden": list(preset.hidden),
+       **dataclasses.asdict(config)}, indent=2) + "\n")
 
   start = time.perf_counter()
   init_keys, run_keys = _seed_keys(seed, num_seeds)
@@ -127,15 +155,18 @@ def run_experiment(
                    donate_argnums=0, compiler_options=recommended_compiler_options())
   runner = runner.lower(state, run_keys, 0).compile()
   compile_time = time.perf_counter() - start
+  done = 0
+  if resume:
+    done, state = checkpoints.restore(out / "checkpoints", state)
+    _truncate_metrics(out / METRICS_FILE, done)
 
-  history: dict[str, list[np.ndarray]] = {}
-  status, done = "completed", 0
+  status = "completed"
   solved_at, solved_after = None, None
   latest = np.full(num_seeds, np.nan)
-  bar = tqdm(total=config.num_steps, desc=f"{env_name}", unit="step",
+  bar = tqdm(total=config.num_steps, initial=done, desc=f"{env_name}", unit="step",
              disable=not progress, file=sys.stderr, dynamic_ncols=True)
   try:
-    with (out / METRICS_FILE).open("w") as log:
+    with (out / METRICS_FILE).open("a" if resume else "w") as log:
       while done < config.num_steps:
         n = min(chunk, config.num_steps - done)
         if profile_dir is not None and done == 0:
@@ -153,8 +184,6 @@ def run_experiment(
               row.update({k: _jsonable(v[s, i]) for k, v in metrics.items()})
               log.write(json.dumps(row) + "\n")
         good = int(steps_done.min())
-        for k, v in metrics.items():
-          history.setdefault(k, []).append(v[:, :good])
         done += good
         bar.update(good)
         if good:
@@ -164,6 +193,8 @@ def run_experiment(
           recent = _last_finite(_nanmean(metrics["mean_return"][:, :good]))
           if recent is not None:
             bar.set_postfix(mean_return=f"{recent:.3g}")
+        if checkpoint_every and (done % checkpoint_every == 0 or done == config.num_steps):
+          checkpoints.save(out / "checkpoints", done, state)
         if stop_at_return is not None and np.all(latest >= stop_at_return):
           status, solved_at = "solved", done
           solved_after = time.perf_counter() - start
@@ -172,7 +203,7 @@ def run_experiment(
           status = "non-finite"
           bad = np.flatnonzero(~np.asarray(result.finite)).tolist()
           tqdm.write(
-              f"reinforce-jax: loss or parameters became non-finite at step {good + 1} "
+              f"reinforce-jax: loss or parameters became non-finite at step {done + 1} "
               f"(seeds {bad}); stopped and kept each seed's last finite parameters",
               file=sys.stderr)
           break
@@ -184,9 +215,7 @@ def run_experiment(
     bar.close()
 
   wall = time.perf_counter() - start
-  stacked = {k: np.concatenate(v, axis=1) if v else np.zeros((num_seeds, 0))
-             for k, v in history.items()}
-  mean_return = stacked.get("mean_return", np.zeros((num_seeds, 0)))
+  mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)
   files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
   (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
   plotting.plot_learning_curve(

@@ -1,0 +1,74 @@
+"""Checkpoints of a training run with orbax: save, find, restore.
+
+A run folder holds `config.json` (everything needed to rebuild the run: the
+environment, the seed, the config) and `checkpoints/<step>/`, written by an
+`orbax.checkpoint.CheckpointManager`. Orbax writes each checkpoint into a
+temporary folder and renames it when complete, so a process killed during a
+save leaves the previous checkpoint as the latest usable one. Keys are not
+stored: every step's key is derived from the seed and the step count.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+
+
+class CheckpointError(ValueError):
+  """A missing, corrupt or mismatched checkpoint (the CLI exits with status 2)."""
+
+
+def _manager(directory: pathlib.Path, *, create: bool):
+  import orbax.checkpoint as ocp
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=create)
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def save(directory: str | pathlib.Path, step: int, state: Any) -> None:
+  """Writes `state` as checkpoint `step` under `directory` (blocks until committed)."""
+  import orbax.checkpoint as ocp
+
+  manager = _manager(pathlib.Path(directory), create=True)
+  manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def latest_step(directory: str | pathlib.Path) -> int | None:
+  """The newest committed checkpoint's step, or None if there is none."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return None
+  manager = _manager(directory, create=False)
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
+def restore(directory: str | pathlib.Path, like: Any) -> tuple[int, Any]:
+  """Restores the newest committed checkpoint into the structure and shardings of `like`.
+
+  Raises:
+    CheckpointError: if there is no checkpoint, or it cannot be read into `like`
+      (corrupt files, another environment, policy or config).
+  """
+  import orbax.checkpoint as ocp
+
+  directory = pathlib.Path(directory)
+  step = latest_step(directory)
+  if step is None:
+    raise CheckpointError(f"no checkpoint in {directory}")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  manager = _manager(directory, create=False)
+  try:
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as error:  # orbax raises many types for unreadable or mismatched data
+    raise CheckpointError(
+        f"checkpoint {directory / str(step)} cannot be restored into this run's state "
+        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+  finally:
+    manager.close()
+  return step, state
