@@ -55,32 +55,43 @@ _unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
 
 
+def _learning_rates(text: str) -> list[float]:
+  return [_positive_float(part) for part in text.split(",")]
+
+
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+  """Options shared by `train` and `sweep`: the task and its config."""
+  command.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
+                       help="one of: " + ", ".join(f"{k} ({v.description})"
+                                                   for k, v in sorted(PRESETS.items())))
+  command.add_argument("--algo", choices=list(ALGOS),
+                       help="reinforce, a2c or ppo (default: the preset's)")
+  command.add_argument("--steps", type=_int_at_least(0), help="train steps")
+  command.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
+  command.add_argument("--rollout-length", type=_int_at_least(1),
+                       help="environment steps per environment per train step")
+  command.add_argument("--gamma", type=_unit_float, help="discount in [0, 1]")
+  command.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
+  command.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
+  command.add_argument("--gae-lambda", type=_unit_float, help="GAE lambda in [0, 1] (a2c, ppo)")
+  command.add_argument("--entropy-coef", type=_non_negative_float, help="entropy bonus weight")
+  command.add_argument("--seed", type=_int_at_least(0), default=0,
+                       help="random seed (default 0)")
+  command.add_argument("--num-seeds", type=_int_at_least(1), default=1,
+                       help="independent runs trained together in one program (default 1)")
+  command.add_argument("--out", help="output folder (default runs/ENV, runs/ENV-sweep)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="reinforce-jax", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   train = commands.add_parser(
       "train", help="train a policy (REINFORCE, A2C or PPO)",
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
-  train.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
-                     help="one of: " + ", ".join(f"{k} ({v.description})"
-                                                 for k, v in sorted(PRESETS.items())))
-  train.add_argument("--algo", choices=list(ALGOS),
-                     help="reinforce, a2c or ppo (default: the preset's)")
-  train.add_argument("--steps", type=_int_at_least(0), help="train steps")
-  train.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
-  train.add_argument("--rollout-length", type=_int_at_least(1),
-                     help="environment steps per environment per train step")
-  train.add_argument("--gamma", type=_unit_float, help="discount in [0, 1]")
+  _add_run_options(train)
   train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
-  train.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
-  train.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
-  train.add_argument("--gae-lambda", type=_unit_float, help="GAE lambda in [0, 1] (a2c, ppo)")
-  train.add_argument("--entropy-coef", type=_non_negative_float, help="entropy bonus weight")
   train.add_argument("--stop-at-return", type=float, metavar="R",
                      help="stop once every seed's latest mean return is >= R")
-  train.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
-  train.add_argument("--num-seeds", type=_int_at_least(1), default=1,
-                     help="independent runs trained together in one program (default 1)")
   train.add_argument("--devices", type=_int_at_least(1),
                      help="local devices to split the environments over (default: all)")
   train.add_argument("--profile", metavar="DIR",
@@ -89,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save the training state (orbax) every N steps and at the end")
   train.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its latest checkpoint up to --steps")
-  train.add_argument("--out", help="output folder (default runs/ENV)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  sweep = commands.add_parser(
+      "sweep", help="train every learning rate x seed in one program",
+      description="Sweep learning rates (and seeds) in one jit; write a table and a plot.")
+  _add_run_options(sweep)
+  sweep.add_argument("--lr", type=_learning_rates, required=True,
+                     help="comma-separated Adam learning rates, e.g. 1e-3,3e-3,1e-2")
   return parser
 
 
@@ -98,7 +114,8 @@ def _config(args, preset):
   overrides = {
       "num_steps": args.steps, "num_envs": args.num_envs,
       "rollout_length": args.rollout_length, "gamma": args.gamma,
-      "learning_rate": args.lr, "max_grad_norm": args.max_grad_norm,
+      "learning_rate": args.lr if args.command == "train" else None,
+      "max_grad_norm": args.max_grad_norm,
       "baseline": args.baseline, "gae_lambda": args.gae_lambda,
       "entropy_coef": args.entropy_coef,
   }
@@ -128,9 +145,32 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
   return config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every")
 
 
+def _sweep(args, parser) -> int:
+  try:
+    config = _config(args, PRESETS[args.env])
+  except ValueError as e:
+    parser.error(str(e))
+  from reinforce_jax.sweep import run_sweep  # imports JAX: after the checks
+
+  out = args.out or f"runs/{args.env}-sweep"
+  result = run_sweep(args.env, config, args.lr, seed=args.seed, num_seeds=args.num_seeds,
+                     out_dir=out)
+  print(f"{args.env} {config.algo}: {result['runs']} runs ({len(args.lr)} learning rates x "
+        f"{args.num_seeds} seeds) of {config.num_steps} steps in one program, "
+        f"{result['wall_s']:.1f} s (compile {result['compile_s']:.1f} s)")
+  print(f"  {'learning rate':>14} {'final return':>13} {'std over seeds':>15}")
+  for row in result["rows"]:
+    print(f"  {row['learning_rate']:>14g} {row['final_return_mean']:>13.4g} "
+          f"{row['final_return_std']:>15.3g}")
+  print(f"  outputs in {out}/: sweep.json, sweep.png")
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  if args.command == "sweep":
+    return _sweep(args, parser)
   preset = PRESETS[args.env]
   seed, num_seeds, checkpoint_every = args.seed, args.num_seeds, args.checkpoint_every
   try:

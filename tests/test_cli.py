@@ -56,6 +56,8 @@ def test_train_bandit_writes_outputs(tmp_path, capsys):
     (["train", "bandit", "--num-envs", "1", "--baseline", "leave_one_out"], "num_envs >= 2"),
     (["train", "bandit", "--devices", "999"], "--devices 999"),
     (["train", "bandit", "--devices", "0"], "--devices"),
+    (["sweep", "bandit", "--lr", "0.1,fast"], "--lr"),
+    (["sweep", "bandit"], "--lr"),
     (["train"], "required"),
     ([], "required"),
 ])
