@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop once every seed's latest mean return is >= R")
   train.add_argument("--devices", type=_int_at_least(1),
                      help="local devices to split the environments over (default: all)")
+  train.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed.initialize; the cluster "
+                          "is detected on SLURM, TPU pods, MPI, or given by the next three)")
+  train.add_argument("--coordinator", metavar="HOST:PORT", help="the coordinator's address")
+  train.add_argument("--num-processes", type=_int_at_least(1), help="processes in the run")
+  train.add_argument("--process-id", type=_int_at_least(0), help="this process's index")
   train.add_argument("--profile", metavar="DIR",
                      help="write a jax.profiler trace of the first chunk of steps to DIR")
   train.add_argument("--checkpoint-every", type=_int_at_least(1), metavar="N",
@@ -189,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
 
   import jax  # imported after the cheap argument checks
 
+  if args.distributed or args.coordinator:
+    from reinforce_jax.distributed import initialize
+    initialize(args.coordinator, args.num_processes, args.process_id)
   from reinforce_jax.experiment import run_experiment
 
-  devices = args.devices or jax.local_device_count()
-  if devices > jax.local_device_count():
-    parser.error(f"--devices {devices}: only {jax.local_device_count()} local device(s)")
+  devices = args.devices or jax.device_count()
+  if devices > jax.device_count():
+    parser.error(f"--devices {devices}: only {jax.device_count()} device(s)")
   if config.num_envs % devices:
     parser.error(f"--num-envs {config.num_envs} must be divisible by --devices {devices}")
 

@@ -1,4 +1,4 @@
-"""Data parallelism over local devices with `jax.sharding`.
+"""Data parallelism over devices and hosts with `jax.sharding`.
 
 The environment batch is split across a 1-D device mesh (axis `"envs"`);
 parameters, optimizer state and counters are replicated. `train_step` needs no
@@ -8,6 +8,10 @@ global batch) yields gradients averaged across devices by an all-reduce it
 inserts. Random numbers do not depend on the sharding (JAX's partitionable
 threefry), so the same global batch and seed train the same model on 1 and N
 devices, up to the order of floating-point reductions.
+
+Several hosts (processes) work the same way once `initialize` has connected
+them: every process runs the same program, the mesh spans all their devices,
+and XLA's collectives (gloo on CPUs, NCCL on GPUs, ICI on TPUs) do the rest.
 """
 
 from __future__ import annotations
@@ -21,9 +25,21 @@ from reinforce_jax.train import TrainState
 AXIS = "envs"
 
 
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Connects this process to the others (`jax.distributed.initialize`).
+
+  Call it before anything else touches JAX. With no arguments JAX detects the
+  cluster (SLURM, TPU pods, Open MPI, Kubernetes); on a plain set of machines
+  give the coordinator's `host:port`, the process count and this process's id.
+  """
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` local devices (default: all)."""
-  devices = jax.local_devices()
+  """A 1-D mesh over the first `num_devices` devices of all processes (default: all)."""
+  devices = jax.devices()
   if num_devices is None:
     num_devices = len(devices)
   if not 1 <= num_devices <= len(devices):
@@ -51,6 +67,9 @@ def shard_state(state: TrainState, mesh: Mesh, *, batch_axis: int = 0) -> TrainS
   spec[batch_axis] = AXIS
   split = NamedSharding(mesh, PartitionSpec(*spec))
   replicated = NamedSharding(mesh, PartitionSpec())
-  env = jax.tree.map(lambda x: jax.device_put(x, split), state.env)
-  rest = jax.tree.map(lambda x: jax.device_put(x, replicated), state._replace(env=()))
+  # Through host memory: every process holds the same values (they come from
+  # the same keys), and device_put builds global arrays from host data.
+  env = jax.tree.map(lambda x: jax.device_put(np.asarray(x), split), state.env)
+  rest = jax.tree.map(lambda x: jax.device_put(np.asarray(x), replicated),
+                      state._replace(env=()))
   return rest._replace(env=env)

@@ -8,6 +8,7 @@ seed keys (bit for bit): keys depend only on the seed and the step count.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -140,15 +141,18 @@ def run_experiment(
     chunk = min(chunk, checkpoint_every)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "config.json").write_text(json.dumps(
-      {"env": env_name, "seed": seed, "num_seeds": num_seeds, "stop_at_return": stop_at_return,
-       "checkpoint_every": checkpoint_every, "hidden": list(preset.hidden),
-       **dataclasses.asdict(config)}, indent=2) + "\n")
+  # In a multi-process run every process trains; the first one writes the files.
+  writer = jax.process_index() == 0
+  if writer:
+    (out / "config.json").write_text(json.dumps(
+        {"env": env_name, "seed": seed, "num_seeds": num_seeds,
+         "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
+         "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
 
   start = time.perf_counter()
   init_keys, run_keys = _seed_keys(seed, num_seeds)
   state = jax.jit(jax.vmap(init_fn))(init_keys)
-  num_devices = jax.local_device_count() if devices is None else devices
+  num_devices = jax.device_count() if devices is None else devices
   if num_devices > 1:  # state leaves are [seeds, envs, ...]: split the envs
     state = shard_state(state, make_mesh(num_devices), batch_axis=1)
   runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
@@ -158,7 +162,8 @@ def run_experiment(
   done = 0
   if resume:
     done, state = checkpoints.restore(out / "checkpoints", state)
-    _truncate_metrics(out / METRICS_FILE, done)
+    if writer:
+      _truncate_metrics(out / METRICS_FILE, done)
 
   status = "completed"
   solved_at, solved_after = None, None
@@ -166,7 +171,8 @@ def run_experiment(
   bar = tqdm(total=config.num_steps, initial=done, desc=f"{env_name}", unit="step",
              disable=not progress, file=sys.stderr, dynamic_ncols=True)
   try:
-    with (out / METRICS_FILE).open("a" if resume else "w") as log:
+    sink = (out / METRICS_FILE).open("a" if resume else "w") if writer else io.StringIO()
+    with sink as log:
       while done < config.num_steps:
         n = min(chunk, config.num_steps - done)
         if profile_dir is not None and done == 0:
@@ -217,17 +223,19 @@ def run_experiment(
   wall = time.perf_counter() - start
   mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)
   files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
-  (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
-  plotting.plot_learning_curve(
-      mean_return, out / "learning_curve.png",
-      title=f"{config.algo.upper()} on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
+  if writer:
+    (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
+    plotting.plot_learning_curve(
+        mean_return, out / "learning_curve.png",
+        title=f"{config.algo.upper()} on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
   expected = None
   if isinstance(env, ContextualBandit):
     contexts = env.default_params.contexts
     probs = jax.vmap(lambda p: split_output(policy.apply(p, contexts))[0].probs)(state.params)
     expected = [float(env.expected_reward(p, env.default_params)) for p in probs]
-    plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
-                                title=f"Learned policy after {done} steps")
+    if writer:
+      plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
+                                  title=f"Learned policy after {done} steps")
     files.append("policy.png")
   result = Result(
       env=env_name, steps_done=done, num_seeds=num_seeds, status=status,
@@ -236,6 +244,7 @@ def run_experiment(
       out_dir=str(out), expected_reward=expected, files=sorted(files),
       solved_at_step=solved_at,
       solved_after_s=None if solved_after is None else round(solved_after, 3))
-  (out / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+  if writer:
+    (out / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result
 

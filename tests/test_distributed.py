@@ -87,3 +87,43 @@ def test_mesh_and_sharding_errors():
   if jax.local_device_count() > 1:
     with pytest.raises(ValueError, match="divisible"):
       shard_state(state, make_mesh(2))
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path):
+  """Two processes on localhost (CPU collectives over gloo), one device each."""
+  import numpy as np
+  from flax import serialization
+
+  common = [sys.executable, "-m", "reinforce_jax", "train", "cartpole", "--steps", "3",
+            "--num-envs", "16", "--rollout-length", "16", "--no-progress"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      common + ["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                "--process-id", str(i), "--out", str(tmp_path / f"p{i}")],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert (tmp_path / "p0" / "params.msgpack").exists()
+  assert not (tmp_path / "p1" / "params.msgpack").exists()  # only process 0 writes
+  single = subprocess.run(common + ["--out", str(tmp_path / "single")], env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  load = lambda d: serialization.msgpack_restore((d / "params.msgpack").read_bytes())  # noqa: E731
+  for a, b in zip(jax.tree.leaves(load(tmp_path / "p0")), jax.tree.leaves(
+      load(tmp_path / "single")), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  rows = [json.loads(line) for line in (tmp_path / "p0" / "metrics.jsonl").read_text().splitlines()]
+  single_rows = [json.loads(line) for line in
+                 (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+  np.testing.assert_allclose([r["mean_return"] for r in rows],
+                             [r["mean_return"] for r in single_rows], rtol=1e-5)
