@@ -29,16 +29,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 # Benchmarks write JSON under benchmarks/results/. The PyTorch comparison needs
-# the torch extra: $(BIN)/python -m pip install -e '.[torch]'
+# the torch extra ($(BIN)/python -m pip install -e '.[torch]'), the VAE example
+# the examples extra.
 bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/throughput.py
-	$(BIN)/python benchmarks/throughput.py --env cartpole --rollout-length 128 --baseline value --value-head shared --sizes 256,2048
-	$(BIN)/python benchmarks/vs_pytorch_seed.py
-	$(BIN)/python benchmarks/env_stepping.py
-	$(BIN)/python benchmarks/time_to_solve.py
+	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/baselines.py
 	$(BIN)/python benchmarks/algorithms.py
-	$(BIN)/python benchmarks/estimators.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
