@@ -12,8 +12,13 @@ from reinforce_jax.estimators import (
     straight_through,
     vimco_objective,
 )
-from reinforce_jax.losses import reinforce_loss
-from reinforce_jax.returns import discounted_returns
+from reinforce_jax.losses import entropy_bonus, ppo_clip_loss, reinforce_loss, value_loss
+from reinforce_jax.returns import (
+    discounted_returns,
+    gae_advantages,
+    lambda_returns,
+    normalize_advantages,
+)
 from reinforce_jax.rollout import EnvCarry, Trajectory, reset_envs, rollout
 from reinforce_jax.train import (
     RunOutput,
@@ -36,20 +41,26 @@ __all__ = [
     "baselines",
     "dice_objective",
     "discounted_returns",
+    "entropy_bonus",
     "envs",
+    "gae_advantages",
     "grad_estimate",
     "gumbel_softmax",
     "magic_box",
     "monte_carlo",
+    "lambda_returns",
     "make_optimizer",
     "make_run",
     "make_train",
     "make_train_step",
+    "normalize_advantages",
     "policies",
+    "ppo_clip_loss",
     "recommended_compiler_options",
     "reinforce_loss",
     "reset_envs",
     "rollout",
     "straight_through",
+    "value_loss",
     "vimco_objective",
 ]
