@@ -21,6 +21,7 @@ from reinforce_jax.returns import (
 )
 from reinforce_jax.rollout import EnvCarry, Trajectory, reset_envs, rollout
 from reinforce_jax.train import (
+    Hyperparams,
     RunOutput,
     TrainState,
     make_optimizer,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EnvCarry",
     "GradStats",
+    "Hyperparams",
     "RunOutput",
     "TrainConfig",
     "TrainState",

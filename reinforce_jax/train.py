@@ -46,6 +46,41 @@ from reinforce_jax.rollout import (
 Metrics = dict[str, jax.Array]
 
 
+class Hyperparams(NamedTuple):
+  """The loss and return hyperparameters of `TrainConfig`, as traced values.
+
+  By default a train step reads these from its `TrainConfig`, where they are
+  compile-time constants. Put a `Hyperparams` in `TrainState.hyperparams` to
+  make them values of the state instead: `jax.vmap` over states then trains
+  several entropy coefficients (discounts, ...) in one program, and a loop can
+  change them between steps (annealing) without recompiling.
+
+      state = init_fn(key)
+      hp = Hyperparams.from_config(config)._replace(entropy_coef=jnp.float32(0.01))
+      state = state._replace(hyperparams=hp)
+
+  Fields mean what the `TrainConfig` fields of the same names mean.
+  """
+
+  gamma: jax.Array
+  gae_lambda: jax.Array
+  entropy_coef: jax.Array
+  value_coef: jax.Array
+  clip_eps: jax.Array
+  baseline_constant: jax.Array
+  ema_decay: jax.Array
+
+  @classmethod
+  def from_config(cls, config: TrainConfig, **overrides) -> Hyperparams:
+    """The config's values (with `overrides`), as float32 scalars."""
+    unknown = set(overrides) - set(cls._fields)
+    if unknown:
+      raise ValueError(f"unknown hyperparameters {sorted(unknown)}; "
+                       f"the fields are {list(cls._fields)}")
+    values = {name: overrides.get(name, getattr(config, name)) for name in cls._fields}
+    return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+
+
 class TrainState(NamedTuple):
   """Everything a run carries from one train step to the next."""
 
@@ -54,6 +89,7 @@ class TrainState(NamedTuple):
   env: EnvCarry         # batched environment state, observations, episode counters
   step: jax.Array       # [] int32, train steps taken
   baseline: Any = ()    # [] float32 EMA baseline when config.baseline == "ema", else ()
+  hyperparams: Any = ()  # () = the config's constants, or a `Hyperparams` of traced values
 
 
 class _Minibatch(NamedTuple):
@@ -90,10 +126,10 @@ def _episode_metrics(traj) -> Metrics:
   }
 
 
-def _baseline(config: TrainConfig, returns, value, ema):
+def _baseline(config: TrainConfig, hp, returns, value, ema):
   """REINFORCE's baseline for `[T, B]` returns (see `TrainConfig.baseline`)."""
   if config.baseline == "constant":
-    return config.baseline_constant
+    return hp.baseline_constant
   if config.baseline == "ema":
     return ema
   if config.baseline == "batch_mean":
@@ -133,6 +169,10 @@ def make_train_step(
     with a critic also `value_loss`; with ppo also `approx_kl` and
     `clip_fraction` (means over its minibatch updates).
 
+  The loss and return hyperparameters (`gamma`, `gae_lambda`, `entropy_coef`,
+  `value_coef`, `clip_eps`, `baseline_constant`, `ema_decay`) come from
+  `state.hyperparams` when it holds a `Hyperparams`, else from `config`.
+
   REINFORCE and a2c differentiate one pass: the rollout keeps `log_prob` (and the
   value) differentiable. Their policy loss is the mean of
   `-log_prob * (G_t - b)` over all `T * B` steps, so its negated gradient
@@ -169,34 +209,42 @@ def make_train_step(
       return jnp.zeros(obs.shape[:1], jnp.float32)
     return jax.lax.stop_gradient(split_output(policy.apply(params, obs))[1])
 
-  def advantages(traj: Trajectory, bootstrap_last, ema):
+  def hyperparams(state: TrainState):
+    # The state's traced values if it carries them, else the config's constants.
+    if isinstance(state.hyperparams, Hyperparams):
+      return state.hyperparams
+    return config
+
+  def advantages(traj: Trajectory, bootstrap_last, ema, hp):
     """`(advantages, value_targets)`, both `[T, B]` and free of gradients."""
     traj = jax.lax.stop_gradient(traj)
     if config.algo == "reinforce":
       returns = discounted_returns(
-          traj.reward, traj.terminated, traj.truncated, gamma=config.gamma,
+          traj.reward, traj.terminated, traj.truncated, gamma=hp.gamma,
           bootstrap_value_t=traj.bootstrap_value, last_value=bootstrap_last)
-      advantage, target = returns - _baseline(config, returns, traj.value, ema), returns
+      advantage, target = returns - _baseline(config, hp, returns, traj.value, ema), returns
     else:
       advantage, target = gae_advantages(
           traj.reward, traj.value, traj.terminated, traj.truncated, bootstrap_last,
-          gamma=config.gamma, lambda_=config.gae_lambda,
+          gamma=hp.gamma, lambda_=hp.gae_lambda,
           bootstrap_value_t=traj.bootstrap_value)
     return advantage, target
 
   def one_pass_loss(params, state: TrainState, key: jax.Array):
     env_carry, traj = rollout(
         key, params, policy.apply, env, env_params, state.env, num_steps)
-    advantage, target = advantages(traj, last_value(params, env_carry.obs), state.baseline)
+    hp = hyperparams(state)
+    advantage, target = advantages(
+        traj, last_value(params, env_carry.obs), state.baseline, hp)
     if config.normalize_advantages:
       advantage = normalize_advantages(advantage)
     policy_loss = reinforce_loss(traj.log_prob, advantage)
     entropy = entropy_bonus(traj.entropy)
-    loss = policy_loss - config.entropy_coef * entropy
+    loss = policy_loss - hp.entropy_coef * entropy
     metrics = {"policy_loss": policy_loss, "entropy": entropy}
     if use_value:
       metrics["value_loss"] = value_loss(traj.value, target)
-      loss = loss + config.value_coef * metrics["value_loss"]
+      loss = loss + hp.value_coef * metrics["value_loss"]
     return loss, (env_carry, traj, target, metrics)
 
   def one_pass_step(state: TrainState, key: jax.Array):
@@ -206,23 +254,23 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     ema = state.baseline
     if config.baseline == "ema":
-      ema = baselines.ema_update(state.baseline, target, decay=config.ema_decay)
+      ema = baselines.ema_update(state.baseline, target, decay=hyperparams(state).ema_decay)
     metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
     return state._replace(params=params, opt_state=opt_state, env=env_carry,
                           baseline=ema), traj, metrics
 
-  def ppo_minibatch_loss(params, batch: _Minibatch):
+  def ppo_minibatch_loss(params, batch: _Minibatch, hp):
     dist, value = split_output(policy.apply(params, batch.obs))
     log_prob, entropy = score(dist, batch.sample)
     advantage = batch.advantage
     if config.normalize_advantages:
       advantage = normalize_advantages(advantage)
     policy_loss, metrics = ppo_clip_loss(
-        log_prob, batch.old_log_prob, advantage, clip_eps=config.clip_eps)
+        log_prob, batch.old_log_prob, advantage, clip_eps=hp.clip_eps)
     metrics = {"policy_loss": policy_loss, "entropy": entropy_bonus(entropy),
                "value_loss": value_loss(value, batch.target), **metrics}
-    loss = (policy_loss + config.value_coef * metrics["value_loss"]
-            - config.entropy_coef * metrics["entropy"])
+    loss = (policy_loss + hp.value_coef * metrics["value_loss"]
+            - hp.entropy_coef * metrics["entropy"])
     return loss, metrics
 
   def ppo_step(state: TrainState, key: jax.Array):
@@ -230,7 +278,8 @@ def make_train_step(
     env_carry, traj = rollout(
         key_rollout, state.params, policy.apply, env, env_params, state.env, num_steps)
     traj = jax.lax.stop_gradient(traj)
-    advantage, target = advantages(traj, last_value(state.params, env_carry.obs), ())
+    hp = hyperparams(state)
+    advantage, target = advantages(traj, last_value(state.params, env_carry.obs), (), hp)
     size = num_envs * num_steps
     flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), _Minibatch(
         traj.obs, traj.sample, traj.log_prob, advantage, target))
@@ -238,7 +287,7 @@ def make_train_step(
     def update(carry, batch):
       params, opt_state = carry
       (loss, metrics), grads = jax.value_and_grad(ppo_minibatch_loss, has_aux=True)(
-          params, batch)
+          params, batch, hp)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
       return (optax.apply_updates(params, updates), opt_state), metrics
