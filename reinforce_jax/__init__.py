@@ -2,7 +2,7 @@
 
 from reinforce_jax import baselines, envs, monte_carlo, policies
 from reinforce_jax.compiler import recommended_compiler_options
-from reinforce_jax.config import TrainConfig
+from reinforce_jax.config import Hyperparams, TrainConfig
 from reinforce_jax.estimators import (
     GradStats,
     dice_objective,
@@ -21,7 +21,6 @@ from reinforce_jax.returns import (
 )
 from reinforce_jax.rollout import EnvCarry, Trajectory, reset_envs, rollout
 from reinforce_jax.train import (
-    Hyperparams,
     RunOutput,
     TrainState,
     make_optimizer,

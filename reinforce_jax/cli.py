@@ -15,7 +15,7 @@ import math
 import pathlib
 import sys
 
-from reinforce_jax.config import ALGOS, BASELINES, TrainConfig
+from reinforce_jax.config import ALGOS, BASELINES, TrainConfig, sweep_grid
 from reinforce_jax.presets import PRESETS
 
 
@@ -55,11 +55,25 @@ _unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
 
 
-def _learning_rates(text: str) -> list[float]:
-  return [_positive_float(part) for part in text.split(",")]
+def _list_of(parse):
+  def parse_list(text: str) -> list[float]:
+    return [parse(part) for part in text.split(",")]
+  return parse_list
 
 
-def _add_run_options(command: argparse.ArgumentParser) -> None:
+# Options that take one value in `train` and a comma-separated list in `sweep`:
+# (flag, TrainConfig field, parser, help).
+_SWEEPABLE_OPTIONS = (
+    ("--lr", "learning_rate", _positive_float, "Adam learning rate"),
+    ("--gamma", "gamma", _unit_float, "discount in [0, 1]"),
+    ("--gae-lambda", "gae_lambda", _unit_float, "GAE lambda in [0, 1] (a2c, ppo)"),
+    ("--entropy-coef", "entropy_coef", _non_negative_float, "entropy bonus weight"),
+    ("--value-coef", "value_coef", _non_negative_float, "value loss weight"),
+    ("--clip-eps", "clip_eps", _non_negative_float, "PPO clipping range"),
+)
+
+
+def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   """Options shared by `train` and `sweep`: the task and its config."""
   command.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
                        help="one of: " + ", ".join(f"{k} ({v.description})"
@@ -70,11 +84,14 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
   command.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
   command.add_argument("--rollout-length", type=_int_at_least(1),
                        help="environment steps per environment per train step")
-  command.add_argument("--gamma", type=_unit_float, help="discount in [0, 1]")
+  for flag, field, parse, text in _SWEEPABLE_OPTIONS:
+    if sweep:
+      command.add_argument(flag, type=_list_of(parse), dest=field, metavar="V[,V...]",
+                           help=f"{text}: comma-separated values to sweep")
+    else:
+      command.add_argument(flag, type=parse, dest=field, help=text)
   command.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
   command.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
-  command.add_argument("--gae-lambda", type=_unit_float, help="GAE lambda in [0, 1] (a2c, ppo)")
-  command.add_argument("--entropy-coef", type=_non_negative_float, help="entropy bonus weight")
   command.add_argument("--seed", type=_int_at_least(0), default=0,
                        help="random seed (default 0)")
   command.add_argument("--num-seeds", type=_int_at_least(1), default=1,
@@ -89,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train a policy (REINFORCE, A2C or PPO)",
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
   _add_run_options(train)
-  train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
   train.add_argument("--stop-at-return", type=float, metavar="R",
                      help="stop once every seed's latest mean return is >= R")
   train.add_argument("--devices", type=_int_at_least(1),
@@ -108,25 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in DIR from its latest checkpoint up to --steps")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   sweep = commands.add_parser(
-      "sweep", help="train every learning rate x seed in one program",
-      description="Sweep learning rates (and seeds) in one jit; write a table and a plot.")
-  _add_run_options(sweep)
-  sweep.add_argument("--lr", type=_learning_rates, required=True,
-                     help="comma-separated Adam learning rates, e.g. 1e-3,3e-3,1e-2")
+      "sweep", help="train every combination of hyperparameter values x seeds in one program",
+      description="Sweep hyperparameters (every combination of the listed values) and seeds "
+                  "in one jit; write a table (sweep.csv, sweep.json) and a plot (sweep.png).")
+  _add_run_options(sweep, sweep=True)
   return parser
 
 
-def _config(args, preset):
+def _config(args, preset, *, exclude=()):
   overrides = {
       "num_steps": args.steps, "num_envs": args.num_envs,
-      "rollout_length": args.rollout_length, "gamma": args.gamma,
-      "learning_rate": args.lr if args.command == "train" else None,
-      "max_grad_norm": args.max_grad_norm,
-      "baseline": args.baseline, "gae_lambda": args.gae_lambda,
-      "entropy_coef": args.entropy_coef,
+      "rollout_length": args.rollout_length, "max_grad_norm": args.max_grad_norm,
+      "baseline": args.baseline,
+      **{field: getattr(args, field) for _, field, _, _ in _SWEEPABLE_OPTIONS},
   }
   algo = args.algo or preset.default_algo
-  return preset.configs[algo].replace(**{k: v for k, v in overrides.items() if v is not None})
+  return preset.configs[algo].replace(
+      **{k: v for k, v in overrides.items() if v is not None and k not in exclude})
 
 
 def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
@@ -152,23 +166,33 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
 
 
 def _sweep(args, parser) -> int:
+  grid = {field: getattr(args, field) for _, field, _, _ in _SWEEPABLE_OPTIONS
+          if getattr(args, field) is not None}
+  if not grid:
+    parser.error("nothing to sweep: give comma-separated values to at least one of "
+                 + ", ".join(flag for flag, *_ in _SWEEPABLE_OPTIONS))
   try:
-    config = _config(args, PRESETS[args.env])
+    config = _config(args, PRESETS[args.env], exclude=grid)
+    sweep_grid(config, grid)
   except ValueError as e:
     parser.error(str(e))
   from reinforce_jax.sweep import run_sweep  # imports JAX: after the checks
 
   out = args.out or f"runs/{args.env}-sweep"
-  result = run_sweep(args.env, config, args.lr, seed=args.seed, num_seeds=args.num_seeds,
+  result = run_sweep(args.env, config, grid, seed=args.seed, num_seeds=args.num_seeds,
                      out_dir=out)
-  print(f"{args.env} {config.algo}: {result['runs']} runs ({len(args.lr)} learning rates x "
-        f"{args.num_seeds} seeds) of {config.num_steps} steps in one program, "
+  axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+  print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {args.num_seeds} seeds) "
+        f"of {config.num_steps} steps in one program, "
         f"{result['wall_s']:.1f} s (compile {result['compile_s']:.1f} s)")
-  print(f"  {'learning rate':>14} {'final return':>13} {'std over seeds':>15}")
+  width = [max(len(name), 8) for name in grid]
+  print("  " + " ".join(f"{name:>{w}}" for name, w in zip(grid, width, strict=True))
+        + f" {'final return':>13} {'std over seeds':>15}")
   for row in result["rows"]:
-    print(f"  {row['learning_rate']:>14g} {row['final_return_mean']:>13.4g} "
-          f"{row['final_return_std']:>15.3g}")
-  print(f"  outputs in {out}/: sweep.json, sweep.png")
+    best = " <- best" if all(row[n] == result["best"][n] for n in grid) else ""
+    print("  " + " ".join(f"{row[name]:>{w}g}" for name, w in zip(grid, width, strict=True))
+          + f" {row['final_return_mean']:>13.4g} {row['final_return_std']:>15.3g}{best}")
+  print(f"  outputs in {out}/: sweep.csv, sweep.json, sweep.png")
   return 0
 
 

@@ -1,9 +1,20 @@
-"""Training configuration: one frozen, typed dataclass (hashable, so it can be static)."""
+"""Training configuration.
+
+`TrainConfig` is one frozen, typed dataclass (hashable, so it can be static);
+`Hyperparams` holds its loss and return hyperparameters as traced values, for
+sweeps and schedules; `sweep_grid` expands a sweep's values into runs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+  import jax
 
 ALGOS = ("reinforce", "a2c", "ppo")
 BASELINES = ("none", "constant", "ema", "batch_mean", "leave_one_out", "value")
@@ -107,3 +118,84 @@ class TrainConfig:
 
   def replace(self, **changes) -> TrainConfig:
     return dataclasses.replace(self, **changes)
+
+
+class Hyperparams(NamedTuple):
+  """The loss and return hyperparameters of `TrainConfig`, as traced values.
+
+  By default a train step reads these from its `TrainConfig`, where they are
+  compile-time constants. Put a `Hyperparams` in `TrainState.hyperparams` to
+  make them values of the state instead: `jax.vmap` over states then trains
+  several entropy coefficients (discounts, ...) in one program, and a loop can
+  change them between steps (annealing) without recompiling.
+
+      state = init_fn(key)
+      hp = Hyperparams.from_config(config)._replace(entropy_coef=jnp.float32(0.01))
+      state = state._replace(hyperparams=hp)
+
+  Fields mean what the `TrainConfig` fields of the same names mean.
+  """
+
+  gamma: jax.Array
+  gae_lambda: jax.Array
+  entropy_coef: jax.Array
+  value_coef: jax.Array
+  clip_eps: jax.Array
+  baseline_constant: jax.Array
+  ema_decay: jax.Array
+
+  @classmethod
+  def from_config(cls, config: TrainConfig, **overrides) -> Hyperparams:
+    """The config's values (with `overrides`), as float32 scalars."""
+    import jax.numpy as jnp  # here, so that importing the config stays free of JAX
+
+    unknown = set(overrides) - set(cls._fields)
+    if unknown:
+      raise ValueError(f"unknown hyperparameters {sorted(unknown)}; "
+                       f"the fields are {list(cls._fields)}")
+    values = {name: overrides.get(name, getattr(config, name)) for name in cls._fields}
+    return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+
+
+SWEEPABLE = ("learning_rate", *Hyperparams._fields)
+
+
+def _inert_axes(config: TrainConfig) -> dict[str, str]:
+  """Hyperparameters that `config` does not use, with the reason."""
+  inert = {}
+  if config.algo == "reinforce":
+    inert["gae_lambda"] = "GAE's lambda applies to algo a2c and ppo"
+  if config.algo != "ppo":
+    inert["clip_eps"] = "clip_eps applies to algo='ppo'"
+  if not config.uses_value:
+    inert["value_coef"] = "value_coef needs a learned value function (a2c, ppo, baseline='value')"
+  if config.baseline != "constant":
+    inert["baseline_constant"] = "baseline_constant applies to baseline='constant'"
+  if config.baseline != "ema":
+    inert["ema_decay"] = "ema_decay applies to baseline='ema'"
+  return inert
+
+
+def sweep_grid(config: TrainConfig, grid: Mapping[str, Sequence[float]]) -> list[dict]:
+  """Every combination of the values in `grid` (the first name varies slowest).
+
+  Raises `ValueError` for a name that cannot be swept, one that `config` does
+  not use (sweeping it would train the same run several times), an empty list,
+  or a value `TrainConfig` rejects.
+  """
+  if not grid:
+    raise ValueError(f"nothing to sweep: give values for at least one of {list(SWEEPABLE)}")
+  inert = _inert_axes(config)
+  for name, values in grid.items():
+    if name not in SWEEPABLE:
+      raise ValueError(f"cannot sweep {name!r}; sweepable: {list(SWEEPABLE)}")
+    if name in inert:
+      raise ValueError(f"sweeping {name} would change nothing: {inert[name]} "
+                       f"(this config: algo={config.algo!r}, baseline={config.baseline!r})")
+    if not len(values):
+      raise ValueError(f"no values to sweep for {name}")
+  combos = [dict(zip(grid, values, strict=True))
+            for values in itertools.product(*grid.values())]
+  for combo in combos:
+    config.replace(**combo)  # validates each value, naming the field
+  return combos

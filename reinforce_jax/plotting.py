@@ -70,13 +70,13 @@ def plot_bandit_policy(action_probs: np.ndarray, contexts: np.ndarray, path, *,
 
 
 def plot_sweep(rows, path, *, title: str) -> None:
-  """Mean learning curve per learning rate (rows from `sweep.run_sweep`)."""
+  """Mean learning curve per grid point (rows from `sweep.run_sweep`)."""
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   for row in rows:
     curve = np.asarray(row["curve_mean"], dtype=float)
     steps = np.arange(1, len(curve) + 1)
     ok = np.isfinite(curve)
-    ax.plot(steps[ok], curve[ok], label=f"lr {row['learning_rate']:g}: "
+    ax.plot(steps[ok], curve[ok], label=f"{row['label']}: "
             f"{row['final_return_mean']:.3g} ± {row['final_return_std']:.2g}")
   ax.set_xlabel("train step")
   ax.set_ylabel("mean return of finished episodes")

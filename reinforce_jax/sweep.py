@@ -1,15 +1,19 @@
-"""Hyperparameter sweeps as one program: `jax.vmap` over learning rates and seeds.
+"""Hyperparameter sweeps as one program: `jax.vmap` over a grid and over seeds.
 
-The learning rate lives in the optimizer state (`optax.inject_hyperparams`), so
-a batch of runs with different rates is one `vmap` of `make_train`'s run: one
-compile, every run in parallel.
+The learning rate lives in the optimizer state (`optax.inject_hyperparams`) and
+the loss and return hyperparameters in `TrainState.hyperparams` (`Hyperparams`),
+so a batch of runs with different values is one `vmap` of a run: one compile,
+every run in parallel.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +22,9 @@ import optax
 
 from reinforce_jax import plotting
 from reinforce_jax.compiler import recommended_compiler_options
-from reinforce_jax.config import TrainConfig
+from reinforce_jax.config import TrainConfig, sweep_grid
 from reinforce_jax.presets import PRESETS
-from reinforce_jax.train import make_run, make_train_step
+from reinforce_jax.train import Hyperparams, make_optimizer, make_run, make_train_step
 
 
 def make_sweep_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -47,54 +51,92 @@ def set_learning_rate(opt_state, learning_rate):
   return jax.tree.map(replace, opt_state, is_leaf=has_hyperparams)
 
 
-def run_sweep(env_name: str, config: TrainConfig, learning_rates: list[float], *,
-              seed: int = 0, num_seeds: int = 1, algo_name: str = "",
-              out_dir: str | pathlib.Path) -> dict:
-  """Trains every (learning rate, seed) pair in one jit and writes a table and a plot.
+def _label(combo: Mapping[str, float]) -> str:
+  short = {"learning_rate": "lr"}
+  return ", ".join(f"{short.get(k, k)} {v:g}" for k, v in combo.items())
 
-  Outputs in `out_dir`: `sweep.json` (per learning rate: the final mean return
-  of each seed, their mean and standard deviation, and the mean learning
-  curve) and `sweep.png` (one curve per learning rate, mean over seeds).
-  Seed `i` uses the same key for every learning rate.
+
+def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[float]], *,
+              seed: int = 0, num_seeds: int = 1,
+              out_dir: str | pathlib.Path) -> dict:
+  """Trains every (grid point, seed) pair in one jit and writes a table and a plot.
+
+  Args:
+    env_name: a preset (`reinforce_jax.presets.PRESETS`).
+    config: the settings shared by every run.
+    grid: values per swept name, e.g. `{"learning_rate": [1e-3, 3e-3],
+      "entropy_coef": [0.0, 0.01]}`: every combination is trained. Names:
+      `learning_rate` and the fields of `Hyperparams`.
+    seed, num_seeds: seed `i` uses the same key at every grid point.
+    out_dir: where `sweep.json` (per grid point: each seed's final mean return
+      (mean of its last 10 finite steps), their mean and standard deviation, the
+      mean learning curve), `sweep.csv` (the table) and `sweep.png` (one mean
+      curve per grid point) go.
+
+  Each run equals the standalone run with `config.replace(**grid_point)`.
   """
+  combos = sweep_grid(config, grid)
+  names = list(grid)
   preset = PRESETS[env_name]
   env = preset.make_env()
   policy = preset.policy(env, config)
-  init_fn, train_step = make_train_step(env, policy, make_sweep_optimizer(config), config)
+  sweep_lr = "learning_rate" in names
+  optimizer = make_sweep_optimizer(config) if sweep_lr else make_optimizer(config)
+  init_fn, train_step = make_train_step(env, policy, optimizer, config)
   run = make_run(train_step, max(config.num_steps, 1))
+  hp_names = [n for n in names if n in Hyperparams._fields]
 
-  def one(learning_rate, key):
+  def one(values, key):
     key_init, key_run = jax.random.split(key)
     state = init_fn(key_init)
-    state = state._replace(opt_state=set_learning_rate(state.opt_state, learning_rate))
+    if sweep_lr:
+      state = state._replace(
+          opt_state=set_learning_rate(state.opt_state, values["learning_rate"]))
+    if hp_names:
+      state = state._replace(hyperparams=Hyperparams.from_config(
+          config, **{n: values[n] for n in hp_names}))
     return run(state, key_run, config.num_steps).metrics["mean_return"]
 
+  values = {n: jnp.asarray([c[n] for c in combos], jnp.float32) for n in names}
   keys = jax.random.split(jax.random.key(seed), num_seeds)
-  grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
+  grid_fn = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
   start = time.perf_counter()
-  compiled = jax.jit(grid, compiler_options=recommended_compiler_options()).lower(
-      jnp.asarray(learning_rates, jnp.float32), keys).compile()
+  compiled = jax.jit(grid_fn, compiler_options=recommended_compiler_options()).lower(
+      values, keys).compile()
   compile_s = time.perf_counter() - start
-  returns = np.asarray(compiled(jnp.asarray(learning_rates, jnp.float32), keys))  # [L, S, N]
+  returns = np.asarray(compiled(values, keys))  # [grid points, seeds, steps]
   wall_s = time.perf_counter() - start
   rows = []
-  for lr, curves in zip(learning_rates, returns, strict=True):
+  for combo, curves in zip(combos, returns, strict=True):
     finals = []
     for curve in curves:
       finite = curve[np.isfinite(curve)]
       finals.append(float(finite[-10:].mean()) if finite.size else float("nan"))
-    rows.append({"learning_rate": lr, "final_return_per_seed": finals,
+    rows.append({**combo, "label": _label(combo), "final_return_per_seed": finals,
                  "final_return_mean": float(np.mean(finals)),
                  "final_return_std": float(np.std(finals)),
                  "curve_mean": np.nanmean(np.where(np.isfinite(curves), curves, np.nan),
                                           axis=0).tolist()})
+  means = [r["final_return_mean"] for r in rows]
+  best = int(np.nanargmax(means)) if np.isfinite(means).any() else None
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  result = {"env": env_name, "algo": config.algo, "num_seeds": num_seeds,
-            "num_steps": config.num_steps, "compile_s": compile_s, "wall_s": wall_s,
-            "runs": len(learning_rates) * num_seeds, "rows": rows}
+  result = {"env": env_name, "algo": config.algo, "swept": {n: list(grid[n]) for n in names},
+            "num_seeds": num_seeds, "num_steps": config.num_steps, "compile_s": compile_s,
+            "wall_s": wall_s, "runs": len(combos) * num_seeds,
+            "best": None if best is None else {n: rows[best][n] for n in names},
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in names},
+            "rows": rows}
   (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+  with open(out / "sweep.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([*names, "final_return_mean", "final_return_std",
+                     *(f"seed_{i}" for i in range(num_seeds))])
+    for row in rows:
+      writer.writerow([*(row[n] for n in names), row["final_return_mean"],
+                       row["final_return_std"], *row["final_return_per_seed"]])
+  swept = " x ".join(names)
   plotting.plot_sweep(rows, out / "sweep.png",
-                      title=f"{config.algo.upper()} on {env.name}: learning-rate sweep "
+                      title=f"{config.algo.upper()} on {env.name}: {swept} sweep "
                             f"({num_seeds} seed{'s' * (num_seeds > 1)} each)")
   return result

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from reinforce_jax import baselines
-from reinforce_jax.config import TrainConfig
+from reinforce_jax.config import Hyperparams, TrainConfig
 from reinforce_jax.losses import (
     entropy_bonus,
     ppo_clip_loss,
@@ -44,41 +44,6 @@ from reinforce_jax.rollout import (
 )
 
 Metrics = dict[str, jax.Array]
-
-
-class Hyperparams(NamedTuple):
-  """The loss and return hyperparameters of `TrainConfig`, as traced values.
-
-  By default a train step reads these from its `TrainConfig`, where they are
-  compile-time constants. Put a `Hyperparams` in `TrainState.hyperparams` to
-  make them values of the state instead: `jax.vmap` over states then trains
-  several entropy coefficients (discounts, ...) in one program, and a loop can
-  change them between steps (annealing) without recompiling.
-
-      state = init_fn(key)
-      hp = Hyperparams.from_config(config)._replace(entropy_coef=jnp.float32(0.01))
-      state = state._replace(hyperparams=hp)
-
-  Fields mean what the `TrainConfig` fields of the same names mean.
-  """
-
-  gamma: jax.Array
-  gae_lambda: jax.Array
-  entropy_coef: jax.Array
-  value_coef: jax.Array
-  clip_eps: jax.Array
-  baseline_constant: jax.Array
-  ema_decay: jax.Array
-
-  @classmethod
-  def from_config(cls, config: TrainConfig, **overrides) -> Hyperparams:
-    """The config's values (with `overrides`), as float32 scalars."""
-    unknown = set(overrides) - set(cls._fields)
-    if unknown:
-      raise ValueError(f"unknown hyperparameters {sorted(unknown)}; "
-                       f"the fields are {list(cls._fields)}")
-    values = {name: overrides.get(name, getattr(config, name)) for name in cls._fields}
-    return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
 
 
 class TrainState(NamedTuple):

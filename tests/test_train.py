@@ -299,6 +299,28 @@ def test_vmap_over_hyperparams_equals_runs_with_those_configs(
   assert float(jnp.max(jnp.abs(flat[0] - flat[1]))) > 1e-5  # rounding: ~1e-7
 
 
+def test_entropy_sweep_converges_to_the_entropy_regularised_optimum(bandit, linear_policy):
+  # Maximising E[r] + c H(pi) in each context gives pi = softmax(r / c); on the
+  # seed's 0/1 task the right action's probability is sigmoid(1 / c). One program
+  # trains all three coefficients (vmap over Hyperparams).
+  config = rj.TrainConfig(num_envs=1024, num_steps=400)
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.02), config)
+  run = rj.make_run(train_step, config.num_steps)
+
+  def train(coef):
+    state = init_fn(jax.random.key(0))
+    state = state._replace(hyperparams=rj.Hyperparams.from_config(config, entropy_coef=coef))
+    return run(state, jax.random.key(1), config.num_steps).state.params
+
+  coefs = np.array([0.5, 1.0, 2.0], np.float32)
+  params = jax.jit(jax.vmap(train))(coefs)
+  for i, coef in enumerate(coefs):
+    probs = linear_policy.apply(jax.tree.map(lambda v, i=i: v[i], params),
+                                bandit.default_params.contexts).probs
+    right = float(ContextualBandit.expected_reward(probs, bandit.default_params))
+    np.testing.assert_allclose(right, 1 / (1 + np.exp(-1 / coef)), atol=0.01)
+
+
 def test_changing_hyperparams_between_steps_does_not_recompile(bandit, linear_policy):
   init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
   traces = []
