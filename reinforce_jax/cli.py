@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     return _sweep(args, parser)
   preset = PRESETS[args.env]
   seed, num_seeds, checkpoint_every = args.seed, args.num_seeds, args.checkpoint_every
+  if args.distributed or args.coordinator:
+    # Before anything touches a JAX backend (reading a checkpoint to resume does).
+    from reinforce_jax.distributed import initialize
+    initialize(args.coordinator, args.num_processes, args.process_id)
   try:
     if args.resume:
       config, seed, num_seeds, stored_every = _stored_run(args)
@@ -219,9 +223,6 @@ def main(argv: list[str] | None = None) -> int:
 
   import jax  # imported after the cheap argument checks
 
-  if args.distributed or args.coordinator:
-    from reinforce_jax.distributed import initialize
-    initialize(args.coordinator, args.num_processes, args.process_id)
   from reinforce_jax.experiment import run_experiment
 
   devices = args.devices or jax.device_count()

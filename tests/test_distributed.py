@@ -96,34 +96,46 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_what_one_process_trains(tmp_path):
-  """Two processes on localhost (CPU collectives over gloo), one device each."""
-  import numpy as np
-  from flax import serialization
-
-  common = [sys.executable, "-m", "reinforce_jax", "train", "cartpole", "--steps", "3",
-            "--num-envs", "16", "--rollout-length", "16", "--no-progress"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
+def _two_processes(common, out, *extra):
   port = _free_port()
   procs = [subprocess.Popen(
       common + ["--coordinator", f"localhost:{port}", "--num-processes", "2",
-                "--process-id", str(i), "--out", str(tmp_path / f"p{i}")],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+                "--process-id", str(i), "--out", str(out), *extra],
+      env=_CPU_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
-  assert (tmp_path / "p0" / "params.msgpack").exists()
-  assert not (tmp_path / "p1" / "params.msgpack").exists()  # only process 0 writes
-  single = subprocess.run(common + ["--out", str(tmp_path / "single")], env=env,
-                          capture_output=True, text=True, timeout=600)
+
+
+_CPU_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+
+
+def test_two_processes_checkpoint_resume_and_train_what_one_process_trains(tmp_path):
+  """Two processes on localhost (CPU collectives over gloo), one device each,
+  sharing one output folder as on a cluster's shared file system: they train 2
+  steps, save a checkpoint together (each writes its shard of the environment
+  state), then a second pair resumes it to step 4. One process training 4 steps
+  in one go must give the same parameters and metrics."""
+  import numpy as np
+  from flax import serialization
+
+  common = [sys.executable, "-m", "reinforce_jax", "train", "cartpole", "--num-envs", "16",
+            "--rollout-length", "16", "--no-progress"]
+  multi = tmp_path / "multi"
+  _two_processes(common + ["--steps", "2"], multi, "--checkpoint-every", "2")
+  assert (multi / "checkpoints" / "2").is_dir()
+  _two_processes(common + ["--steps", "4"], multi, "--resume", str(multi))
+  single = subprocess.run(common + ["--steps", "4", "--out", str(tmp_path / "single")],
+                          env=_CPU_ENV, capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   load = lambda d: serialization.msgpack_restore((d / "params.msgpack").read_bytes())  # noqa: E731
-  for a, b in zip(jax.tree.leaves(load(tmp_path / "p0")), jax.tree.leaves(
-      load(tmp_path / "single")), strict=True):
+  for a, b in zip(jax.tree.leaves(load(multi)), jax.tree.leaves(load(tmp_path / "single")),
+                  strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  rows = [json.loads(line) for line in (tmp_path / "p0" / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
   single_rows = [json.loads(line) for line in
                  (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+  # Only process 0 writes: one row per step, none repeated by the other process.
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
   np.testing.assert_allclose([r["mean_return"] for r in rows],
                              [r["mean_return"] for r in single_rows], rtol=1e-5)
