@@ -84,3 +84,53 @@ def write(name: str, payload: dict, out: str | None = None) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"benchmark": name, **environment(), **payload}, indent=2) + "\n")
   return path
+
+
+# Vendor datasheet peaks: (memory bytes/s, dense float32 FLOP/s without tensor
+# cores), keyed by a substring of `device.device_kind`. First match wins.
+SPEC_PEAKS = (
+    ("H200", (4.8e12, 67e12)),
+    ("H100 PCIe", (2.0e12, 51e12)),
+    ("H100", (3.35e12, 67e12)),          # SXM, HBM3
+    ("A100-SXM4-80GB", (2.039e12, 19.5e12)),
+    ("A100-SXM4-40GB", (1.555e12, 19.5e12)),
+    ("A100", (1.935e12, 19.5e12)),       # PCIe 80GB
+    ("L4", (0.3e12, 30.3e12)),
+    ("TPU v4", (1.2e12, None)),
+    ("TPU v5e", (0.819e12, None)),
+)
+
+
+def spec_peaks() -> dict:
+  """The datasheet peaks of the first device, where this file knows them."""
+  kind = jax.devices()[0].device_kind
+  for key, (bandwidth, flops) in SPEC_PEAKS:
+    if key in kind:
+      return {"bytes_per_s": bandwidth, "fp32_flops_per_s": flops, "matched": key}
+  return {"bytes_per_s": None, "fp32_flops_per_s": None, "matched": None}
+
+
+def measured_bandwidth(size_bytes: int = 1 << 28, rounds: int = 7) -> float:
+  """Bytes/s that a jitted elementwise `x * 2` moves on the default device.
+
+  It reads and writes `size_bytes` each, so this is the streaming bandwidth a
+  simple XLA program reaches: the practical ceiling for a memory-bound step.
+  """
+  x = jax.numpy.ones((size_bytes // 4,), jax.numpy.float32)
+  double = jax.jit(lambda v: v * 2.0)
+  block(double(x))
+  seconds = statistics.median(timed(lambda: block(double(x))) for _ in range(rounds))
+  return 2 * size_bytes / seconds
+
+
+def program_cost(compiled) -> dict:
+  """FLOPs and bytes accessed of a compiled program from XLA's cost analysis.
+
+  XLA counts the optimised program's operations once each: the body of a
+  `lax.scan` or `while_loop` is counted once, not once per iteration, so this
+  is exact only for programs without loops (the bandit's one-step rollout).
+  """
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return {"flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0))}

@@ -6,6 +6,8 @@ episodes and CartPole to 2,048 environments; on an accelerator up to 2^22 and
 rest) and the merged file maps each benchmark's name to its own JSON.
 
     python benchmarks/run_all.py [--only throughput-bandit,env_stepping]
+
+With `--only`, the other benchmarks' entries already in the device's file stay.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main():
       print(f"{name}: ok", flush=True)
       print(done.stdout[-1500:], flush=True)
   path = common.RESULTS / f"{common.device_tag()}.json"
+  if args.only and path.exists():  # keep the benchmarks this call did not run
+    merged = {**json.loads(path.read_text()).get("benchmarks", {}), **merged}
   path.write_text(json.dumps({**common.environment(), "benchmarks": merged}, indent=2) + "\n")
   print(f"wrote {path}")
 

@@ -79,7 +79,27 @@ def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
     row["episodes_per_s"] = num_envs * rollout_length / steps_per_episode / step_s
   if "reference_fused_loop" in timings:
     row["ratio_python_loop_to_reference"] = step_s / timings["reference_fused_loop"]["median_s"]
+  if rollout_length == 1:  # no loop in the step: XLA's cost analysis counts it exactly
+    cost = common.program_cost(step)
+    row["cost"] = cost
+    row["achieved"] = {"bytes_per_s": cost["bytes_accessed"] / step_s,
+                       "flops_per_s": cost["flops"] / step_s}
   return row
+
+
+def add_fractions(rows, peaks):
+  """Adds each row's fraction of the measured and datasheet peaks."""
+  for row in rows:
+    if "achieved" not in row:
+      continue
+    achieved = row["achieved"]
+    row["fraction_of_peak"] = {
+        "measured_bandwidth": achieved["bytes_per_s"] / peaks["measured_bytes_per_s"],
+        "spec_bandwidth": (achieved["bytes_per_s"] / peaks["spec"]["bytes_per_s"]
+                           if peaks["spec"]["bytes_per_s"] else None),
+        "spec_fp32_flops": (achieved["flops_per_s"] / peaks["spec"]["fp32_flops_per_s"]
+                            if peaks["spec"]["fp32_flops_per_s"] else None),
+    }
 
 
 def main():
@@ -124,6 +144,17 @@ def main():
           f"{t['make_run_fused']['median_s'] * 1e6:>10.1f} {ref * 1e6:>9.1f} "
           f"{row.get('ratio_python_loop_to_reference', math.nan):>8.2f} "
           f"{row['env_steps_per_s']:>13,.0f}", flush=True)
+  peaks = {"measured_bytes_per_s": common.measured_bandwidth(), "spec": common.spec_peaks()}
+  add_fractions(rows, peaks)
+  for row in rows:
+    if "fraction_of_peak" in row:
+      f = row["fraction_of_peak"]
+      spec = f"{f['spec_bandwidth']:.1%}" if f["spec_bandwidth"] is not None else "n/a"
+      print(f"{row['num_envs']:>9}: {row['cost']['bytes_accessed'] / 1e6:.2f} MB and "
+            f"{row['cost']['flops'] / 1e6:.2f} MFLOP per step -> "
+            f"{row['achieved']['bytes_per_s'] / 1e9:.1f} GB/s = "
+            f"{f['measured_bandwidth']:.1%} of the measured streaming bandwidth "
+            f"({peaks['measured_bytes_per_s'] / 1e9:.1f} GB/s), {spec} of the datasheet's")
   name = f"throughput-{args.env}"
   name += "" if args.algo == "reinforce" else f"-{args.algo}"
   name += "" if args.baseline == "none" else f"-{args.baseline}"
@@ -133,7 +164,8 @@ def main():
   path = common.write(name, {"env": args.env, "algo": args.algo, "baseline": args.baseline,
                              "value_head": args.value_head,
                              "key_impl": args.key_impl,
-                             "compiler_options": options, "rows": rows}, args.out)
+                             "compiler_options": options, "peaks": peaks,
+                             "rows": rows}, args.out)
   print(f"wrote {path}")
 
 
