@@ -2,7 +2,8 @@
 
 Sizes follow the device: on a CPU the bandit goes up to 65,536 parallel
 episodes and CartPole to 2,048 environments; on an accelerator up to 2^22 and
-2^16. Each benchmark runs in its own process (so one failing does not stop the
+2^16; with more than one local device, CartPole's scaling over them too
+(`scaling.py`). Each benchmark runs in its own process (so one failing does not stop the
 rest) and the merged file maps each benchmark's name to its own JSON.
 
     python benchmarks/run_all.py [--only throughput-bandit,env_stepping]
@@ -38,6 +39,8 @@ def plan(accelerator: bool) -> dict[str, list[str]]:
       "vs_pytorch_seed": ["vs_pytorch_seed.py"],
       "time_to_solve": ["time_to_solve.py", "--repeats", "1"],
       "estimators": ["estimators.py", "--replicates", "200"],
+      **({"scaling-cartpole": ["scaling.py", "--num-envs", str(cartpole[-1] // 4)]}
+         if jax.local_device_count() > 1 else {}),
   }
 
 
