@@ -95,8 +95,11 @@ class Trajectory(NamedTuple):
 
 def reset_envs(key: jax.Array, env, env_params, num_envs: int) -> EnvCarry:
   """Resets `num_envs` environments: an `EnvCarry` with batch size `num_envs`."""
-  obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-      jax.random.split(key, num_envs), env_params)
+  if hasattr(env, "reset_batch"):
+    obs, env_state = env.reset_batch(key, env_params, num_envs)
+  else:  # a bare gymnax-style environment
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key, num_envs), env_params)
   return EnvCarry(
       env_state=env_state,
       obs=obs,
@@ -133,7 +136,12 @@ def rollout(
     environment was truncated).
   """
   num_envs = carry.episode_return.shape[0]
-  env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+  if hasattr(env, "step_batch"):
+    env_step = env.step_batch
+  else:  # a bare gymnax-style environment: one key per environment
+    def env_step(key, state, action, params):
+      return jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+          jax.random.split(key, num_envs), state, action, params)
 
   def value_of(obs):
     return jax.lax.stop_gradient(split_output(apply_fn(params, obs))[1])
@@ -143,7 +151,7 @@ def rollout(
     dist, value = split_output(apply_fn(params, carry.obs))
     action, sample, log_prob, entropy = act(dist, key_action)
     obs, env_state, reward, terminated, truncated, info = env_step(
-        jax.random.split(key_env, num_envs), carry.env_state, action, env_params)
+        key_env, carry.env_state, action, env_params)
     if value is None:
       value = bootstrap = jnp.zeros_like(reward)
     else:

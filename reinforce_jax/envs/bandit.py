@@ -86,10 +86,16 @@ class ContextualBandit(Environment[BanditState, BanditParams]):
     return (self._params.contexts.shape[1],)
 
   def reset_env(self, key, params):
+    return self._reset(key, params, ())
+
+  def reset_batch(self, key, params, num_envs):
+    return self._reset(key, params, (num_envs,))
+
+  def _reset(self, key, params, shape):
     # Inverse-CDF sampling: one uniform per draw, where `categorical` needs C.
     probs = params.context_probs
-    context = inverse_cdf(jax.random.uniform(key) * jnp.sum(probs), probs)
-    state = BanditState(context=context, time=jnp.zeros((), jnp.int32))
+    context = inverse_cdf(jax.random.uniform(key, shape) * jnp.sum(probs), probs)
+    state = BanditState(context=context, time=jnp.zeros(shape, jnp.int32))
     return params.contexts[context], state
 
   def step_env(self, key, state, action, params):

@@ -28,6 +28,25 @@ def _is_concrete(x) -> bool:
   return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 
 
+def _where(flag: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+  """`jnp.where` with `flag` (`[]` or `[B]`) aligned to the leading axes of `x`."""
+  flag = jnp.reshape(flag, jnp.shape(flag) + (1,) * (jnp.ndim(x) - jnp.ndim(flag)))
+  return jnp.where(flag, x, y)
+
+
+def _auto_reset(stepped, reset, valid):
+  """Where an episode ended, the reset's observation and state replace the stepped ones."""
+  obs_st, state_st, reward, terminated, truncated, info = stepped
+  if valid is not None:
+    reward = jnp.where(valid, reward, jnp.nan)
+    obs_st = _where(valid, obs_st, jnp.nan)
+  done = jnp.logical_or(terminated, truncated)
+  obs_re, state_re = reset
+  state = jax.tree.map(lambda r, s: _where(done, r, s), state_re, state_st)
+  obs = _where(done, obs_re, obs_st)
+  return obs, state, reward, terminated, truncated, {**info, "final_observation": obs_st}
+
+
 class Environment(Generic[S, P]):
   """Base class: subclasses implement `reset_env`, `step_env` and the spaces.
 
@@ -100,17 +119,44 @@ class Environment(Generic[S, P]):
       key_step = key_reset = key
     else:
       key_step, key_reset = jax.random.split(key)
-    obs_st, state_st, reward, terminated, truncated, info = self.step_env(
-        key_step, state, action, params)
-    if valid is not None:
-      reward = jnp.where(valid, reward, jnp.nan)
-      obs_st = jnp.where(valid, obs_st, jnp.nan)
-    done = jnp.logical_or(terminated, truncated)
-    obs_re, state_re = self.reset_env(key_reset, params)
-    state = jax.tree.map(lambda r, s: jnp.where(done, r, s), state_re, state_st)
-    obs = jnp.where(done, obs_re, obs_st)
-    info = {**info, "final_observation": obs_st}
-    return obs, state, reward, terminated, truncated, info
+    stepped = self.step_env(key_step, state, action, params)
+    return _auto_reset(stepped, self.reset_env(key_reset, params), valid)
+
+  def reset_batch(self, key: jax.Array, params: P, num_envs: int) -> tuple[jax.Array, S]:
+    """`num_envs` independent resets from one key: `(obs [B, ...], state [B, ...])`.
+
+    The default vmaps `reset` over `jax.random.split(key, num_envs)`.
+    Environments override it with one batched draw of the same distribution:
+    on a CPU, threefry costs a call per key, so one draw of `B` numbers is
+    cheaper than `B` keys and `B` draws.
+    """
+    return jax.vmap(self.reset, in_axes=(0, None))(jax.random.split(key, num_envs), params)
+
+  def step_batch(
+      self, key: jax.Array, state: S, action, params: P | None = None
+  ) -> tuple[jax.Array, S, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+    """`step` for a batch of environments (the leading axis of `state` and `action`).
+
+    Draws from the same distribution as `jax.vmap(env.step)` over
+    `jax.random.split(key, B)`, which is what it does for environments with
+    random transitions. With `deterministic_transitions`, the transitions take
+    no key and every environment's would-be reset comes from one
+    `reset_batch(key, ...)`, so the batch costs one random draw instead of `B`
+    keys and `B` draws. Same checks and auto-reset as `step`.
+    """
+    if params is None:
+      params = self.default_params
+    num_envs = jnp.shape(action)[0]
+    if not self.deterministic_transitions:
+      return jax.vmap(self.step, in_axes=(0, 0, 0, None))(
+          jax.random.split(key, num_envs), state, action, params)
+    valid = self._check_batch_action(action)
+    stepped = jax.vmap(self.step_env, in_axes=(None, 0, 0, None))(key, state, action, params)
+    return _auto_reset(stepped, self.reset_batch(key, params, num_envs), valid)
+
+  def _check_batch_action(self, action) -> jax.Array | None:
+    """`_check_action` for a batch `[B, ...]` of actions; a `[B]` flag or None."""
+    return self._check_action(action)
 
   def _check_action(self, action) -> jax.Array | None:
     """Validates a discrete action; returns a traced validity flag, or None if known valid."""

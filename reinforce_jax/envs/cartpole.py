@@ -64,13 +64,20 @@ class CartPole(Environment[CartPoleState, CartPoleParams]):
 
   @staticmethod
   def observe(state: CartPoleState) -> jax.Array:
-    return jnp.stack([state.x, state.x_dot, state.theta, state.theta_dot])
+    return jnp.stack([state.x, state.x_dot, state.theta, state.theta_dot], axis=-1)
 
   def reset_env(self, key, params):
     del params
+    return self._reset(key, ())
+
+  def reset_batch(self, key, params, num_envs):
+    del params
+    return self._reset(key, (num_envs,))
+
+  def _reset(self, key, shape):
     x, x_dot, theta, theta_dot = jax.random.uniform(
-        key, (4,), jnp.float32, minval=-0.05, maxval=0.05)
-    state = CartPoleState(x, x_dot, theta, theta_dot, jnp.zeros((), jnp.int32))
+        key, (4, *shape), jnp.float32, minval=-0.05, maxval=0.05)
+    state = CartPoleState(x, x_dot, theta, theta_dot, jnp.zeros(shape, jnp.int32))
     return self.observe(state), state
 
   def step_env(self, key, state, action, params):

@@ -67,13 +67,21 @@ class Pendulum(Environment[PendulumState, PendulumParams]):
 
   @staticmethod
   def observe(state: PendulumState) -> jax.Array:
-    return jnp.stack([jnp.cos(state.theta), jnp.sin(state.theta), state.theta_dot])
+    return jnp.stack([jnp.cos(state.theta), jnp.sin(state.theta), state.theta_dot], axis=-1)
 
   def reset_env(self, key, params):
     del params
-    high = jnp.array([jnp.pi, 1.0], jnp.float32)
-    theta, theta_dot = jax.random.uniform(key, (2,), jnp.float32, minval=-high, maxval=high)
-    state = PendulumState(theta, theta_dot, jnp.zeros((), jnp.int32))
+    return self._reset(key, ())
+
+  def reset_batch(self, key, params, num_envs):
+    del params
+    return self._reset(key, (num_envs,))
+
+  def _reset(self, key, shape):
+    high = jnp.reshape(jnp.array([jnp.pi, 1.0], jnp.float32), (2,) + (1,) * len(shape))
+    theta, theta_dot = jax.random.uniform(
+        key, (2, *shape), jnp.float32, minval=-high, maxval=high)
+    state = PendulumState(theta, theta_dot, jnp.zeros(shape, jnp.int32))
     return self.observe(state), state
 
   def step_env(self, key, state, action, params):
@@ -98,3 +106,6 @@ class Pendulum(Environment[PendulumState, PendulumParams]):
     if jnp.shape(action) not in ((1,), ()):
       raise ValueError(f"{self.name}: an action has shape (1,), got {jnp.shape(action)}")
     return None
+
+  def _check_batch_action(self, action):
+    return self._check_action(action[0])
