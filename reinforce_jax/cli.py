@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Sweep hyperparameters (every combination of the listed values) and seeds "
                   "in one jit; write a table (sweep.csv, sweep.json) and a plot (sweep.png).")
   _add_run_options(sweep, sweep=True)
+  sweep.add_argument("--devices", type=_int_at_least(1),
+                     help="local devices to spread the runs over (default: all)")
   return parser
 
 
@@ -176,14 +178,18 @@ def _sweep(args, parser) -> int:
     sweep_grid(config, grid)
   except ValueError as e:
     parser.error(str(e))
-  from reinforce_jax.sweep import run_sweep  # imports JAX: after the checks
+  import jax  # imported after the cheap argument checks
 
+  from reinforce_jax.sweep import run_sweep
+
+  if args.devices is not None and args.devices > jax.local_device_count():
+    parser.error(f"--devices {args.devices}: only {jax.local_device_count()} device(s)")
   out = args.out or f"runs/{args.env}-sweep"
   result = run_sweep(args.env, config, grid, seed=args.seed, num_seeds=args.num_seeds,
-                     out_dir=out)
+                     devices=args.devices, out_dir=out)
   axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
   print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {args.num_seeds} seeds) "
-        f"of {config.num_steps} steps in one program, "
+        f"of {config.num_steps} steps in one program on {result['devices']} device(s), "
         f"{result['wall_s']:.1f} s (compile {result['compile_s']:.1f} s)")
   width = [max(len(name), 8) for name in grid]
   print("  " + " ".join(f"{name:>{w}}" for name, w in zip(grid, width, strict=True))

@@ -1,5 +1,8 @@
 """Hyperparameter sweeps as one program: `jax.vmap` over a grid and over seeds.
 
+The runs are spread over the local devices (each trains its share; nothing is
+communicated).
+
 The learning rate lives in the optimizer state (`optax.inject_hyperparams`) and
 the loss and return hyperparameters in `TrainState.hyperparams` (`Hyperparams`),
 so a batch of runs with different values is one `vmap` of a run: one compile,
@@ -19,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from reinforce_jax import plotting
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig, sweep_grid
+from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
 from reinforce_jax.train import Hyperparams, make_optimizer, make_run, make_train_step
 
@@ -57,7 +62,7 @@ def _label(combo: Mapping[str, float]) -> str:
 
 
 def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[float]], *,
-              seed: int = 0, num_seeds: int = 1,
+              seed: int = 0, num_seeds: int = 1, devices: int | None = None,
               out_dir: str | pathlib.Path) -> dict:
   """Trains every (grid point, seed) pair in one jit and writes a table and a plot.
 
@@ -68,6 +73,9 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
       "entropy_coef": [0.0, 0.01]}`: every combination is trained. Names:
       `learning_rate` and the fields of `Hyperparams`.
     seed, num_seeds: seed `i` uses the same key at every grid point.
+    devices: local devices to spread the runs over (default: all). Runs are
+      independent, so each device trains its share with no communication; the
+      run count is padded up to a multiple of `devices` (the padding is dropped).
     out_dir: where `sweep.json` (per grid point: each seed's final mean return
       (mean of its last 10 finite steps), their mean and standard deviation, the
       mean learning curve), `sweep.csv` (the table) and `sweep.png` (one mean
@@ -97,14 +105,25 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
           config, **{n: values[n] for n in hp_names}))
     return run(state, key_run, config.num_steps).metrics["mean_return"]
 
-  values = {n: jnp.asarray([c[n] for c in combos], jnp.float32) for n in names}
-  keys = jax.random.split(jax.random.key(seed), num_seeds)
-  grid_fn = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
+  # One flat batch of runs, grid point major: run r = (combo r // S, seed r % S).
+  num_runs = len(combos) * num_seeds
+  num_devices = jax.local_device_count() if devices is None else devices
+  if not 1 <= num_devices <= jax.local_device_count():
+    raise ValueError(f"devices must be in [1, {jax.local_device_count()}], got {num_devices}")
+  padded = -(-num_runs // num_devices) * num_devices
+  index = np.minimum(np.arange(padded), num_runs - 1)  # padding repeats the last run
+  values = {n: jnp.asarray([combos[r // num_seeds][n] for r in index], jnp.float32)
+            for n in names}
+  keys = jax.random.split(jax.random.key(seed), num_seeds)[index % num_seeds]
+  if num_devices > 1:
+    runs_axis = NamedSharding(make_mesh(num_devices), PartitionSpec(AXIS))
+    values, keys = jax.device_put((values, keys), runs_axis)
   start = time.perf_counter()
-  compiled = jax.jit(grid_fn, compiler_options=recommended_compiler_options()).lower(
+  compiled = jax.jit(jax.vmap(one), compiler_options=recommended_compiler_options()).lower(
       values, keys).compile()
   compile_s = time.perf_counter() - start
-  returns = np.asarray(compiled(values, keys))  # [grid points, seeds, steps]
+  returns = np.asarray(compiled(values, keys))[:num_runs]
+  returns = returns.reshape(len(combos), num_seeds, -1)  # [grid points, seeds, steps]
   wall_s = time.perf_counter() - start
   rows = []
   for combo, curves in zip(combos, returns, strict=True):
@@ -123,7 +142,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   out.mkdir(parents=True, exist_ok=True)
   result = {"env": env_name, "algo": config.algo, "swept": {n: list(grid[n]) for n in names},
             "num_seeds": num_seeds, "num_steps": config.num_steps, "compile_s": compile_s,
-            "wall_s": wall_s, "runs": len(combos) * num_seeds,
+            "wall_s": wall_s, "runs": num_runs, "devices": num_devices,
             "best": None if best is None else {n: rows[best][n] for n in names},
             "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in names},
             "rows": rows}

@@ -57,6 +57,16 @@ SCRIPT = textwrap.dedent("""
     for a, b in zip(jax.tree.leaves(params["8"]), jax.tree.leaves(params["1"])):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     report["cli"] = "P('envs')"
+    # A sweep spreads its runs over the devices: 3 grid points x 2 seeds = 6 runs,
+    # padded to 8, give the same curves as on one device.
+    from reinforce_jax.sweep import run_sweep
+    config = rj.TrainConfig(num_envs=16, num_steps=4)
+    grid = {"learning_rate": [0.01, 0.1, 0.3]}
+    sweeps = {n: run_sweep("bandit", config, grid, num_seeds=2, devices=n,
+                           out_dir=tempfile.mkdtemp()) for n in (1, 8)}
+    assert sweeps[8]["devices"] == 8 and sweeps[8]["runs"] == 6
+    for a, b in zip(sweeps[1]["rows"], sweeps[8]["rows"]):
+      np.testing.assert_allclose(a["curve_mean"], b["curve_mean"], rtol=1e-5)
     print(json.dumps(report))
 """)
 
