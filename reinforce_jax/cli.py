@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
   if result.solved_at_step is not None:
     print(f"  every seed reached {args.stop_at_return:g} at step {result.solved_at_step}, "
           f"{result.solved_after_s:.1f} s after the start (compile included)")
-  print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")
+  if result.files:
+    print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")
+  else:
+    print(f"  process {jax.process_index()}: trained; process 0 writes the outputs")
   return {"completed": 0, "solved": 0, "non-finite": 1, "interrupted": 130}[result.status]
 
 

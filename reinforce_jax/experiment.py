@@ -51,7 +51,7 @@ class Result:
   expected_reward: list[float] | None = None  # bandit only: exact, from the final policy
   solved_at_step: int | None = None    # first step where every seed reached stop_at_return
   solved_after_s: float | None = None  # seconds from the start of the run to then
-  files: list[str] = dataclasses.field(default_factory=list)
+  files: list[str] = dataclasses.field(default_factory=list)  # written by this process
 
 
 def _seed_keys(seed: int, num_seeds: int):
@@ -221,9 +221,12 @@ def run_experiment(
     bar.close()
 
   wall = time.perf_counter() - start
-  mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)
-  files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
+  files = []  # the files this process wrote
+  final_mean_return = [None if np.isnan(r) else float(r) for r in latest]
   if writer:
+    files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
+    mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)  # resumed runs included
+    final_mean_return = [_last_finite(r) for r in mean_return]
     (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
     plotting.plot_learning_curve(
         mean_return, out / "learning_curve.png",
@@ -236,10 +239,10 @@ def run_experiment(
     if writer:
       plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
                                   title=f"Learned policy after {done} steps")
-    files.append("policy.png")
+      files.append("policy.png")
   result = Result(
       env=env_name, steps_done=done, num_seeds=num_seeds, status=status,
-      final_mean_return=[_last_finite(r) for r in mean_return],
+      final_mean_return=final_mean_return,
       wall_time_s=round(wall, 3), compile_time_s=round(compile_time, 3),
       out_dir=str(out), expected_reward=expected, files=sorted(files),
       solved_at_step=solved_at,

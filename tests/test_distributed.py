@@ -115,6 +115,7 @@ def _two_processes(common, out, *extra):
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
 
 
 _CPU_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
@@ -134,7 +135,8 @@ def test_two_processes_checkpoint_resume_and_train_what_one_process_trains(tmp_p
   multi = tmp_path / "multi"
   _two_processes(common + ["--steps", "2"], multi, "--checkpoint-every", "2")
   assert (multi / "checkpoints" / "2").is_dir()
-  _two_processes(common + ["--steps", "4"], multi, "--resume", str(multi))
+  printed = _two_processes(common + ["--steps", "4"], multi, "--resume", str(multi))
+  assert "outputs in" in printed[0] and "process 1: trained; process 0 writes" in printed[1]
   single = subprocess.run(common + ["--steps", "4", "--out", str(tmp_path / "single")],
                           env=_CPU_ENV, capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
