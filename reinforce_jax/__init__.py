@@ -1,7 +1,7 @@
 """reinforce_jax: score-function (log-derivative trick) gradients in JAX."""
 
 from reinforce_jax import baselines, envs, monte_carlo, policies
-from reinforce_jax.compiler import recommended_compiler_options
+from reinforce_jax.compiler import avoid_cpu_deadlock, recommended_compiler_options
 from reinforce_jax.config import Hyperparams, TrainConfig
 from reinforce_jax.estimators import (
     GradStats,
@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "Trajectory",
+    "avoid_cpu_deadlock",
     "baselines",
     "dice_objective",
     "discounted_returns",

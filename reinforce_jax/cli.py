@@ -205,6 +205,9 @@ def _sweep(args, parser) -> int:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  from reinforce_jax.compiler import avoid_cpu_deadlock
+
+  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
   if args.command == "sweep":
     return _sweep(args, parser)
   preset = PRESETS[args.env]

@@ -11,11 +11,20 @@ The option is per compilation, so it changes nothing else in the process:
 
     step = jax.jit(train_step, donate_argnums=0,
                    compiler_options=reinforce_jax.recommended_compiler_options())
+
+`avoid_cpu_deadlock()` works around a hang of XLA:CPU in jaxlib 0.10: some
+vmapped programs (a sweep of 24 a2c runs on CartPole, for one) now and then
+never finish, every XLA worker thread idle and the caller waiting for a result
+(about 3 launches in 4 hung here). With XLA's concurrency-optimised scheduler
+off they finished 9 times in 9, at the same speed. The setting is process-wide
+(`XLA_FLAGS`, read when JAX starts its CPU backend), so the library does not set
+it on import; the CLI, the tests and the benchmarks call it first thing.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -43,3 +52,28 @@ def recommended_compiler_options() -> dict[str, str]:
     return {}
   items = tuple(sorted(_CPU_OPTIONS.items()))
   return dict(items) if _accepted(items) else {}
+
+
+_DEADLOCK_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
+
+
+def avoid_cpu_deadlock() -> bool:
+  """Adds `--xla_cpu_enable_concurrency_optimized_scheduler=false` to `XLA_FLAGS`.
+
+  Call it before the first JAX computation of the process. It does nothing
+  (and returns False) once JAX's backends have started, if `XLA_FLAGS` already
+  sets that flag, or on a jaxlib other than 0.10.x, where the hang was seen
+  and the flag is known to exist (XLA aborts on a flag it does not know).
+
+  Returns:
+    Whether the flag was added.
+  """
+  import jaxlib
+  from jax._src import xla_bridge
+
+  flags = os.environ.get("XLA_FLAGS", "")
+  if (not jaxlib.__version__.startswith("0.10.") or _DEADLOCK_FLAG in flags
+      or xla_bridge.backends_are_initialized()):
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} --{_DEADLOCK_FLAG}=false".strip()
+  return True

@@ -1,8 +1,11 @@
 import jax
 import pytest
 
+from reinforce_jax.compiler import avoid_cpu_deadlock
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.policies import CategoricalPolicy
+
+avoid_cpu_deadlock()  # before any test computes (see reinforce_jax/compiler.py)
 
 
 @pytest.fixture
