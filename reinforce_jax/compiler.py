@@ -77,3 +77,11 @@ def avoid_cpu_deadlock() -> bool:
     return False
   os.environ["XLA_FLAGS"] = f"{flags} --{_DEADLOCK_FLAG}=false".strip()
   return True
+
+
+def deadlock_workaround_missing() -> bool:
+  """Whether this process runs XLA:CPU of jaxlib 0.10.x without `avoid_cpu_deadlock`'s flag."""
+  import jaxlib
+
+  return (jax.default_backend() == "cpu" and jaxlib.__version__.startswith("0.10.")
+          and _DEADLOCK_FLAG not in os.environ.get("XLA_FLAGS", ""))
