@@ -1,5 +1,7 @@
 """reinforce_jax: score-function (log-derivative trick) gradients in JAX."""
 
+import os as _os
+
 from reinforce_jax import baselines, envs, monte_carlo, policies
 from reinforce_jax.compiler import avoid_cpu_deadlock, recommended_compiler_options
 from reinforce_jax.config import Hyperparams, TrainConfig
@@ -30,6 +32,11 @@ from reinforce_jax.train import (
 )
 
 __version__ = "0.1.0"
+
+if not _os.environ.get("REINFORCE_JAX_KEEP_XLA_FLAGS"):
+  # XLA:CPU in jaxlib 0.10 hangs on some vmapped training programs (24 a2c seeds
+  # in one jit, for one); see reinforce_jax/compiler.py. A no-op elsewhere.
+  avoid_cpu_deadlock()
 
 __all__ = [
     "EnvCarry",

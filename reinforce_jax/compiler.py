@@ -13,12 +13,14 @@ The option is per compilation, so it changes nothing else in the process:
                    compiler_options=reinforce_jax.recommended_compiler_options())
 
 `avoid_cpu_deadlock()` works around a hang of XLA:CPU in jaxlib 0.10: some
-vmapped programs (a sweep of 24 a2c runs on CartPole, for one) now and then
-never finish, every XLA worker thread idle and the caller waiting for a result
-(about 3 launches in 4 hung here). With XLA's concurrency-optimised scheduler
-off they finished 9 times in 9, at the same speed. The setting is process-wide
-(`XLA_FLAGS`, read when JAX starts its CPU backend), so the library does not set
-it on import; the CLI, the tests and the benchmarks call it first thing.
+vmapped programs never finish, every XLA worker thread idle and the caller
+waiting for a result. A sweep of 24 a2c runs on CartPole hung in 8 launches of
+12, `jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds in 4 of 4 (4 seeds:
+0 of 3). With XLA's concurrency-optimised scheduler off they finished every
+time, at the same speed. The setting is process-wide (`XLA_FLAGS`, read when
+JAX starts its CPU backend), so `import reinforce_jax` applies it only if no
+JAX computation has run yet, and not at all with
+`REINFORCE_JAX_KEEP_XLA_FLAGS=1`; the CLI, tests and benchmarks also call it.
 """
 
 from __future__ import annotations

@@ -37,15 +37,20 @@ def test_avoid_cpu_deadlock_sets_the_flag_once_and_only_before_the_backend_start
 
   if not jaxlib.__version__.startswith("0.10."):
     pytest.skip("the workaround applies to jaxlib 0.10.x only")
+  flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+  # Importing the library applies it (before any computation) ...
+  out = _python("import os, reinforce_jax; print(os.environ['XLA_FLAGS'])")
+  assert out.strip() == flag
+  # ... unless told not to; then the function does it, once.
   out = _python(textwrap.dedent("""
       import os, jax, reinforce_jax as rj
       print(rj.avoid_cpu_deadlock(), rj.avoid_cpu_deadlock(), os.environ["XLA_FLAGS"])
       jax.numpy.zeros(1).block_until_ready()
-  """))
-  assert out.split() == ["True", "False", "--xla_cpu_enable_concurrency_optimized_scheduler=false"]
-  out = _python("import jax, reinforce_jax as rj; jax.numpy.zeros(1); "
-                "print(rj.avoid_cpu_deadlock())")
-  assert out.strip() == "False"  # too late: the backend has read XLA_FLAGS
+  """), REINFORCE_JAX_KEEP_XLA_FLAGS="1")
+  assert out.split() == ["True", "False", flag]
+  out = _python("import jax; jax.numpy.zeros(1); import os, reinforce_jax as rj; "
+                "print(rj.avoid_cpu_deadlock(), 'XLA_FLAGS' in os.environ)")
+  assert out.split() == ["False", "False"]  # too late: the backend has read XLA_FLAGS
   out = _python("import reinforce_jax as rj; print(rj.avoid_cpu_deadlock())",
                 XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=true")
   assert out.strip() == "False"  # the user's own setting stays
