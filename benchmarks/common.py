@@ -77,6 +77,26 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> float:
   return (time.perf_counter() - start) / repeats
 
 
+def python_loop_timer(step, state, key) -> Callable[[int], float]:
+  """`measure(calls)`: seconds per call of `step(state, key)` from a Python loop.
+
+  `step` may donate its state, so the state is threaded from one measurement to
+  the next (the first call, here, also warms it up).
+  """
+  holder = {"state": block(step(state, key)[0])}
+
+  def measure(calls: int) -> float:
+    s = holder["state"]
+    start = time.perf_counter()
+    for _ in range(calls):
+      s, _ = step(s, key)
+    block(s)
+    holder["state"] = s
+    return (time.perf_counter() - start) / calls
+
+  return measure
+
+
 def compile_seconds(jitted, *args) -> tuple[float, object]:
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()

@@ -38,18 +38,7 @@ def make_case(env_name, algo, num_envs, rollout_length, num_devices, options):
   state = shard_state(jax.jit(init_fn)(key), make_mesh(num_devices))
   step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
   compile_s, step = common.compile_seconds(step, state, key)
-  holder = {"state": common.block(step(state, key)[0])}
-
-  def measure(calls):
-    s = holder["state"]
-    start = common.time.perf_counter()
-    for _ in range(calls):
-      s, _ = step(s, key)
-    common.block(s)
-    holder["state"] = s
-    return (common.time.perf_counter() - start) / calls
-
-  return compile_s, measure
+  return compile_s, common.python_loop_timer(step, state, key)
 
 
 def main():

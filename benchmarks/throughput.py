@@ -36,25 +36,16 @@ def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
   state = common.block(jax.jit(init_fn)(key))
   step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
   compile_s, step = common.compile_seconds(step, state, key)
-  holder = {"state": common.block(step(state, key)[0])}
-
-  def python_loop(calls):
-    # `step` donates its state, so the loop threads it through `holder`.
-    s = holder["state"]
-    start = common.time.perf_counter()
-    for _ in range(calls):
-      s, _ = step(s, key)
-    common.block(s)
-    holder["state"] = s
-    return (common.time.perf_counter() - start) / calls
+  python_loop = common.python_loop_timer(step, state, key)  # donates `state`
+  state = common.block(jax.jit(init_fn)(key))  # for the fused run, which does not donate
 
   # Calibrate the number of calls so that one measurement lasts about budget_s.
   calls = max(3, min(5000, int(budget_s / python_loop(3))))
 
   run = jax.jit(rj.make_run(train_step, calls), compiler_options=options)
-  run_compile_s, run = common.compile_seconds(run, holder["state"], key, calls)
+  run_compile_s, run = common.compile_seconds(run, state, key, calls)
   def fused_run():
-    return common.timed(lambda: common.block(run(holder["state"], key, calls))) / calls
+    return common.timed(lambda: common.block(run(state, key, calls))) / calls
 
   candidates = {"train_step_python_loop": lambda: python_loop(calls),
                 "make_run_fused": fused_run}

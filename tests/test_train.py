@@ -38,14 +38,20 @@ def test_jit_and_eager_agree_and_same_key_is_bit_identical(bandit, linear_policy
   assert not np.array_equal(other[0].env.obs, compiled[0].env.obs)
 
 
-def test_second_call_with_same_shapes_does_not_retrace(bandit, linear_policy):
-  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+def _counting_traces(train_step):
+  """`(counted_step, traces)`: `traces` grows by one each time JAX traces the step."""
   traces = []
 
   def counted(state, key):
     traces.append(1)
     return train_step(state, key)
 
+  return counted, traces
+
+
+def test_second_call_with_same_shapes_does_not_retrace(bandit, linear_policy):
+  init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+  counted, traces = _counting_traces(train_step)
   step = jax.jit(counted, donate_argnums=0)
   state = init_fn(jax.random.key(0))
   key = jax.random.key(1)
@@ -323,12 +329,7 @@ def test_entropy_sweep_converges_to_the_entropy_regularised_optimum(bandit, line
 
 def test_changing_hyperparams_between_steps_does_not_recompile(bandit, linear_policy):
   init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
-  traces = []
-
-  def counted(state, key):
-    traces.append(1)
-    return train_step(state, key)
-
+  counted, traces = _counting_traces(train_step)
   step = jax.jit(counted)
   state = init_fn(jax.random.key(0))
   hp = rj.Hyperparams.from_config(SMALL)
