@@ -28,7 +28,13 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax.monte_carlo import _weak_derivative_grads
+from reinforce_jax.monte_carlo import (
+    _check_num_samples,
+    _check_reparameterised,
+    _weak_derivative_grads,
+)
+from reinforce_jax.monte_carlo import _sample as _sample_with_key
+from reinforce_jax.returns import _check_number
 
 ESTIMATORS = ("score_function", "pathwise", "measure_valued")
 
@@ -42,7 +48,11 @@ class GradStats(NamedTuple):
 
 
 def _sample(dist, key, num_samples):
-  return dist.sample(seed=key, sample_shape=(num_samples,))
+  return _sample_with_key(dist, key, (num_samples,))
+
+
+def _is_rloo(baseline) -> bool:
+  return isinstance(baseline, str) and baseline == "rloo"
 
 
 def _score_per_sample(f, dist_builder, params, key, num_samples, baseline, cv_samples):
@@ -52,9 +62,7 @@ def _score_per_sample(f, dist_builder, params, key, num_samples, baseline, cv_sa
   scores = jax.vmap(lambda x: jax.grad(lambda p: dist_builder(p).log_prob(x).sum())(params))(xs)
   if baseline is None:
     weights = values
-  elif isinstance(baseline, str) and baseline == "rloo":
-    if num_samples < 2:
-      raise ValueError("baseline='rloo' needs num_samples >= 2")
+  elif _is_rloo(baseline):
     weights = values - (jnp.sum(values) - values) / (num_samples - 1)
   elif isinstance(baseline, str) and baseline == "optimal":
     # c = Cov(f s, s) / Var(s) per coordinate, from independent samples so the
@@ -76,6 +84,7 @@ def _score_per_sample(f, dist_builder, params, key, num_samples, baseline, cv_sa
   elif isinstance(baseline, str):
     raise ValueError(f"baseline must be None, 'rloo', 'optimal' or a number, got {baseline!r}")
   else:
+    _check_number("baseline", baseline)
     weights = values - jnp.asarray(baseline, values.dtype)
   per_sample = jax.tree.map(
       lambda s: weights.reshape((-1,) + (1,) * (s.ndim - 1)) * s, scores)
@@ -84,7 +93,10 @@ def _score_per_sample(f, dist_builder, params, key, num_samples, baseline, cv_sa
 
 def _pathwise_per_sample(f, dist_builder, params, key, num_samples):
   def values_of(p):
-    return jax.vmap(f)(_sample(dist_builder(p), key, num_samples))
+    dist = dist_builder(p)
+    xs = _sample(dist, key, num_samples)
+    _check_reparameterised("estimator='pathwise'", dist, xs)
+    return jax.vmap(f)(xs)
 
   # Forward mode: one pass per parameter coordinate gives all N per-sample rows.
   per_sample = jax.jacfwd(values_of)(params)
@@ -145,11 +157,12 @@ def grad_estimate(
 
   Args:
     f: maps one sample `x` to a scalar.
-    dist_builder: maps the params pytree to a distribution with
-      `sample(seed=, sample_shape=)` and `log_prob` (any distrax distribution).
+    dist_builder: maps the params pytree to a distribution with `sample` and
+      `log_prob`: any distrax distribution, or one whose `sample(shape, key)`
+      takes the key as `seed=`, `key=` or positionally (optax's `multi_normal`).
     params: pytree of arrays.
     key: PRNG key.
-    num_samples: Monte Carlo samples `N`.
+    num_samples: Monte Carlo samples `N`, a Python int >= 1 (>= 2 for `"rloo"`).
     estimator: `"score_function"` (any distribution, any `f`), `"pathwise"`
       (reparameterised sampler, differentiable `f`) or `"measure_valued"`
       (Gaussian `distrax.Normal` / `MultivariateNormalDiag`).
@@ -159,7 +172,7 @@ def grad_estimate(
       variance-minimising control-variate coefficient per parameter
       coordinate, estimated from `optimal_baseline_samples` independent draws).
       All keep the estimate unbiased.
-    optimal_baseline_samples: draws for the `"optimal"` coefficient.
+    optimal_baseline_samples: draws for the `"optimal"` coefficient, an int >= 2.
     return_stats: also return `GradStats` (per-sample gradients, the variance
       of the mean estimate, the values of `f`).
 
@@ -168,7 +181,17 @@ def grad_estimate(
     `(gradient, GradStats)` with `return_stats`. It is the gradient of an
     expectation to *ascend*: pass its negation to an optax optimizer to
     maximise, or use it directly to minimise `E f`.
+
+  Raises:
+    ValueError: for an unknown estimator or baseline, a sample count that is
+      not an int in range, a non-finite constant baseline, `"pathwise"` on a
+      distribution without a reparameterised sampler (discrete, mixtures), or
+      `"measure_valued"` on anything but a distrax Gaussian.
   """
+  _check_num_samples("num_samples", num_samples)
+  if _is_rloo(baseline) and num_samples < 2:
+    raise ValueError(f"baseline='rloo' needs num_samples >= 2, got {num_samples}")
+  _check_num_samples("optimal_baseline_samples", optimal_baseline_samples, 2)
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   if baseline is not None and estimator != "score_function":
@@ -264,7 +287,12 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, temperature: float, *,
   the relaxed sample's (straight-through Gumbel-softmax). Biased for any
   temperature > 0; the bias vanishes as the temperature goes to 0 while the
   variance grows.
+
+  Raises:
+    ValueError: if a concrete `temperature` is not finite and positive (a
+      traced one cannot be checked).
   """
+  _check_number("temperature", temperature, low=0.0, low_open=True)
   gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
   soft = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
   if not hard:

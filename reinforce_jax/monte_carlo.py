@@ -8,7 +8,10 @@ against it runs after changing one import:
 
 Conventions (as in optax 0.2.4):
   * `params` is a sequence of arrays and `dist_builder(*params)` returns a
-    distribution with `sample(shape, seed=...)` and `log_prob(x)`;
+    distribution with `sample` and `log_prob(x)`. `sample` may take the key as
+    `seed=` (optax <= 0.2.6, distrax), as `key=` (optax >= 0.2.7) or
+    positionally after the shape; for `multi_normal` (ours or optax's),
+    `params = [mean, log_scale]`;
   * `function(x)` takes one sample and returns a scalar;
   * every estimator returns *per-sample* Jacobians: a sequence like `params`
     whose entries have shape `[num_samples, *param.shape]`; their mean over
@@ -21,12 +24,17 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from reinforce_jax.returns import _check_number
 
 ControlVariate = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]
 CvState = Any
@@ -35,9 +43,10 @@ CvState = Any
 class MultiNormalDiag:
   """A diagonal Gaussian parameterised by `(loc, log_scale)`, exposing both.
 
-  `sample(shape, seed)` returns `shape + param_shape` draws; `log_prob(x)` sums
-  over the parameter axes. This is the `dist_builder` the measure-valued
-  estimator and `control_delta_method` understand.
+  `sample(shape, seed)` returns `shape + param_shape` draws (the key may also
+  be passed as `key=`, optax >= 0.2.7's name); `log_prob(x)` sums over the
+  parameter axes. This is the `dist_builder` the measure-valued estimator and
+  `control_delta_method` understand.
   """
 
   def __init__(self, loc: jax.Array, log_scale: jax.Array):
@@ -50,8 +59,11 @@ class MultiNormalDiag:
   def params(self) -> list[jax.Array]:
     return [self.loc, self.log_scale]
 
-  def sample(self, shape: Sequence[int], seed: jax.Array) -> jax.Array:
-    noise = jax.random.normal(seed, tuple(shape) + self.param_shape)
+  def sample(self, shape: Sequence[int], seed: jax.Array | None = None, *,
+             key: jax.Array | None = None) -> jax.Array:
+    if (seed is None) == (key is None):
+      raise TypeError("MultiNormalDiag.sample takes one PRNG key, as seed= or key=")
+    noise = jax.random.normal(key if seed is None else seed, tuple(shape) + self.param_shape)
     return self.loc + self.scale * noise
 
   def log_prob(self, x: jax.Array) -> jax.Array:
@@ -75,6 +87,125 @@ def _is_multi_normal(dist_builder) -> bool:
   return dist_builder is getattr(optax_utils, "multi_normal", None)
 
 
+# --- Argument handling shared with `estimators.grad_estimate` ------------------
+
+_KEY_NAMES = ("seed", "key", "rng", "rng_key", "prng_key")
+_SHAPE_NAMES = ("sample_shape", "shape")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_PARAMS_CONVENTION = "optax's convention for multi_normal is params = [mean, log_scale]"
+
+
+def _sample(dist: Any, key: jax.Array, sample_shape: Sequence[int]) -> Any:
+  """`dist.sample` with `sample_shape` and `key`, passed the way its signature names them.
+
+  distrax and optax <= 0.2.6 call the key `seed=`, optax >= 0.2.7 `key=`; a
+  sampler whose parameters have other names gets `(shape, key)` positionally,
+  optax's order. The signature is read rather than retried on `TypeError`, so
+  an error raised inside `sample` reaches the caller unchanged.
+  """
+  sample = dist.sample
+  shape = tuple(sample_shape)
+  try:
+    parameters = list(inspect.signature(sample).parameters.values())
+  except (TypeError, ValueError):  # no readable signature (a C callable): optax's order
+    return sample(shape, key)
+  named = {p.name: p for p in parameters
+           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+  key_param = next((named[n] for n in _KEY_NAMES if n in named), None)
+  shape_param = next((named[n] for n in _SHAPE_NAMES if n in named), None)
+  unnamed = [p for p in parameters
+             if p.kind in _POSITIONAL and p.name not in {getattr(key_param, "name", None),
+                                                         getattr(shape_param, "name", None)}]
+  if shape_param is None and unnamed:
+    shape_param = unnamed.pop(0)
+  if key_param is None and unnamed:
+    key_param = unnamed.pop(0)
+  if key_param is None or shape_param is None:
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+      return sample(shape, key)
+    raise TypeError(
+        f"cannot tell how to pass the shape and the key to {type(dist).__name__}.sample"
+        f"{inspect.signature(sample)}: expected a key parameter named one of {_KEY_NAMES} "
+        "or positional parameters (shape, key)")
+  values = {shape_param.name: shape, key_param.name: key}
+  args = []
+  for p in parameters:  # positional-only parameters cannot be passed by name
+    if p.kind != p.POSITIONAL_ONLY or p.name not in values:
+      break
+    args.append(values.pop(p.name))
+  return sample(*args, **values)
+
+
+def _check_num_samples(name: str, value: Any, minimum: int = 1) -> None:
+  """Raises `ValueError` unless `value` is an integer (not a bool) >= `minimum`."""
+  if (not isinstance(value, int | np.integer) or isinstance(value, bool)
+      or value < minimum):
+    raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
+
+
+def _check_params(caller: str, params: Any, dist_builder: Callable[..., Any] | None = None,
+                  *, count: int | None = None) -> None:
+  """Raises `ValueError` unless `params` is a sequence that `dist_builder(*params)` accepts.
+
+  `count` (2 for the Gaussian-only functions) is checked as well; for the
+  `multi_normal` builders it is always 2. Only the builder's signature is
+  bound; the builder itself is not called.
+  """
+  if not isinstance(params, Sequence) or isinstance(params, str):
+    raise ValueError(f"{caller}: params must be a sequence of arrays, got "
+                     f"{type(params).__name__} ({_PARAMS_CONVENTION})")
+  if count is None and dist_builder is not None and _is_multi_normal(dist_builder):
+    count = 2
+  if count is not None and len(params) != count:
+    raise ValueError(f"{caller} expects {count} params, got {len(params)}: "
+                     f"{_PARAMS_CONVENTION}")
+  if dist_builder is None:
+    return
+  try:
+    signature = inspect.signature(dist_builder)
+  except (TypeError, ValueError):  # nothing to check against
+    return
+  try:
+    signature.bind(*params)
+  except TypeError as error:
+    raise ValueError(
+        f"{caller}: dist_builder{signature} cannot take the {len(params)} entries of params "
+        f"({error}); {_PARAMS_CONVENTION}") from None
+
+
+_NOT_REPARAMETERISED = (
+    distrax.Bernoulli, distrax.Categorical, distrax.CategoricalUniform, distrax.Multinomial,
+    distrax.Quantized, distrax.MixtureSameFamily, distrax.MixtureOfTwo)
+
+
+def _check_reparameterised(caller: str, dist: Any, samples: Any) -> None:
+  """Raises `ValueError` for a distribution whose samples carry no pathwise gradient.
+
+  distrax 0.1.9 has no reparameterisation flag of its own, so three tests:
+  the known discrete and mixture classes (also inside `Independent`,
+  `Transformed`, ...), a TFP-style `reparameterization_type` other than fully
+  reparameterised, and samples that are not floating point.
+  """
+  inner = dist
+  while inner is not None:
+    if isinstance(inner, _NOT_REPARAMETERISED):
+      where = "" if inner is dist else f" (in {type(dist).__name__})"
+      raise ValueError(
+          f"{caller} needs a reparameterised sampler; {type(inner).__name__}{where} has "
+          "none, so its pathwise gradient would be zero: use the score-function estimator")
+    inner = getattr(inner, "distribution", None)
+  kind = getattr(dist, "reparameterization_type", None)
+  if kind is not None and "FULLY_REPARAMETERIZED" not in str(kind):
+    raise ValueError(f"{caller} needs a reparameterised sampler; {type(dist).__name__} "
+                     f"reports reparameterization_type {kind}")
+  for leaf in jax.tree.leaves(samples):
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise ValueError(
+          f"{caller} needs a reparameterised sampler; {type(dist).__name__} draws "
+          f"{jnp.result_type(leaf)} samples, which carry no gradient: use the score-function "
+          "estimator")
+
+
 def score_function_jacobians(
     function: Callable[[jax.Array], float],
     params: Sequence[jax.Array],
@@ -90,11 +221,17 @@ def score_function_jacobians(
 
   Returns:
     A sequence like `params` with entries `[num_samples, *param.shape]`.
+
+  Raises:
+    ValueError: if `num_samples` is not an int >= 1 or `dist_builder` cannot
+      take `params`.
   """
+  _check_num_samples("num_samples", num_samples)
+  _check_params("score_function_jacobians", params, dist_builder)
 
   def per_sample_surrogates(params):
     dist = dist_builder(*params)
-    xs = jax.lax.stop_gradient(dist.sample((num_samples,), seed=rng))
+    xs = jax.lax.stop_gradient(_sample(dist, rng, (num_samples,)))
     return jax.vmap(lambda x: jax.lax.stop_gradient(function(x)) * dist.log_prob(x))(xs)
 
   return jax.jacfwd(per_sample_surrogates)(params)
@@ -114,10 +251,20 @@ def pathwise_jacobians(
 
   Returns:
     A sequence like `params` with entries `[num_samples, *param.shape]`.
+
+  Raises:
+    ValueError: if `num_samples` is not an int >= 1, `dist_builder` cannot take
+      `params`, or its distribution has no reparameterised sampler (discrete
+      samples would get a zero gradient).
   """
+  _check_num_samples("num_samples", num_samples)
+  _check_params("pathwise_jacobians", params, dist_builder)
 
   def per_sample_values(params):
-    return jax.vmap(function)(dist_builder(*params).sample((num_samples,), seed=rng))
+    dist = dist_builder(*params)
+    xs = _sample(dist, rng, (num_samples,))
+    _check_reparameterised("pathwise_jacobians", dist, xs)
+    return jax.vmap(function)(xs)
 
   return jax.jacfwd(per_sample_values)(params)
 
@@ -157,13 +304,25 @@ def measure_valued_jacobians(
     `[mean_jacobians, log_scale_jacobians]`, each `[num_samples, D]`.
 
   Raises:
-    ValueError: for any `dist_builder` other than `multi_normal`.
+    ValueError: for any `dist_builder` other than `multi_normal` (this
+      module's or optax's), params other than `[mean, log_scale]` of shape
+      `[D]`, or `num_samples` not an int >= 1.
   """
   if not _is_multi_normal(dist_builder):
-    raise ValueError("measure_valued_jacobians supports only the multi_normal dist_builder")
+    raise ValueError(
+        "measure_valued_jacobians supports only the multi_normal dist_builder (this module's "
+        f"or optax's), got {getattr(dist_builder, '__name__', dist_builder)!r}; for "
+        "distrax.Normal or MultivariateNormalDiag use reinforce_jax.grad_estimate(..., "
+        "estimator='measure_valued')")
+  _check_num_samples("num_samples", num_samples)
+  _check_params("measure_valued_jacobians", params, dist_builder, count=2)
   dist = dist_builder(*params)
   loc, scale = dist.params[0], jnp.exp(dist.params[1])
-  base = dist.sample((num_samples,), seed=rng)
+  if jnp.ndim(loc) != 1 or jnp.shape(scale) != jnp.shape(loc):
+    raise ValueError(
+        "measure_valued_jacobians needs a mean and a log_scale of the same shape [D], got "
+        f"shapes {jnp.shape(params[0])} and {jnp.shape(params[1])}")
+  base = _sample(dist, rng, (num_samples,))
   key_plus, key_minus = jax.random.split(rng)
 
   # Mean: weak derivative (Weibull(sqrt 2, 2) shifts on either side).
@@ -201,6 +360,7 @@ def control_delta_method(function: Callable[[jax.Array], float]) -> ControlVaria
 
   def control_variate(params, x, state=None):
     del state
+    _check_params("control_delta_method", params, count=2)
     mu = params[0]
     d = x - mu
     return (function(mu) + jnp.dot(d, jax.grad(function)(mu))
@@ -208,6 +368,7 @@ def control_delta_method(function: Callable[[jax.Array], float]) -> ControlVaria
 
   def expected_value(params, state=None):
     del state
+    _check_params("control_delta_method", params, count=2)
     mu, variance = params[0], jnp.exp(2.0 * params[1])
     return function(mu) + jnp.sum(variance * jnp.diag(jax.hessian(function)(mu))) / 2.0
 
@@ -234,7 +395,11 @@ def moving_avg_baseline(
 
   Returns:
     `(control_variate, expected_value, update_state)` as in `control_delta_method`.
+
+  Raises:
+    ValueError: if a concrete `decay` is not in [0, 1].
   """
+  _check_number("decay", decay, low=0.0, high=1.0)
 
   def control_variate(params, x, state):
     del params, x
@@ -278,7 +443,15 @@ def estimate_control_variate_coefficients(
 
   Returns:
     One scalar per entry of `params` (no gradient).
+
+  Raises:
+    ValueError: if `num_samples` is not an int >= 2 (a covariance needs two
+      samples), `eps` is negative or not finite, or `dist_builder` cannot take
+      `params`.
   """
+  _check_num_samples("num_samples", num_samples, minimum=2)
+  _check_number("eps", eps, low=0.0)
+  _check_params("estimate_control_variate_coefficients", params, dist_builder)
   key, _ = jax.random.split(rng)
   control_variate = control_variate_from_function(function)[0]
   h_jacobians = grad_estimator(
@@ -319,7 +492,16 @@ def control_variates_jacobians(
   Returns:
     `(jacobians, new_state)`, jacobians like `params` with entries
     `[num_samples, *param.shape]`.
+
+  Raises:
+    ValueError: if `num_samples` is not an int >= 1 (with `estimate_cv_coeffs`,
+      `estimate_cv_coeffs_num_samples` an int >= 2), or `dist_builder` cannot
+      take `params`.
   """
+  _check_num_samples("num_samples", num_samples)
+  _check_params("control_variates_jacobians", params, dist_builder)
+  if estimate_cv_coeffs:
+    _check_num_samples("estimate_cv_coeffs_num_samples", estimate_cv_coeffs_num_samples, 2)
   control_variate, expected_value, update_state = control_variate_from_function(function)
   if estimate_cv_coeffs:
     coefficients = estimate_control_variate_coefficients(
@@ -328,7 +510,7 @@ def control_variates_jacobians(
   else:
     coefficients = [1.0] * len(params)
   f_jacobians = grad_estimator(function, params, dist_builder, rng, num_samples)
-  samples = dist_builder(*params).sample((num_samples,), seed=rng)
+  samples = _sample(dist_builder(*params), rng, (num_samples,))
   state = update_state(params, samples, control_variate_state)
   frozen = jax.lax.stop_gradient(params)
   h_jacobians = grad_estimator(lambda x: control_variate(frozen, x, state), params,
