@@ -1,42 +1,108 @@
 """reinforce_jax: score-function (log-derivative trick) gradients in JAX."""
 
-import os as _os
+# The public names are imported on first use (PEP 562), so that importing the
+# package, and with it the `reinforce-jax` command line, does not import JAX:
+# the CLI checks its arguments first and reports a bad one in milliseconds.
 
-from reinforce_jax import baselines, envs, monte_carlo, policies
-from reinforce_jax.compiler import avoid_cpu_deadlock, recommended_compiler_options
-from reinforce_jax.config import Hyperparams, TrainConfig
-from reinforce_jax.estimators import (
-    GradStats,
-    dice_objective,
-    grad_estimate,
-    gumbel_softmax,
-    magic_box,
-    straight_through,
-    vimco_objective,
-)
-from reinforce_jax.losses import entropy_bonus, ppo_clip_loss, reinforce_loss, value_loss
-from reinforce_jax.returns import (
-    discounted_returns,
-    gae_advantages,
-    lambda_returns,
-    normalize_advantages,
-)
-from reinforce_jax.rollout import EnvCarry, Trajectory, reset_envs, rollout
-from reinforce_jax.train import (
-    RunOutput,
-    TrainState,
-    make_optimizer,
-    make_run,
-    make_train,
-    make_train_step,
-)
+import importlib as _importlib
+import os as _os
+import sys as _sys
+import types as _types
+
+_SUBMODULES = ("baselines", "envs", "monte_carlo", "policies")
+_ORIGIN = {
+    "avoid_cpu_deadlock": "compiler",
+    "recommended_compiler_options": "compiler",
+    "Hyperparams": "config",
+    "TrainConfig": "config",
+    "GradStats": "estimators",
+    "dice_objective": "estimators",
+    "grad_estimate": "estimators",
+    "gumbel_softmax": "estimators",
+    "magic_box": "estimators",
+    "straight_through": "estimators",
+    "vimco_objective": "estimators",
+    "entropy_bonus": "losses",
+    "ppo_clip_loss": "losses",
+    "reinforce_loss": "losses",
+    "value_loss": "losses",
+    "discounted_returns": "returns",
+    "gae_advantages": "returns",
+    "lambda_returns": "returns",
+    "normalize_advantages": "returns",
+    "EnvCarry": "rollout",
+    "Trajectory": "rollout",
+    "reset_envs": "rollout",
+    "rollout": "rollout",
+    "RunOutput": "train",
+    "TrainState": "train",
+    "make_optimizer": "train",
+    "make_run": "train",
+    "make_train": "train",
+    "make_train_step": "train",
+}
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+  if name in _ORIGIN:
+    value = getattr(_importlib.import_module(f"{__name__}.{_ORIGIN[name]}"), name)
+  else:  # a submodule, public (`envs`) or not (`presets`)
+    try:
+      value = _importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+      if error.name != f"{__name__}.{name}":
+        raise
+      raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted({*globals(), *__all__})
+
+
+class _Package(_types.ModuleType):
+  """Keeps `reinforce_jax.rollout` the function when the submodule of that name is imported.
+
+  Importing a submodule binds it as an attribute of the package; eagerly, the
+  package then rebound the name to the function it imported from it.
+  """
+
+  def __setattr__(self, name, value):
+    if name == "rollout" and isinstance(value, _types.ModuleType):
+      value = value.rollout
+    super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+def _avoid_cpu_deadlock_on_import() -> None:
+  """`compiler.avoid_cpu_deadlock()`, without importing JAX if nothing has imported it yet.
+
+  Its condition "no JAX backend has started" holds trivially then, so the flag
+  is added to `XLA_FLAGS` directly, under the function's other conditions (a
+  jaxlib 0.10.x, no setting of the flag already).
+  """
+  if "jax" in _sys.modules:
+    from reinforce_jax.compiler import avoid_cpu_deadlock
+
+    avoid_cpu_deadlock()
+    return
+  import jaxlib  # its version only; it does not import JAX
+
+  flag = "xla_cpu_enable_concurrency_optimized_scheduler"  # as in reinforce_jax/compiler.py
+  flags = _os.environ.get("XLA_FLAGS", "")
+  if jaxlib.__version__.startswith("0.10.") and flag not in flags:
+    _os.environ["XLA_FLAGS"] = f"{flags} --{flag}=false".strip()
+
 
 if not _os.environ.get("REINFORCE_JAX_KEEP_XLA_FLAGS"):
   # XLA:CPU in jaxlib 0.10 hangs on some vmapped training programs (24 a2c seeds
   # in one jit, for one); see reinforce_jax/compiler.py. A no-op elsewhere.
-  avoid_cpu_deadlock()
+  _avoid_cpu_deadlock_on_import()
 
 __all__ = [
     "EnvCarry",

@@ -1,24 +1,42 @@
-"""Named tasks for the command line: an environment, a policy and a good config per algorithm."""
+"""Named tasks for the command line: an environment, a policy and a good config per algorithm.
+
+Importing this module does not import JAX (the CLI reads the presets to check
+its arguments before it starts JAX): environments and policies are built by
+functions that import them when called.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
-
-import flax.linen as nn
+from typing import TYPE_CHECKING
 
 from reinforce_jax.config import TrainConfig
-from reinforce_jax.envs import CartPole, ContextualBandit, Environment, Pendulum
-from reinforce_jax.policies import CategoricalPolicy, GaussianPolicy
+
+if TYPE_CHECKING:
+  import flax.linen as nn
+
+  from reinforce_jax.envs import Environment
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
+  """A task: its environment, the policy's hidden layers and a tuned config per algorithm.
+
+  `obs_size` and `action_size` (logits of a discrete action, dimensions of a
+  continuous one) are the environment's, known without building it, so the CLI
+  can estimate a run's memory before it imports JAX (`tests/test_cli_errors.py`
+  checks them against the environments).
+  """
+
   make_env: Callable[[], Environment]
   hidden: tuple[int, ...]
   configs: dict[str, TrainConfig]  # a tuned config per algorithm
   default_algo: str
   description: str
+  obs_size: int
+  action_size: int
 
   def policy(self, env, config: TrainConfig) -> nn.Module:
     """The preset's policy for `env`, with a separate value network when `config` needs one."""
@@ -26,8 +44,17 @@ class Preset:
     return make_policy(env, self.hidden, value=value)
 
 
+def _make_env(name: str) -> Environment:
+  """`reinforce_jax.envs.<name>()`, imported when called."""
+  from reinforce_jax import envs
+
+  return getattr(envs, name)()
+
+
 def make_policy(env, hidden: tuple[int, ...], *, value: str | None = None) -> nn.Module:
   """A categorical policy for discrete actions; a tanh-squashed Gaussian for a box."""
+  from reinforce_jax.policies import CategoricalPolicy, GaussianPolicy
+
   bounds = getattr(env, "action_bounds", None)
   if bounds is not None:
     return GaussianPolicy(env.action_shape[0], hidden=hidden, squash=bounds, value=value)
@@ -40,7 +67,7 @@ _CARTPOLE_REINFORCE = TrainConfig(
 
 PRESETS: dict[str, Preset] = {
     "bandit": Preset(
-        make_env=ContextualBandit,
+        make_env=functools.partial(_make_env, "ContextualBandit"),
         hidden=(),  # the seed's nn.Linear(1, 2)
         configs={
             "reinforce": TrainConfig(num_steps=200),
@@ -49,9 +76,11 @@ PRESETS: dict[str, Preset] = {
         },
         default_algo="reinforce",
         description="the seed's two-action contextual bandit (one-step episodes)",
+        obs_size=1,
+        action_size=2,
     ),
     "cartpole": Preset(
-        make_env=CartPole,
+        make_env=functools.partial(_make_env, "CartPole"),
         hidden=(64, 64),
         configs={
             "reinforce": _CARTPOLE_REINFORCE,
@@ -69,9 +98,11 @@ PRESETS: dict[str, Preset] = {
         },
         default_algo="reinforce",
         description="CartPole-v1 (gymnasium's dynamics, 500-step limit)",
+        obs_size=4,
+        action_size=2,
     ),
     "pendulum": Preset(
-        make_env=Pendulum,
+        make_env=functools.partial(_make_env, "Pendulum"),
         hidden=(64, 64),
         configs={
             "ppo": TrainConfig(
@@ -88,5 +119,7 @@ PRESETS: dict[str, Preset] = {
         },
         default_algo="ppo",
         description="Pendulum-v1 (continuous torque; gymnasium's dynamics and reward)",
+        obs_size=3,
+        action_size=1,
     ),
 }
