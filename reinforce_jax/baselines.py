@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from reinforce_jax.returns import _check_number
+
 
 def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:
   """Mean of the other entries along `axis`: `(sum(v) - v_i) / (n - 1)`.
@@ -49,5 +51,10 @@ def ema_update(average: jax.Array, values: jax.Array, *, decay: float) -> jax.Ar
 
   The baseline used at a step is the average *before* that step's update, so it
   depends only on earlier episodes and the estimator stays unbiased.
+
+  Raises:
+    ValueError: if a concrete `decay` is not in [0, 1] (a traced one, as in a
+      sweep over `Hyperparams.ema_decay`, cannot be checked).
   """
+  _check_number("decay", decay, low=0.0, high=1.0)
   return decay * average + (1.0 - decay) * jnp.mean(values)

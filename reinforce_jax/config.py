@@ -10,14 +10,77 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:
   import jax
 
 ALGOS = ("reinforce", "a2c", "ppo")
 BASELINES = ("none", "constant", "ema", "batch_mean", "leave_one_out", "value")
+
+# Float fields and their ranges: (low, high, low_open). Each is also checked in
+# float32, the dtype training uses (1e300 is finite in Python, inf in float32).
+_FLOAT_RANGES = {
+    "gamma": (0.0, 1.0, False),
+    "gae_lambda": (0.0, 1.0, False),
+    "ema_decay": (0.0, 1.0, False),
+    "baseline_constant": (-math.inf, math.inf, False),
+    "entropy_coef": (0.0, math.inf, False),
+    "value_coef": (0.0, math.inf, False),
+    "clip_eps": (0.0, math.inf, False),
+    "learning_rate": (0.0, math.inf, True),
+    "max_grad_norm": (0.0, math.inf, True),
+}
+_INT_MINIMA = {"num_envs": 1, "rollout_length": 1, "num_epochs": 1, "num_minibatches": 1,
+               "num_steps": 0}
+
+
+def _check_float(name: str, value: Any, *, arrays: bool = False) -> None:
+  """Raises `ValueError` naming `name` unless `value` is a real number in its range.
+
+  Ints are fine; bools and strings are not, nor arrays unless `arrays` (then
+  every entry is checked). The range is checked on the value and on its float32
+  conversion, the dtype training uses (overflow to inf, underflow to 0).
+  """
+  low, high, low_open = _FLOAT_RANGES[name]
+  is_array = arrays and hasattr(value, "dtype") and hasattr(value, "shape")
+  if is_array:
+    kind = np.dtype(value.dtype)
+    real = np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
+  else:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+  if not real:
+    raise ValueError(f"{name} must be a real number, got {value!r}")
+  if is_array:
+    as_float = np.asarray(value, np.float64)
+  else:
+    try:
+      as_float = np.float64(float(value))
+    except OverflowError:  # an int too large for a float
+      as_float = np.float64(math.inf if value > 0 else -math.inf)
+  with np.errstate(over="ignore", under="ignore"):
+    as_float32 = as_float.astype(np.float32)
+  if high < math.inf:
+    described = f"lie in [{low:g}, {high:g}]"
+  elif low > -math.inf:
+    described = "be finite and " + ("positive" if low_open else "non-negative")
+  else:
+    described = "be finite"
+  for v, where in ((as_float, ""), (as_float32, f" ({as_float32} in float32, the dtype used)")):
+    above = v > low if low_open else v >= low
+    if not np.all(np.isfinite(v) & above & (v <= high)):
+      raise ValueError(f"{name} must {described}, got {value!r}{where}")
+
+
+def _check_int(name: str, value: Any) -> None:
+  minimum = _INT_MINIMA[name]
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+    raise ValueError(f"{name} must be {kind} (an int, not a bool), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +140,17 @@ class TrainConfig:
   max_grad_norm: float | None = None
 
   def __post_init__(self):
-    for name in ("num_envs", "rollout_length", "num_epochs", "num_minibatches"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(self.num_steps, int) or self.num_steps < 0:
-      raise ValueError(f"num_steps must be a non-negative integer, got {self.num_steps!r}")
-    for name in ("gamma", "gae_lambda", "ema_decay"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
-    if self.algo not in ALGOS:
+    for name in _INT_MINIMA:
+      _check_int(name, getattr(self, name))
+    for name in _FLOAT_RANGES:
+      if not (name == "max_grad_norm" and self.max_grad_norm is None):
+        _check_float(name, getattr(self, name))
+    if not isinstance(self.normalize_advantages, bool | np.bool_):
+      raise ValueError(
+          f"normalize_advantages must be a bool, got {self.normalize_advantages!r}")
+    if not isinstance(self.algo, str) or self.algo not in ALGOS:
       raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
-    if self.baseline not in BASELINES:
+    if not isinstance(self.baseline, str) or self.baseline not in BASELINES:
       raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
     if self.algo != "reinforce" and self.baseline not in ("none", "value"):
       raise ValueError(
@@ -96,15 +158,6 @@ class TrainConfig:
           "uses the learned value function")
     if self.baseline in ("leave_one_out", "batch_mean") and self.num_envs < 2:
       raise ValueError(f"baseline={self.baseline!r} needs num_envs >= 2")
-    for name in ("entropy_coef", "value_coef", "clip_eps"):
-      value = getattr(self, name)
-      if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
-    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f"learning_rate must be finite and positive, got {self.learning_rate!r}")
-    if self.max_grad_norm is not None and not (
-        math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-      raise ValueError(f"max_grad_norm must be finite and positive, got {self.max_grad_norm!r}")
     batch = self.num_envs * self.rollout_length
     if self.algo == "ppo" and batch % self.num_minibatches:
       raise ValueError(
@@ -146,13 +199,23 @@ class Hyperparams(NamedTuple):
 
   @classmethod
   def from_config(cls, config: TrainConfig, **overrides) -> Hyperparams:
-    """The config's values (with `overrides`), as float32 scalars."""
-    import jax.numpy as jnp  # here, so that importing the config stays free of JAX
+    """The config's values (with `overrides`), as float32 scalars.
+
+    Raises:
+      ValueError: for an unknown name, or a concrete override that the
+        `TrainConfig` field of the same name would reject (traced overrides,
+        inside `jit` or `vmap`, cannot be checked).
+    """
+    import jax  # here, so that importing the config stays free of JAX
+    import jax.numpy as jnp
 
     unknown = set(overrides) - set(cls._fields)
     if unknown:
       raise ValueError(f"unknown hyperparameters {sorted(unknown)}; "
                        f"the fields are {list(cls._fields)}")
+    for name, value in overrides.items():
+      if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        _check_float(name, value, arrays=True)  # traced values cannot be checked
     values = {name: overrides.get(name, getattr(config, name)) for name in cls._fields}
     return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from reinforce_jax import _checks
+from reinforce_jax.returns import _check_number
 
 
 def reinforce_loss(
@@ -53,7 +54,8 @@ def reinforce_loss(
 
   Raises:
     ValueError: at trace time, if shapes differ (naming both) or dtypes are not
-      floating point.
+      floating point; and for a concrete (untraced) baseline that is not finite
+      or concrete weights that are negative or not finite.
 
   Example:
     >>> dist = policy.apply(params, obs)          # distrax.Categorical
@@ -66,12 +68,15 @@ def reinforce_loss(
   if baseline is not None:
     if jnp.ndim(baseline) != 0:
       _checks.check_same_shape(reward=reward, baseline=baseline)
+    _check_number("baseline", baseline)
     advantage = reward - baseline
   advantage = jax.lax.stop_gradient(advantage).astype(log_prob.dtype)
   per_item = log_prob * advantage
   if weights is None:
     return -jnp.mean(per_item)
   _checks.check_same_shape(log_prob=log_prob, weights=weights)
+  if jnp.result_type(weights) != jnp.bool_:  # a bool mask is fine as it is
+    _check_number("weights", weights, low=0.0)
   weights = jax.lax.stop_gradient(weights).astype(log_prob.dtype)
   total = jnp.sum(weights)
   return -jnp.sum(weights * per_item) / jnp.where(total == 0, 1, total)
@@ -94,7 +99,7 @@ def ppo_clip_loss(
     log_prob: `[...]` log-probabilities under the current parameters.
     old_log_prob: same shape, under the parameters that collected the data.
     advantage: same shape, advantage estimates.
-    clip_eps: the clipping range epsilon.
+    clip_eps: the clipping range epsilon, >= 0 (a concrete value is checked).
 
   Returns:
     `(loss, metrics)` with metrics `approx_kl` (the estimator
@@ -107,6 +112,7 @@ def ppo_clip_loss(
   """
   _checks.check_floating(log_prob=log_prob)
   _checks.check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob, advantage=advantage)
+  _check_number("clip_eps", clip_eps, low=0.0)
   old_log_prob = jax.lax.stop_gradient(old_log_prob)
   advantage = jax.lax.stop_gradient(advantage)
   log_ratio = log_prob - old_log_prob
