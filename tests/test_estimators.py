@@ -116,6 +116,83 @@ def test_bad_arguments():
                      estimator="pathwise", baseline="rloo")
 
 
+
+# --- Samplers of every convention; arguments that used to give silent wrong answers ---
+
+MEAN3 = jnp.array([0.5, -1.0, 2.0])
+LOG_SCALE3 = jnp.log(jnp.array([0.7, 1.2, 0.4]))
+
+
+class PositionalNormal(rj.monte_carlo.MultiNormalDiag):
+  """A sampler that takes `(shape, key)` positionally only."""
+
+  def sample(self, shape, k, /):
+    return super().sample(shape, seed=k)
+
+
+@pytest.mark.parametrize("estimator", ["score_function", "pathwise"])
+@pytest.mark.parametrize("builder", ["optax", "ours", "positional"])
+def test_grad_estimate_takes_samplers_with_key_seed_or_positional_keys(estimator, builder):
+  """optax's own multi_normal (`key=`), ours (`seed=`) and a positional-only sampler draw
+  what distrax draws from the same key, so the estimates agree."""
+  from optax._src.utils import multi_normal as optax_multi_normal
+
+  make = {"optax": optax_multi_normal, "ours": rj.monte_carlo.multi_normal,
+          "positional": PositionalNormal}[builder]
+  f = lambda x: jnp.sum((x - 0.2) ** 2)  # noqa: E731
+  params = [MEAN3, LOG_SCALE3]
+  key = jax.random.key(5)
+  want = rj.grad_estimate(f, lambda p: distrax.MultivariateNormalDiag(p[0], jnp.exp(p[1])),
+                          params, key, num_samples=32, estimator=estimator)
+  got = rj.grad_estimate(f, lambda p: make(*p), params, key, num_samples=32, estimator=estimator)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("builder", [
+    lambda th: distrax.Bernoulli(logits=th),
+    lambda th: distrax.Bernoulli(logits=th, dtype=jnp.float32),  # float samples, still discrete
+    lambda th: distrax.Categorical(logits=jnp.stack([th, -th])),
+    lambda th: distrax.Independent(distrax.Bernoulli(logits=th[None]), 1),
+], ids=["bernoulli", "float-bernoulli", "categorical", "independent-bernoulli"])
+def test_pathwise_refuses_distributions_without_a_reparameterised_sampler(builder):
+  """It used to return 0 for the Bernoulli, whose true gradient is 0.25 here."""
+  with pytest.raises(ValueError, match="reparameterised sampler"):
+    rj.grad_estimate(lambda b: jnp.sum(b).astype(jnp.float32), builder, jnp.float32(0.0),
+                     jax.random.key(0), num_samples=8, estimator="pathwise")
+
+
+@pytest.mark.parametrize("num_samples", [0, -1, 1.5, True, 2.0, jnp.int32(4)])
+def test_num_samples_must_be_a_positive_int(num_samples):
+  with pytest.raises(ValueError, match="num_samples must be a Python int >= 1"):
+    rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=num_samples)
+
+
+def test_rloo_and_optimal_say_how_many_samples_they_need():
+  with pytest.raises(ValueError, match="baseline='rloo' needs num_samples >= 2"):
+    rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=1,
+                     baseline="rloo")
+  for count in (0, 1, 2.5):
+    with pytest.raises(ValueError, match="optimal_baseline_samples must be a Python int >= 2"):
+      rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=8,
+                       baseline="optimal", optimal_baseline_samples=count)
+
+
+@pytest.mark.parametrize("baseline", [float("nan"), float("inf"), True])
+def test_a_constant_baseline_must_be_a_finite_number(baseline):
+  with pytest.raises(ValueError, match="baseline must be"):
+    rj.grad_estimate(jnp.sin, gaussian, GAUSS, jax.random.key(0), num_samples=8,
+                     baseline=baseline)
+
+
+def test_a_traced_baseline_is_still_accepted():
+  f, _ = closed_form("quadratic")
+  run = jax.jit(lambda b: rj.grad_estimate(f, gaussian, GAUSS, jax.random.key(0),
+                                           num_samples=8, baseline=b))
+  eager = rj.grad_estimate(f, gaussian, GAUSS, jax.random.key(0), num_samples=8, baseline=0.5)
+  for name in GAUSS:
+    np.testing.assert_allclose(run(jnp.float32(0.5))[name], eager[name], rtol=1e-5)
+
 # --- DiCE ---
 
 def test_dice_gets_first_and_second_derivatives_right():
@@ -203,3 +280,19 @@ def test_gumbel_softmax_and_straight_through():
       logits)
   g_probs = jax.grad(lambda lg: jnp.dot(jax.nn.softmax(lg), weights))(logits)
   np.testing.assert_allclose(g_st, g_probs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_gumbel_softmax_refuses_a_temperature_that_is_not_positive(temperature):
+  with pytest.raises(ValueError, match="temperature must be finite and in \\(0, inf\\)"):
+    rj.gumbel_softmax(jax.random.key(0), jnp.zeros(3), temperature)
+
+
+def test_gumbel_softmax_takes_a_traced_temperature():
+  logits = jnp.array([0.2, 1.0, -0.5])
+  traced = jax.jit(lambda t: rj.gumbel_softmax(jax.random.key(0), logits, t))(0.5)
+  np.testing.assert_allclose(traced, rj.gumbel_softmax(jax.random.key(0), logits, 0.5),
+                             rtol=1e-6)
+  swept = jax.vmap(lambda t: rj.gumbel_softmax(jax.random.key(0), logits, t))(
+      jnp.array([0.5, 2.0]))
+  assert swept.shape == (2, 3) and bool(jnp.all(jnp.isfinite(swept)))
