@@ -170,3 +170,50 @@ def test_normalize_advantages():
   out = normalize_advantages(adv)
   np.testing.assert_allclose(float(out.mean()), 0.0, atol=1e-6)
   np.testing.assert_allclose(float(out.std()), 1.0, rtol=1e-5)
+
+
+# --- gamma and lambda: checked when concrete, passed through when traced ------------
+
+@pytest.mark.parametrize("gamma", [1.5, -0.1, float("nan"), np.float32(1.01)])
+def test_discounted_returns_refuses_gamma_outside_the_unit_interval(gamma):
+  reward, _, terminated, truncated, _, _ = _random_rollout(3, T=3, B=2)
+  with pytest.raises(ValueError, match=r"gamma must be finite and in \[0, 1\]"):
+    discounted_returns(reward, terminated, truncated, gamma=gamma)
+
+
+@pytest.mark.parametrize("name, gamma, lam", [
+    ("gamma", 1.5, 0.9), ("gamma", -1.0, 0.9), ("lambda_", 0.9, 1.5), ("lambda_", 0.9, -0.1),
+    ("lambda_", 0.9, float("inf")), ("gamma", "0.9", 0.9)])
+def test_gae_and_lambda_returns_refuse_gamma_and_lambda_outside_the_unit_interval(
+    name, gamma, lam):
+  reward, value, terminated, truncated, _, last = _random_rollout(4, T=3, B=2)
+  for fn in (gae_advantages, lambda_returns):
+    with pytest.raises(ValueError, match=f"{name} must be"):
+      fn(reward, value, terminated, truncated, last, gamma=gamma, lambda_=lam)
+
+
+def test_traced_gamma_and_lambda_still_work_under_jit_and_vmap():
+  """In sweeps `Hyperparams` carries traced discounts: no check, same numbers."""
+  reward, value, terminated, truncated, bootstrap, last = _random_rollout(5)
+  gammas, lams = jnp.array([0.9, 0.99]), jnp.array([0.0, 0.95])
+
+  def both(gamma, lam):
+    returns = discounted_returns(reward, terminated, truncated, gamma=gamma,
+                                 bootstrap_value_t=bootstrap, last_value=last)
+    advantages, _ = gae_advantages(reward, value, terminated, truncated, last, gamma=gamma,
+                                   lambda_=lam, bootstrap_value_t=bootstrap)
+    return returns, advantages
+
+  swept = jax.jit(jax.vmap(both))(gammas, lams)
+  for i in range(2):
+    want = both(float(gammas[i]), float(lams[i]))
+    for got, expected in zip(swept, want, strict=True):
+      np.testing.assert_allclose(got[i], expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      swept[0][1], reference_returns(reward, terminated, truncated, 0.99, bootstrap, last),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_advantages_refuses_a_negative_eps():
+  with pytest.raises(ValueError, match=r"eps must be finite and in \[0, inf\)"):
+    normalize_advantages(jnp.ones(4), eps=-1e-8)
