@@ -6,6 +6,9 @@ environment, the seed, the config) and `checkpoints/<step>/`, written by an
 temporary folder and renames it when complete, so a process killed during a
 save leaves the previous checkpoint as the latest usable one. Keys are not
 stored: every step's key is derived from the seed and the step count.
+
+Importing this module does not import JAX or orbax (the CLI reads `RUN_FILES`
+before it starts JAX).
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import jax
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+PARAMS_FILE = "params.msgpack"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+# Everything `reinforce-jax train` and `sweep` write into a run folder (and all
+# that `--overwrite` removes: other files in the folder are left alone).
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, PARAMS_FILE, SUMMARY_FILE, CHECKPOINTS_DIR,
+             "learning_curve.png", "policy.png")
+SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png")
 
 
 class CheckpointError(ValueError):
@@ -55,6 +67,7 @@ def restore(directory: str | pathlib.Path, like: Any) -> tuple[int, Any]:
     CheckpointError: if there is no checkpoint, or it cannot be read into `like`
       (corrupt files, another environment, policy or config).
   """
+  import jax
   import orbax.checkpoint as ocp
 
   directory = pathlib.Path(directory)

@@ -4,19 +4,37 @@
     reinforce-jax train cartpole --num-seeds 5 --out runs/cartpole
     reinforce-jax train pendulum --algo ppo
 
-Bad arguments exit with status 2 and one line on stderr, no traceback.
+Bad arguments exit with status 2 and one line on stderr, no traceback. They are
+found before JAX is imported (this module and what it imports at the top are
+free of JAX), so the line comes back in milliseconds; only what needs the
+devices (their count and memory, a cluster, a checkpoint) is checked after.
+Ctrl-C stops at the end of the current chunk of steps, saves the state and
+exits with status 130 (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import math
+import os
 import pathlib
+import shutil
+import signal
+import socket
+import struct
 import sys
+import tempfile
 
+from reinforce_jax.checkpoints import CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, SWEEP_FILES
 from reinforce_jax.config import ALGOS, BASELINES, TrainConfig, sweep_grid
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.presets import PRESETS, Preset
+
+_INT32_MAX = 2**31 - 1  # step counters and array sizes are int32 in the compiled program
+_UINT32_MAX = 2**32 - 1  # jax.random.key keeps 32 bits of the seed (without jax_enable_x64)
+_PROGRESS_CHUNKS = 50  # a run is trained in this many jitted chunks between progress updates
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(minimum: int):
+def _int_in(minimum: int, maximum: int = _INT32_MAX):
   def parse(text: str) -> int:
     try:
       value = int(text)
@@ -34,18 +52,29 @@ def _int_at_least(minimum: int):
       raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < minimum:
       raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    if value > maximum:
+      raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
     return value
   return parse
 
 
+def _float32(value: float) -> float:
+  """`value` rounded to float32 (what the compiled program sees): inf when out of range."""
+  try:
+    return struct.unpack("f", struct.pack("f", value))[0]
+  except OverflowError:
+    return math.copysign(math.inf, value)
+
+
 def _number(valid, requirement: str):
+  """A float parser; `valid` sees the value rounded to float32, so 1e300 is not finite."""
   def parse(text: str) -> float:
     try:
       value = float(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not valid(value):
-      raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    if not valid(_float32(value)):
+      raise argparse.ArgumentTypeError(f"must be {requirement} (in float32), got {text}")
     return value
   return parse
 
@@ -53,6 +82,20 @@ def _number(valid, requirement: str):
 _positive_float = _number(lambda v: math.isfinite(v) and v > 0, "finite and positive")
 _unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
+_finite_float = _number(math.isfinite, "finite")
+
+
+def _path(text: str) -> str:
+  if not text.strip():
+    raise argparse.ArgumentTypeError("expected a path, got an empty string")
+  return text
+
+
+def _address(text: str) -> str:
+  host, _, port = text.rpartition(":")
+  if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    raise argparse.ArgumentTypeError(f"expected HOST:PORT (a port in 1..65535), got {text!r}")
+  return text
 
 
 def _list_of(parse):
@@ -71,6 +114,14 @@ _SWEEPABLE_OPTIONS = (
     ("--value-coef", "value_coef", _non_negative_float, "value loss weight"),
     ("--clip-eps", "clip_eps", _non_negative_float, "PPO clipping range"),
 )
+# The options of a run's config, as (flag, key in config.json): `--resume` refuses
+# any of them with another value than the stored run's.
+_RUN_OPTIONS = (
+    ("--algo", "algo"), ("--num-envs", "num_envs"), ("--rollout-length", "rollout_length"),
+    *((flag, field) for flag, field, _, _ in _SWEEPABLE_OPTIONS),
+    ("--max-grad-norm", "max_grad_norm"), ("--baseline", "baseline"), ("--seed", "seed"),
+    ("--num-seeds", "num_seeds"),
+)
 
 
 def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -> None:
@@ -80,9 +131,9 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
                                                    for k, v in sorted(PRESETS.items())))
   command.add_argument("--algo", choices=list(ALGOS),
                        help="reinforce, a2c or ppo (default: the preset's)")
-  command.add_argument("--steps", type=_int_at_least(0), help="train steps")
-  command.add_argument("--num-envs", type=_int_at_least(1), help="parallel environments")
-  command.add_argument("--rollout-length", type=_int_at_least(1),
+  command.add_argument("--steps", type=_int_in(0), help="train steps")
+  command.add_argument("--num-envs", type=_int_in(1), help="parallel environments")
+  command.add_argument("--rollout-length", type=_int_in(1),
                        help="environment steps per environment per train step")
   for flag, field, parse, text in _SWEEPABLE_OPTIONS:
     if sweep:
@@ -92,11 +143,16 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
       command.add_argument(flag, type=parse, dest=field, help=text)
   command.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
   command.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
-  command.add_argument("--seed", type=_int_at_least(0), default=0,
-                       help="random seed (default 0)")
-  command.add_argument("--num-seeds", type=_int_at_least(1), default=1,
+  command.add_argument("--seed", type=_int_in(0, _UINT32_MAX),
+                       help=f"random seed in [0, {_UINT32_MAX}] (default 0)")
+  command.add_argument("--num-seeds", type=_int_in(1),
                        help="independent runs trained together in one program (default 1)")
-  command.add_argument("--out", help="output folder (default runs/ENV, runs/ENV-sweep)")
+  command.add_argument("--out", type=_path,
+                       help="output folder (default runs/ENV, runs/ENV-sweep); one that "
+                            "already holds a run is refused unless --overwrite")
+  command.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out: delete its files (checkpoints "
+                            "included; other files stay) before writing the new ones")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,31 +162,73 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train a policy (REINFORCE, A2C or PPO)",
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
   _add_run_options(train)
-  train.add_argument("--stop-at-return", type=float, metavar="R",
+  train.add_argument("--stop-at-return", type=_finite_float, metavar="R",
                      help="stop once every seed's latest mean return is >= R")
-  train.add_argument("--devices", type=_int_at_least(1),
+  train.add_argument("--devices", type=_int_in(1),
                      help="local devices to split the environments over (default: all)")
   train.add_argument("--distributed", action="store_true",
                      help="join a multi-process run (jax.distributed.initialize; the cluster "
                           "is detected on SLURM, TPU pods, MPI, or given by the next three)")
-  train.add_argument("--coordinator", metavar="HOST:PORT", help="the coordinator's address")
-  train.add_argument("--num-processes", type=_int_at_least(1), help="processes in the run")
-  train.add_argument("--process-id", type=_int_at_least(0), help="this process's index")
-  train.add_argument("--profile", metavar="DIR",
+  train.add_argument("--coordinator", type=_address, metavar="HOST:PORT",
+                     help="the coordinator's address")
+  train.add_argument("--num-processes", type=_int_in(1), help="processes in the run")
+  train.add_argument("--process-id", type=_int_in(0), help="this process's index")
+  train.add_argument("--profile", type=_path, metavar="DIR",
                      help="write a jax.profiler trace of the first chunk of steps to DIR")
-  train.add_argument("--checkpoint-every", type=_int_at_least(1), metavar="N",
-                     help="save the training state (orbax) every N steps and at the end")
-  train.add_argument("--resume", metavar="DIR",
-                     help="continue the run in DIR from its latest checkpoint up to --steps")
+  train.add_argument("--checkpoint-every", type=_int_in(1), metavar="N",
+                     help="also save the training state every N steps (it is always saved "
+                          "when the run ends, Ctrl-C included)")
+  train.add_argument("--resume", type=_path, metavar="DIR",
+                     help="continue the run in DIR from its latest checkpoint up to --steps; "
+                          "options that contradict the stored run are refused")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   sweep = commands.add_parser(
       "sweep", help="train every combination of hyperparameter values x seeds in one program",
       description="Sweep hyperparameters (every combination of the listed values) and seeds "
                   "in one jit; write a table (sweep.csv, sweep.json) and a plot (sweep.png).")
   _add_run_options(sweep, sweep=True)
-  sweep.add_argument("--devices", type=_int_at_least(1),
+  sweep.add_argument("--devices", type=_int_in(1),
                      help="local devices to spread the runs over (default: all)")
   return parser
+
+
+class _Interrupts:
+  """Turns Ctrl-C (SIGINT) into a request that the run polls: it stops at a safe point.
+
+  Python's own handler raises `KeyboardInterrupt` wherever the main thread is,
+  where it can be lost (JAX's garbage-collection callback swallows it) or land
+  in the middle of writing a file. A second Ctrl-C raises at once. Nothing is
+  installed outside the main thread, or where SIGINT is ignored (a background
+  job of a non-interactive shell).
+  """
+
+  def __init__(self):
+    self.count = 0
+    self._previous = None
+
+  def __enter__(self) -> _Interrupts:
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+      if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.count += 1
+    if self.count > 1:
+      raise KeyboardInterrupt
+
+  def __call__(self) -> bool:
+    return self.count > 0
+
+  def check(self) -> None:
+    """Raises `KeyboardInterrupt` if Ctrl-C came before the run has written anything."""
+    if self.count:
+      raise KeyboardInterrupt("before the first train step; nothing written")
 
 
 def _config(args, preset, *, exclude=()):
@@ -146,49 +244,189 @@ def _config(args, preset, *, exclude=()):
 
 
 def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
-  """The config, seed, seed count and checkpoint interval of the run in `--resume DIR`."""
-  import json
+  """The config, seed, seed count and checkpoint interval of the run in `--resume DIR`.
 
-  from reinforce_jax.checkpoints import latest_step
-
+  Raises:
+    ValueError: no readable, complete `config.json`, another environment, or an
+      option that contradicts the stored run.
+  """
   folder = pathlib.Path(args.resume)
+  where = f"--resume {args.resume}"
   try:
-    stored = json.loads((folder / "config.json").read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"--resume {args.resume}: no readable config.json ({e})") from None
-  if stored.get("env") != args.env:
-    raise ValueError(f"--resume {args.resume} holds a {stored.get('env')!r} run, not {args.env!r}")
-  if latest_step(folder / "checkpoints") is None:
-    raise ValueError(f"--resume {args.resume}: no complete checkpoint in {folder / 'checkpoints'}")
-  fields = {f.name for f in dataclasses.fields(TrainConfig)}
-  config = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+    stored = json.loads((folder / CONFIG_FILE).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{where}: no readable {CONFIG_FILE} ({e})") from None
+  fields = [f.name for f in dataclasses.fields(TrainConfig)]
+  if not isinstance(stored, dict):
+    raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
+  missing = [k for k in ("env", "seed", "num_seeds", *fields) if k not in stored]
+  if missing:
+    raise ValueError(f"{where}: {CONFIG_FILE} lacks {', '.join(map(repr, missing))}; "
+                     "it is not the record of a complete run")
+  if stored["env"] != args.env:
+    raise ValueError(f"{where} holds a {stored['env']!r} run, not {args.env!r}")
+  if args.overwrite:
+    raise ValueError("--overwrite and --resume contradict each other")
+  if args.out is not None and pathlib.Path(args.out).resolve() != folder.resolve():
+    raise ValueError(f"--out {args.out} contradicts {where}: a resumed run stays in its folder")
+  for flag, key in _RUN_OPTIONS:
+    value = getattr(args, key)
+    if value is not None and value != stored[key]:
+      raise ValueError(f"{flag} {value} contradicts the run in {args.resume} ({key} "
+                       f"{stored[key]}); a resumed run keeps its settings")
+  try:
+    config = TrainConfig(**{k: stored[k] for k in fields})
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
   if args.steps is not None:
     config = config.replace(num_steps=args.steps)
+  for key, kind in (("seed", int), ("num_seeds", int)):
+    if not isinstance(stored[key], kind) or isinstance(stored[key], bool):
+      raise ValueError(f"{where}: {CONFIG_FILE} has {key} {stored[key]!r}, not an integer")
   return config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every")
 
 
-def _sweep(args, parser) -> int:
+def _check_writable(path: pathlib.Path, flag: str) -> None:
+  """Raises ValueError unless `path` is, or can be created as, a folder this process writes in."""
+  try:
+    if path.exists() and not path.is_dir():
+      raise ValueError(f"{flag} {path}: exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+      raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    with tempfile.TemporaryFile(dir=existing):  # as real as a check gets (root passes chmod)
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag} {path}: cannot write in {e.filename or path} "
+                     f"({e.strerror or e})") from None
+
+
+def _check_new_folder(path: pathlib.Path, flag: str, *, overwrite: bool) -> None:
+  """Raises ValueError if `path` already holds a run (or sweep) and `overwrite` is off."""
+  _check_writable(path, flag)
+  held = [name for name in (*RUN_FILES, *SWEEP_FILES) if (path / name).exists()]
+  if held and not overwrite:
+    raise ValueError(f"{flag} {path} already holds a run ({', '.join(held)}); give another "
+                     "folder, --resume it, or --overwrite to replace it")
+
+
+def _clear(path: pathlib.Path) -> None:
+  """Deletes the files of a run (or sweep) in `path`, for `--overwrite`."""
+  for name in (*RUN_FILES, *SWEEP_FILES):
+    target = path / name
+    if target.is_dir() and not target.is_symlink():
+      shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+      target.unlink()
+
+
+def run_bytes(preset: Preset, config: TrainConfig, *, steps_per_call: int) -> int:
+  """An estimate, from below, of the memory one run of `config` holds at once, in bytes.
+
+  A train step keeps its `[T, B]` trajectory (observations, actions, rewards,
+  flags, log-probabilities, values, returns, advantages) and, for the backward
+  pass, every layer's activations and their gradients for the transitions in a
+  gradient step (all of them; one minibatch in ppo), all float32; a call of
+  `steps_per_call` steps also buffers each step's metrics. Programs need more
+  (parameters, temporaries); a run above this estimate cannot fit.
+  """
+  transitions = config.num_envs * config.rollout_length
+  trajectory = 2 * preset.obs_size + preset.action_size + 8
+  networks = 2 if config.uses_value else 1
+  activations = 2 * networks * (sum(preset.hidden) + preset.action_size + 1)
+  if config.algo == "ppo":
+    activations = math.ceil(activations / config.num_minibatches)
+  return 4 * (transitions * (trajectory + activations) + 16 * steps_per_call)
+
+
+def _memory_limit(jax) -> tuple[int, bool, str]:
+  """(bytes one device can hold, whether the devices share them, what the bytes are)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  if "bytes_limit" in stats:
+    return stats["bytes_limit"], False, f"{stats['bytes_limit'] / 2**30:.1f} GiB of {device}"
+  physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return physical, True, f"{physical / 2**30:.1f} GiB of physical memory"
+
+
+def _check_memory(parser, jax, need: int, *, devices: int, what: str) -> None:
+  """Refuses a run whose estimated memory (`need` bytes over `devices` devices) cannot fit."""
+  limit, shared, where = _memory_limit(jax)
+  per_device = need if shared else -(-need // devices)
+  if per_device > limit:
+    parser.error(f"{what} need about {per_device / 2**30:,.1f} GiB of memory at once, more "
+                 f"than the {where}; use fewer environments, steps per rollout or seeds")
+
+
+def _check_cluster_options(args) -> None:
+  """Raises ValueError for multi-process options that cannot work together."""
+  if (args.num_processes is not None or args.process_id is not None) and not (
+      args.coordinator or args.distributed):
+    raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT "
+                     "(or --distributed, on a cluster JAX detects)")
+  if args.process_id is not None and args.num_processes is not None and (
+      args.process_id >= args.num_processes):
+    raise ValueError(f"--process-id {args.process_id} must be < --num-processes "
+                     f"{args.num_processes}")
+  if args.coordinator:
+    host, _, port = args.coordinator.rpartition(":")
+    try:
+      socket.getaddrinfo(host.strip("[]"), int(port))
+    except OSError as e:
+      raise ValueError(f"--coordinator {args.coordinator}: unknown host {host!r} "
+                       f"({e.strerror or e})") from None
+
+
+def _join_cluster(args, parser) -> None:
+  """Connects to the other processes (before anything touches a JAX backend)."""
+  from reinforce_jax.distributed import initialize
+
+  try:
+    initialize(args.coordinator, args.num_processes, args.process_id)
+  except Exception as e:  # JAX raises ValueError, RuntimeError, XlaRuntimeError, ...
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    parser.error(f"cannot join a multi-process run ({type(e).__name__}: {first})")
+
+
+def _sweep(args, parser, interrupts: _Interrupts) -> int:
   grid = {field: getattr(args, field) for _, field, _, _ in _SWEEPABLE_OPTIONS
           if getattr(args, field) is not None}
   if not grid:
     parser.error("nothing to sweep: give comma-separated values to at least one of "
                  + ", ".join(flag for flag, *_ in _SWEEPABLE_OPTIONS))
+  seed = 0 if args.seed is None else args.seed
+  num_seeds = args.num_seeds or 1
+  out = pathlib.Path(args.out or f"runs/{args.env}-sweep")
+  preset = PRESETS[args.env]
   try:
-    config = _config(args, PRESETS[args.env], exclude=grid)
-    sweep_grid(config, grid)
+    config = _config(args, preset, exclude=grid)
+    combos = sweep_grid(config, grid)
+    _check_new_folder(out, "--out", overwrite=args.overwrite)
   except ValueError as e:
     parser.error(str(e))
+  interrupts.check()
+  from reinforce_jax.compiler import avoid_cpu_deadlock
+
+  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
   import jax  # imported after the cheap argument checks
 
   from reinforce_jax.sweep import run_sweep
 
   if args.devices is not None and args.devices > jax.local_device_count():
     parser.error(f"--devices {args.devices}: only {jax.local_device_count()} device(s)")
-  out = args.out or f"runs/{args.env}-sweep"
-  result = run_sweep(args.env, config, grid, seed=args.seed, num_seeds=args.num_seeds,
-                     devices=args.devices, out_dir=out)
+  devices = args.devices or jax.local_device_count()
+  runs = len(combos) * num_seeds
+  per_run = run_bytes(preset, config, steps_per_call=config.num_steps)
+  _check_memory(parser, jax, -(-runs // devices) * devices * per_run, devices=devices,
+                what=f"{runs} runs of {config.num_envs} environments x {config.rollout_length} "
+                     f"steps")
+  interrupts.check()
+  if args.overwrite:
+    _clear(out)
+  result = run_sweep(args.env, config, grid, seed=seed, num_seeds=num_seeds,
+                     devices=args.devices, out_dir=out, should_stop=interrupts)
   axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
-  print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {args.num_seeds} seeds) "
+  print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {num_seeds} seeds) "
         f"of {config.num_steps} steps in one program on {result['devices']} device(s), "
         f"{result['wall_s']:.1f} s (compile {result['compile_s']:.1f} s)")
   width = [max(len(name), 8) for name in grid]
@@ -202,36 +440,34 @@ def _sweep(args, parser) -> int:
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  from reinforce_jax.compiler import avoid_cpu_deadlock
-
-  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
-  if args.command == "sweep":
-    return _sweep(args, parser)
+def _train(args, parser, interrupts: _Interrupts) -> int:
   preset = PRESETS[args.env]
-  seed, num_seeds, checkpoint_every = args.seed, args.num_seeds, args.checkpoint_every
-  if args.distributed or args.coordinator:
-    # Before anything touches a JAX backend (reading a checkpoint to resume does).
-    from reinforce_jax.distributed import initialize
-    initialize(args.coordinator, args.num_processes, args.process_id)
+  seed = 0 if args.seed is None else args.seed
+  num_seeds, checkpoint_every = args.num_seeds or 1, args.checkpoint_every
+  out = pathlib.Path(args.resume or args.out or f"runs/{args.env}")
   try:
+    _check_cluster_options(args)
     if args.resume:
       config, seed, num_seeds, stored_every = _stored_run(args)
       checkpoint_every = checkpoint_every or stored_every
+      _check_writable(out, "--resume")
     else:
       config = _config(args, preset)
+      _check_new_folder(out, "--out", overwrite=args.overwrite)
+    if args.profile:
+      _check_writable(pathlib.Path(args.profile), "--profile")
   except ValueError as e:
     parser.error(str(e))
-  out = args.resume or args.out or f"runs/{args.env}"
-  try:
-    pathlib.Path(out).mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    parser.error(f"cannot create output folder {out!r}: {e.strerror}")
+  interrupts.check()
+  from reinforce_jax.compiler import avoid_cpu_deadlock
+
+  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
+  if args.distributed or args.coordinator:
+    _join_cluster(args, parser)  # before anything starts a backend (reading a checkpoint does)
 
   import jax  # imported after the cheap argument checks
 
+  from reinforce_jax.checkpoints import CheckpointError, latest_step
   from reinforce_jax.experiment import run_experiment
 
   devices = args.devices or jax.device_count()
@@ -239,15 +475,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--devices {devices}: only {jax.device_count()} device(s)")
   if config.num_envs % devices:
     parser.error(f"--num-envs {config.num_envs} must be divisible by --devices {devices}")
-
-  from reinforce_jax.checkpoints import CheckpointError
-
+  steps_per_call = max(1, math.ceil(config.num_steps / _PROGRESS_CHUNKS))
+  _check_memory(parser, jax, num_seeds * run_bytes(preset, config, steps_per_call=steps_per_call),
+                devices=devices,
+                what=f"{num_seeds} seed(s) of {config.num_envs} environments x "
+                     f"{config.rollout_length} steps")
+  if args.resume:
+    step = latest_step(out / CHECKPOINTS_DIR)
+    if step is None:
+      parser.error(f"--resume {args.resume}: no complete checkpoint in {out / CHECKPOINTS_DIR}")
+    if config.num_steps < step:
+      parser.error(f"--steps {config.num_steps} is below the checkpoint's step {step} of the "
+                   f"run in {args.resume}")
+  interrupts.check()
+  if args.overwrite and jax.process_index() == 0:
+    _clear(out)
   try:
     result = run_experiment(args.env, config, seed=seed, num_seeds=num_seeds,
                             out_dir=out, progress=not args.no_progress,
+                            num_chunks=_PROGRESS_CHUNKS,
                             stop_at_return=args.stop_at_return, devices=devices,
                             profile_dir=args.profile, checkpoint_every=checkpoint_every,
-                            resume=bool(args.resume))
+                            resume=bool(args.resume), should_stop=interrupts)
   except CheckpointError as e:
     parser.error(str(e))
   returns = [r for r in result.final_mean_return if r is not None]
@@ -269,6 +518,21 @@ def main(argv: list[str] | None = None) -> int:
   else:
     print(f"  process {jax.process_index()}: trained; process 0 writes the outputs")
   return {"completed": 0, "solved": 0, "non-finite": 1, "interrupted": 130}[result.status]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  with _Interrupts() as interrupts:
+    args = parser.parse_args(argv)
+    try:
+      if args.command == "sweep":
+        return _sweep(args, parser, interrupts)
+      return _train(args, parser, interrupts)
+    except KeyboardInterrupt as e:
+      print(f"reinforce-jax: interrupted{f' {e}' if str(e) else ''}", file=sys.stderr)
+      return 130
+    except OSError as e:  # a folder that stopped being writable, a full disk, ...
+      parser.error(f"cannot write {e.filename or 'the outputs'}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import math
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,6 +24,14 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from reinforce_jax import checkpoints, plotting
+from reinforce_jax.checkpoints import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    SUMMARY_FILE,
+    CheckpointError,
+)
 from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.distributed import make_mesh, shard_state
@@ -30,9 +39,6 @@ from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.presets import PRESETS
 from reinforce_jax.rollout import split_output
 from reinforce_jax.train import make_optimizer, make_run, make_train_step
-
-METRICS_FILE = "metrics.jsonl"
-PARAMS_FILE = "params.msgpack"
 
 
 @dataclasses.dataclass
@@ -66,9 +72,28 @@ def _last_finite(values: np.ndarray) -> float | None:
   return float(finite[-1]) if finite.size else None
 
 
+def _read_metrics(path: pathlib.Path) -> list[dict]:
+  """The rows of `metrics.jsonl`, without a torn last line (said on stderr).
+
+  A process killed while writing leaves its last line unfinished; any other
+  unreadable line is an error.
+  """
+  lines = path.read_text().splitlines() if path.exists() else []
+  rows = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise CheckpointError(f"{path}, line {number}: not a JSON row") from None
+      tqdm.write(f"reinforce-jax: dropped the torn last line of {path} (line {number}, "
+                 "left by a process stopped while writing it)", file=sys.stderr)
+  return rows
+
+
 def _mean_return_curves(path: pathlib.Path, num_seeds: int) -> np.ndarray:
   """`[num_seeds, steps]` mean returns read back from `metrics.jsonl` (NaN where none)."""
-  rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+  rows = _read_metrics(path)
   curves = np.full((num_seeds, max((r["step"] for r in rows), default=0)), np.nan)
   for row in rows:
     if row["mean_return"] is not None:
@@ -80,8 +105,31 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
   """Keeps the rows of steps up to `step` (a resumed run rewrites what followed)."""
   if not path.exists():
     return
-  rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-  path.write_text("".join(row + "\n" for row in rows))
+  rows = [row for row in _read_metrics(path) if row["step"] <= step]
+  path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _make_folder(path: pathlib.Path) -> list[pathlib.Path]:
+  """Creates `path` and its missing parents; returns those it created, deepest first."""
+  missing = [p for p in (path, *path.parents) if not p.exists()]
+  path.mkdir(parents=True, exist_ok=True)
+  return missing
+
+
+def _remove(created: list[pathlib.Path], files: list[pathlib.Path]) -> None:
+  """Undoes a failed start: removes `files`, then the folders in `created` (deepest first)."""
+  for path in files:
+    path.unlink(missing_ok=True)
+  for path in created:
+    try:
+      path.rmdir()
+    except OSError:  # not empty: something else wrote there meanwhile
+      break
+
+
+def _alive(state) -> bool:
+  """Whether no buffer of `state` was donated to a computation (and so deleted)."""
+  return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:
@@ -113,6 +161,7 @@ def run_experiment(
     profile_dir: str | pathlib.Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -125,12 +174,22 @@ def run_experiment(
   first chunk after which every seed's latest mean return reaches it. The
   environments are split over `devices` local devices (default: all of them).
   With `profile_dir`, the first chunk of training runs under `jax.profiler.trace`
-  (view it with TensorBoard's profile plugin or Perfetto). With
-  `checkpoint_every`, the full training state is saved with orbax to
-  `out_dir/checkpoints/` every that many steps and at the end; `resume=True`
-  continues the run in `out_dir` from its latest checkpoint up to
-  `config.num_steps`, dropping any metrics rows written after that checkpoint.
-  Steps are bit-identical to an uninterrupted run.
+  (view it with TensorBoard's profile plugin or Perfetto).
+
+  The full training state is saved with orbax to `out_dir/checkpoints/` when
+  the run ends, however it ends (completed, solved, non-finite: each seed's
+  last finite state, interrupted), and with `checkpoint_every` also every that
+  many steps (chunks of training end on those steps). `resume=True` continues
+  the run in `out_dir` from its latest checkpoint up to `config.num_steps`,
+  dropping any metrics rows written after that checkpoint (and a torn last
+  line). Steps are bit-identical to an uninterrupted run.
+
+  The folder is created, and `config.json` written, only once the program has
+  compiled (and a checkpoint to resume was read); if that fails, what this
+  call created is removed. `should_stop` is polled after compiling and after
+  every chunk: true before the first chunk raises `KeyboardInterrupt` with
+  nothing written; later it ends the run as "interrupted". A
+  `KeyboardInterrupt` during training also ends it as "interrupted".
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
@@ -140,14 +199,8 @@ def run_experiment(
   if checkpoint_every:
     chunk = min(chunk, checkpoint_every)
   out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   # In a multi-process run every process trains; the first one writes the files.
   writer = jax.process_index() == 0
-  if writer:
-    (out / "config.json").write_text(json.dumps(
-        {"env": env_name, "seed": seed, "num_seeds": num_seeds,
-         "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
-         "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
 
   start = time.perf_counter()
   init_keys, run_keys = _seed_keys(seed, num_seeds)
@@ -159,11 +212,34 @@ def run_experiment(
                    donate_argnums=0, compiler_options=recommended_compiler_options())
   runner = runner.lower(state, run_keys, 0).compile()
   compile_time = time.perf_counter() - start
-  done = 0
+  done, saved = 0, None  # steps trained, step of the latest checkpoint
   if resume:
-    done, state = checkpoints.restore(out / "checkpoints", state)
-    if writer:
-      _truncate_metrics(out / METRICS_FILE, done)
+    done, state = checkpoints.restore(out / CHECKPOINTS_DIR, state)
+    saved = done
+    if done > config.num_steps:
+      raise CheckpointError(f"the latest checkpoint in {out / CHECKPOINTS_DIR} is of step "
+                            f"{done}, past num_steps={config.num_steps}")
+  first_step = done
+  if should_stop is not None and should_stop():
+    raise KeyboardInterrupt("before the first train step; nothing written")
+
+  sink = io.StringIO()
+  if writer:
+    created, written = _make_folder(out), []
+    try:
+      if resume:
+        _truncate_metrics(out / METRICS_FILE, done)
+      written.append(out / CONFIG_FILE)
+      (out / CONFIG_FILE).write_text(json.dumps(
+          {"env": env_name, "seed": seed, "num_seeds": num_seeds,
+           "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
+           "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
+      if not resume:
+        written.append(out / METRICS_FILE)
+      sink = (out / METRICS_FILE).open("a" if resume else "w")
+    except BaseException:
+      _remove(created, [] if resume else written)
+      raise
 
   status = "completed"
   solved_at, solved_after = None, None
@@ -171,16 +247,16 @@ def run_experiment(
   bar = tqdm(total=config.num_steps, initial=done, desc=f"{env_name}", unit="step",
              disable=not progress, file=sys.stderr, dynamic_ncols=True)
   try:
-    sink = (out / METRICS_FILE).open("a" if resume else "w") if writer else io.StringIO()
     with sink as log:
       while done < config.num_steps:
         n = min(chunk, config.num_steps - done)
-        if profile_dir is not None and done == 0:
+        if checkpoint_every:  # end the chunk on the next checkpoint's step
+          n = min(n, checkpoint_every - done % checkpoint_every)
+        if profile_dir is not None and done == first_step:
           with jax.profiler.trace(str(profile_dir), create_perfetto_trace=True):
             result = jax.block_until_ready(runner(state, run_keys, jnp.int32(n)))
         else:
           result = runner(state, run_keys, jnp.int32(n))
-        state = result.state
         steps_done = np.asarray(result.steps_done)
         metrics = jax.tree.map(np.asarray, result.metrics)
         for i in range(int(steps_done.max())):
@@ -190,7 +266,7 @@ def run_experiment(
               row.update({k: _jsonable(v[s, i]) for k, v in metrics.items()})
               log.write(json.dumps(row) + "\n")
         good = int(steps_done.min())
-        done += good
+        state, done = result.state, done + good  # together: a checkpoint pairs them
         bar.update(good)
         if good:
           for seed_index, curve in enumerate(metrics["mean_return"][:, :good]):
@@ -199,8 +275,10 @@ def run_experiment(
           recent = _last_finite(_nanmean(metrics["mean_return"][:, :good]))
           if recent is not None:
             bar.set_postfix(mean_return=f"{recent:.3g}")
-        if checkpoint_every and (done % checkpoint_every == 0 or done == config.num_steps):
-          checkpoints.save(out / "checkpoints", done, state)
+        if checkpoint_every and done % checkpoint_every == 0 and done < config.num_steps:
+          log.flush()
+          checkpoints.save(out / CHECKPOINTS_DIR, done, state)
+          saved = done
         if stop_at_return is not None and np.all(latest >= stop_at_return):
           status, solved_at = "solved", done
           solved_after = time.perf_counter() - start
@@ -213,18 +291,25 @@ def run_experiment(
               f"(seeds {bad}); stopped and kept each seed's last finite parameters",
               file=sys.stderr)
           break
+        if should_stop is not None and should_stop():
+          raise KeyboardInterrupt
   except KeyboardInterrupt:
+    if not _alive(state):  # stopped between a chunk's start and its result: nothing to save
+      raise
     status = "interrupted"
-    tqdm.write(f"reinforce-jax: interrupted; keeping the parameters of step {done}",
-               file=sys.stderr)
+    tqdm.write(f"reinforce-jax: interrupted; saved the state of step {done} "
+               f"(continue with --resume {out})", file=sys.stderr)
   finally:
     bar.close()
+  if saved != done:  # the final (or last good) state: every run can be resumed
+    checkpoints.save(out / CHECKPOINTS_DIR, done, state)
 
   wall = time.perf_counter() - start
   files = []  # the files this process wrote
   final_mean_return = [None if np.isnan(r) else float(r) for r in latest]
   if writer:
-    files = [METRICS_FILE, "config.json", PARAMS_FILE, "learning_curve.png", "summary.json"]
+    files = [METRICS_FILE, CONFIG_FILE, PARAMS_FILE, "learning_curve.png", SUMMARY_FILE,
+             CHECKPOINTS_DIR]
     mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)  # resumed runs included
     final_mean_return = [_last_finite(r) for r in mean_return]
     (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
@@ -248,6 +333,6 @@ def run_experiment(
       solved_at_step=solved_at,
       solved_after_s=None if solved_after is None else round(solved_after, 3))
   if writer:
-    (out / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result
 

@@ -17,7 +17,7 @@ import json
 import pathlib
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,8 @@ def _label(combo: Mapping[str, float]) -> str:
 
 def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[float]], *,
               seed: int = 0, num_seeds: int = 1, devices: int | None = None,
-              out_dir: str | pathlib.Path) -> dict:
+              out_dir: str | pathlib.Path,
+              should_stop: Callable[[], bool] | None = None) -> dict:
   """Trains every (grid point, seed) pair in one jit and writes a table and a plot.
 
   Args:
@@ -80,7 +81,10 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     out_dir: where `sweep.json` (per grid point: each seed's final mean return
       (mean of its last 10 finite steps), their mean and standard deviation, the
       mean learning curve), `sweep.csv` (the table) and `sweep.png` (one mean
-      curve per grid point) go.
+      curve per grid point) go, once the runs are done (the folder too).
+    should_stop: polled once the program has compiled and once it has run; when
+      true, `KeyboardInterrupt` is raised and nothing is written (the CLI passes
+      its Ctrl-C flag).
 
   Each run equals the standalone run with `config.replace(**grid_point)`.
   """
@@ -128,7 +132,11 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   compiled = jax.jit(jax.vmap(one), compiler_options=recommended_compiler_options()).lower(
       values, keys).compile()
   compile_s = time.perf_counter() - start
+  if should_stop is not None and should_stop():
+    raise KeyboardInterrupt("before the sweep ran; nothing written")
   returns = np.asarray(compiled(values, keys))[:num_runs]
+  if should_stop is not None and should_stop():
+    raise KeyboardInterrupt("while the sweep ran; nothing written")
   returns = returns.reshape(len(combos), num_seeds, -1)  # [grid points, seeds, steps]
   wall_s = time.perf_counter() - start
   rows = []
