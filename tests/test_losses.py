@@ -91,6 +91,54 @@ def test_mismatched_weights_and_integer_log_prob_raise():
     reinforce_loss(jnp.zeros(3, jnp.int32), jnp.zeros(3))
 
 
+
+@pytest.mark.parametrize("baseline", [float("nan"), float("inf"), jnp.array([0.0, jnp.nan, 1.0])])
+def test_a_concrete_baseline_must_be_finite(baseline):
+  with pytest.raises(ValueError, match="baseline must be finite"):
+    reinforce_loss(jnp.full(3, -0.5), jnp.ones(3), baseline)
+
+
+@pytest.mark.parametrize("weights", [[1.0, -1.0, 1.0], [1.0, np.nan, 1.0], [np.inf, 1.0, 1.0]])
+def test_concrete_weights_must_be_finite_and_non_negative(weights):
+  """A negative weight used to flip that entry's gradient without a word."""
+  with pytest.raises(ValueError, match=r"weights must be finite and in \[0, inf\)"):
+    reinforce_loss(jnp.full(3, -0.5), jnp.ones(3), weights=jnp.array(weights))
+
+
+def test_bool_masks_and_traced_weights_and_baselines_are_still_accepted():
+  log_prob, reward = jnp.array([-0.1, -2.0, -0.5]), jnp.array([1.0, 2.0, 3.0])
+  mask = jnp.array([True, False, True])
+  want = reinforce_loss(log_prob, reward, 0.5, weights=mask.astype(jnp.float32))
+  np.testing.assert_allclose(reinforce_loss(log_prob, reward, 0.5, weights=mask), want)
+  traced = jax.jit(lambda b, w: reinforce_loss(log_prob, reward, b, weights=w))
+  np.testing.assert_allclose(traced(0.5, mask.astype(jnp.float32)), want, rtol=1e-6)
+  np.testing.assert_allclose(want, -np.mean(np.array([-0.1, -0.5]) * np.array([0.5, 2.5])),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("clip_eps", [-0.1, float("nan")])
+def test_ppo_refuses_a_concrete_clip_eps_that_is_negative_or_not_finite(clip_eps):
+  """A negative range inverts the clip interval and silently changes the loss."""
+  from reinforce_jax.losses import ppo_clip_loss
+
+  with pytest.raises(ValueError, match="clip_eps must be finite"):
+    ppo_clip_loss(jnp.zeros(3), jnp.zeros(3), jnp.ones(3), clip_eps=clip_eps)
+  loss, _ = jax.jit(lambda e: ppo_clip_loss(jnp.zeros(3), jnp.zeros(3), jnp.ones(3),
+                                            clip_eps=e))(0.2)  # a traced one is accepted
+  assert float(loss) == -1.0
+
+
+# `baselines.ema_update` feeds this loss; its test sits here because tests/test_baselines.py
+# belongs to another change.
+@pytest.mark.parametrize("decay", [-0.1, 1.5, float("nan"), True])
+def test_ema_update_refuses_a_concrete_decay_outside_the_unit_interval(decay):
+  from reinforce_jax import baselines
+
+  with pytest.raises(ValueError, match="decay must be"):
+    baselines.ema_update(jnp.float32(0.0), jnp.ones(4), decay=decay)
+  traced = jax.jit(lambda d: baselines.ema_update(jnp.float32(0.0), jnp.ones(4), decay=d))
+  np.testing.assert_allclose(traced(jnp.float32(0.75)), 0.25, rtol=1e-6)
+
 # --- The estimator's statistics on the seed's bandit, against closed forms. ---
 
 def _exact_moments(policy, params, env_params, baseline):
