@@ -1,10 +1,13 @@
-"""Small-category sampling and scoring without reductions over the category axis.
+"""Small-category sampling, scoring and normalisation without reductions.
 
-XLA's CPU backend (jaxlib 0.10) sends reductions to YNNPACK, which is slow when
-the reduced axis is tiny: summing a `[4096, 2]` array over its last axis took
-25-100 us, more than the rest of a bandit train step. With few categories the
-functions here use unrolled elementwise operations instead (measured 1.8x on the
-whole train step at 4096 environments); with many they use the usual reductions.
+XLA's CPU backend (jaxlib 0.10) hands every reduction to YNNPACK, and each such
+call costs about 10 us of fixed overhead however small the array: a
+`log_softmax` over `[4096, 2]` logits took 36 us under a plain `jax.jit`, 16 us
+unrolled (`benchmarks/ops_cpu.py`). With few categories the functions here use
+unrolled elementwise operations, forward and backward; with many they use the
+usual reductions. Large reductions are another matter: there YNNPACK is the
+faster path (PPO's minibatch updates ran 8-19% slower with it switched off), so
+the library does not switch it off; it avoids the tiny reductions instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,55 @@ import jax
 import jax.numpy as jnp
 
 UNROLL_MAX = 16  # categories up to which the category axis is unrolled
+
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+  """`jax.nn.log_softmax(logits, axis=-1)`, without a reduction for few categories.
+
+  The columns are combined one by one (max, then log-sum-exp) and stacked back,
+  so neither the forward pass nor its gradient reduces over the category axis.
+  The shift by the maximum is cut from the gradient: log-sum-exp does not
+  depend on it, so the gradient is exactly `softmax`'s.
+
+  Args:
+    logits: `[..., K]` unnormalised log-probabilities.
+
+  Returns:
+    `[..., K]` log-probabilities, `logsumexp == 0` along the last axis.
+  """
+  num = logits.shape[-1]
+  if num > UNROLL_MAX:
+    return jax.nn.log_softmax(logits, axis=-1)
+  columns = [logits[..., k] for k in range(num)]
+  shift = columns[0]
+  for column in columns[1:]:
+    shift = jnp.maximum(shift, column)
+  shift = jax.lax.stop_gradient(shift)
+  total = jnp.exp(columns[0] - shift)
+  for column in columns[1:]:
+    total = total + jnp.exp(column - shift)
+  log_norm = shift + jnp.log(total)
+  return jnp.stack([column - log_norm for column in columns], axis=-1)
+
+
+def column_sums(columns: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Sums of several same-size arrays in one reduction, as float32 scalars.
+
+  A train step reports a handful of per-transition means (loss terms, entropy,
+  episode counts); one `[N, k]` reduction costs about what one `[N]` reduction
+  does on XLA:CPU, where k separate ones cost k times as much. Counts are summed
+  in float32: exact up to 2**24 per column.
+
+  Args:
+    columns: name -> array; every array has the same number of elements `N`.
+
+  Returns:
+    name -> `[]` float32 sum, differentiable where the input is.
+  """
+  names = list(columns)
+  stacked = jnp.stack([jnp.ravel(columns[n]).astype(jnp.float32) for n in names], axis=-1)
+  totals = jnp.sum(stacked, axis=0)
+  return {name: totals[i] for i, name in enumerate(names)}
 
 
 def inverse_cdf(u: jax.Array, probs: jax.Array) -> jax.Array:

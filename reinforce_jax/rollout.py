@@ -21,7 +21,13 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax import _sampling
+from reinforce_jax import _sampling, policies
+
+
+def _small_categorical(dist) -> bool:
+  """Whether `dist` takes the reduction-free categorical path (see `_sampling`)."""
+  return (type(dist) in (distrax.Categorical, policies.Categorical)
+          and dist.num_categories <= _sampling.UNROLL_MAX)
 
 
 def split_output(output) -> tuple[Any, jax.Array | None]:
@@ -39,7 +45,7 @@ def score(dist, sample: jax.Array) -> tuple[jax.Array, jax.Array]:
   the stored pre-transform draw `u` (exact change of variables, no inverse), and
   the entropy is the base distribution's (the transformed one has no closed form).
   """
-  if type(dist) is distrax.Categorical and dist.num_categories <= _sampling.UNROLL_MAX:
+  if _small_categorical(dist):
     return _sampling.categorical_score(dist.logits, sample)
   if isinstance(dist, distrax.Transformed):
     log_prob = dist.distribution.log_prob(sample) - dist.bijector.forward_log_det_jacobian(
@@ -56,7 +62,7 @@ def act(dist, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Arra
   path. A `distrax.Categorical` with few categories takes a reduction-free path
   with the same distribution and values (see `_sampling`).
   """
-  if type(dist) is distrax.Categorical and dist.num_categories <= _sampling.UNROLL_MAX:
+  if _small_categorical(dist):
     action, log_prob, entropy = _sampling.categorical_statistics(dist.logits, key)
     return action, action, log_prob, entropy
   base = dist.distribution if isinstance(dist, distrax.Transformed) else dist

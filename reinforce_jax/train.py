@@ -25,14 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reinforce_jax import baselines
+from reinforce_jax import _sampling, baselines
 from reinforce_jax.config import Hyperparams, TrainConfig
-from reinforce_jax.losses import (
-    entropy_bonus,
-    ppo_clip_loss,
-    reinforce_loss,
-    value_loss,
-)
+from reinforce_jax.losses import entropy_bonus, ppo_clip_loss, value_loss
 from reinforce_jax.returns import discounted_returns, gae_advantages, normalize_advantages
 from reinforce_jax.rollout import (
     EnvCarry,
@@ -77,17 +72,24 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
 
-def _episode_metrics(traj) -> Metrics:
-  done = jnp.logical_or(traj.terminated, traj.truncated)
-  num_episodes = jnp.sum(done, dtype=jnp.int32)
+def _episode_columns(traj) -> dict[str, jax.Array]:
+  """Per-transition columns whose sums give the episode metrics (no gradient)."""
+  traj = jax.lax.stop_gradient(traj)
+  return {"num_episodes": jnp.logical_or(traj.terminated, traj.truncated),
+          "episode_return": traj.episode_return, "episode_length": traj.episode_length}
+
+
+def _episode_metrics(sums: dict[str, jax.Array]) -> Metrics:
+  """`mean_return`, `num_episodes`, `mean_length` from `_episode_columns`' sums."""
+  num_episodes = sums["num_episodes"]
 
   def per_episode(total):
     return jnp.where(num_episodes > 0, total / jnp.maximum(num_episodes, 1), jnp.nan)
 
   return {
-      "mean_return": per_episode(jnp.sum(traj.episode_return)),
-      "num_episodes": num_episodes,
-      "mean_length": per_episode(jnp.sum(traj.episode_length).astype(jnp.float32)),
+      "mean_return": per_episode(sums["episode_return"]),
+      "num_episodes": num_episodes.astype(jnp.int32),
+      "mean_length": per_episode(sums["episode_length"]),
   }
 
 
@@ -203,17 +205,25 @@ def make_train_step(
         traj, last_value(params, env_carry.obs), state.baseline, hp)
     if config.normalize_advantages:
       advantage = normalize_advantages(advantage)
-    policy_loss = reinforce_loss(traj.log_prob, advantage)
-    entropy = entropy_bonus(traj.entropy)
-    loss = policy_loss - hp.entropy_coef * entropy
-    metrics = {"policy_loss": policy_loss, "entropy": entropy}
+    # The means of `reinforce_loss`, `entropy_bonus` and `value_loss` (the same
+    # formulas; tests/test_train.py checks them against those functions) and the
+    # episode statistics, all from one reduction: on XLA:CPU each separate
+    # reduction of a cheap step costs about 10 us (see `_sampling.column_sums`).
+    columns = {"policy_loss": -traj.log_prob * jax.lax.stop_gradient(advantage),
+               "entropy": traj.entropy}
     if use_value:
-      metrics["value_loss"] = value_loss(traj.value, target)
+      columns["value_loss"] = 0.5 * jnp.square(traj.value - jax.lax.stop_gradient(target))
+    sums = _sampling.column_sums({**columns, **_episode_columns(traj)})
+    size = num_envs * num_steps
+    metrics = {name: sums[name] / size for name in columns}
+    loss = metrics["policy_loss"] - hp.entropy_coef * metrics["entropy"]
+    if use_value:
       loss = loss + hp.value_coef * metrics["value_loss"]
-    return loss, (env_carry, traj, target, metrics)
+    metrics.update(_episode_metrics(sums))
+    return loss, (env_carry, target, metrics)
 
   def one_pass_step(state: TrainState, key: jax.Array):
-    (loss, (env_carry, traj, target, metrics)), grads = jax.value_and_grad(
+    (loss, (env_carry, target, metrics)), grads = jax.value_and_grad(
         one_pass_loss, has_aux=True)(state.params, state, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -222,7 +232,7 @@ def make_train_step(
       ema = baselines.ema_update(state.baseline, target, decay=hyperparams(state).ema_decay)
     metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
     return state._replace(params=params, opt_state=opt_state, env=env_carry,
-                          baseline=ema), traj, metrics
+                          baseline=ema), metrics
 
   def ppo_minibatch_loss(params, batch: _Minibatch, hp):
     dist, value = split_output(policy.apply(params, batch.obs))
@@ -267,15 +277,15 @@ def make_train_step(
         epoch, (state.params, state.opt_state),
         jax.random.split(key_epochs, config.num_epochs))
     metrics = jax.tree.map(jnp.mean, metrics)
-    return state._replace(params=params, opt_state=opt_state, env=env_carry), traj, metrics
+    metrics.update(_episode_metrics(_sampling.column_sums(_episode_columns(traj))))
+    return state._replace(params=params, opt_state=opt_state, env=env_carry), metrics
 
   algo_step = ppo_step if config.algo == "ppo" else one_pass_step
 
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
-    new_state, traj, metrics = algo_step(state, jax.random.fold_in(key, state.step))
-    metrics = {**metrics, **_episode_metrics(traj)}
+    new_state, metrics = algo_step(state, jax.random.fold_in(key, state.step))
     return new_state._replace(step=state.step + 1), metrics
 
   return init_fn, train_step

@@ -74,3 +74,31 @@ def test_squashed_gaussian_log_prob_includes_the_tanh_correction():
   inside = np.abs(np.asarray(action[:, 0])) < 1.5  # where inverting tanh is accurate
   np.testing.assert_allclose(np.asarray(log_prob)[inside],
                              np.asarray(dist.log_prob(action))[inside], rtol=1e-3, atol=1e-3)
+
+
+def test_categorical_is_a_distrax_categorical_with_the_same_distribution():
+  from reinforce_jax.policies import Categorical
+
+  logits = jax.random.normal(jax.random.key(0), (6, 3)) * 2.0
+  ours, theirs = Categorical(logits=logits), distrax.Categorical(logits=logits)
+  assert isinstance(ours, distrax.Categorical)
+  np.testing.assert_allclose(ours.logits, theirs.logits, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(ours.probs, theirs.probs, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours.entropy(), theirs.entropy(), rtol=1e-6)
+  sample = ours.sample(seed=jax.random.key(1))
+  np.testing.assert_array_equal(sample, theirs.sample(seed=jax.random.key(1)))
+  np.testing.assert_allclose(ours.log_prob(sample), theirs.log_prob(sample), rtol=1e-6,
+                             atol=1e-6)
+  # A pytree that survives jit with its own normalisation, and from probabilities too.
+  np.testing.assert_allclose(jax.jit(lambda d: d.logits)(ours), theirs.logits, atol=1e-6)
+  from_probs = Categorical(probs=theirs.probs)
+  np.testing.assert_allclose(from_probs.probs, theirs.probs, rtol=1e-6)
+
+
+def test_categorical_policy_returns_the_fast_categorical():
+  from reinforce_jax.policies import Categorical
+
+  policy = CategoricalPolicy(2, hidden=())
+  obs = jnp.ones((4, 1))
+  params = policy.init(jax.random.key(0), obs)
+  assert type(policy.apply(params, obs)) is Categorical

@@ -44,3 +44,55 @@ def test_inverse_cdf_edges():
   u = jnp.array([0.0, 0.2499, 0.25, 0.9999])
   np.testing.assert_array_equal(_sampling.inverse_cdf(u, jnp.broadcast_to(probs, (4, 3))),
                                 [0, 0, 2, 2])
+
+
+_REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
+               "cumsum", "cumlogsumexp", "cummax"}
+
+
+def _primitives(jaxpr) -> set[str]:
+  """Every primitive in `jaxpr`, nested jaxprs (jit, custom_jvp, ...) included."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for value in eqn.params.values():
+      inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr holds a Jaxpr
+      if hasattr(inner, "eqns"):
+        names |= _primitives(inner)
+  return names
+
+
+@pytest.mark.parametrize("num", [2, 3, _sampling.UNROLL_MAX])
+def test_log_softmax_matches_jax_and_has_no_reduction_forward_or_backward(num):
+  logits = jax.random.normal(jax.random.key(num), (7, num)) * 3.0
+  logits = logits.at[0].add(80.0)  # large logits: the shift must keep it stable
+  np.testing.assert_allclose(_sampling.log_softmax(logits), jax.nn.log_softmax(logits),
+                             rtol=1e-6, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(1), logits.shape)
+
+  def vjp(fn):
+    return lambda z: jax.vjp(fn, z)[1](cotangent)[0]
+
+  np.testing.assert_allclose(vjp(_sampling.log_softmax)(logits),
+                             vjp(jax.nn.log_softmax)(logits), rtol=1e-5, atol=1e-5)
+  used = _primitives(jax.make_jaxpr(vjp(_sampling.log_softmax))(logits).jaxpr)
+  assert not used & _REDUCTIONS, used & _REDUCTIONS
+  # The check itself can fail: jax.nn.log_softmax reduces.
+  assert _primitives(jax.make_jaxpr(jax.nn.log_softmax)(logits).jaxpr) & _REDUCTIONS
+
+
+def test_log_softmax_falls_back_to_jax_for_many_categories():
+  logits = jax.random.normal(jax.random.key(0), (3, _sampling.UNROLL_MAX + 1))
+  np.testing.assert_allclose(_sampling.log_softmax(logits), jax.nn.log_softmax(logits),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_column_sums_equal_separate_sums_and_carry_gradients():
+  a = jax.random.normal(jax.random.key(0), (5, 4))
+  flags = jnp.arange(20).reshape(5, 4) % 3 == 0
+  counts = jnp.arange(20, dtype=jnp.int32).reshape(5, 4)
+  sums = _sampling.column_sums({"a": a, "flags": flags, "counts": counts})
+  np.testing.assert_allclose(sums["a"], jnp.sum(a), rtol=1e-6)
+  assert float(sums["flags"]) == 7.0 and float(sums["counts"]) == 190.0
+  grad = jax.grad(lambda x: _sampling.column_sums({"x": x, "x2": x * x})["x2"])(a)
+  np.testing.assert_allclose(grad, 2 * a, rtol=1e-6)
