@@ -84,3 +84,62 @@ def test_missing_corrupt_and_mismatched_checkpoints_exit_2(tmp_path, capsys):
   with pytest.raises(SystemExit) as info:
     cli.main(["train", "bandit", "--steps", "20", "--resume", str(out), "--no-progress"])
   assert info.value.code == 2 and "no complete checkpoint" in _one_error_line(capsys)
+
+
+def test_every_run_can_be_resumed(uninterrupted, tmp_path):
+  """Without --checkpoint-every the final state is saved too."""
+  out = tmp_path / "plain"
+  assert cli.main(["train", "bandit", "--steps", "20", "--out", str(out), *COMMON]) == 0
+  assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["20"]
+  assert cli.main(["train", "bandit", "--steps", "40", "--resume", str(out), "--no-progress"]) == 0
+  _assert_same_run(uninterrupted, out)
+
+
+def test_checkpoints_land_every_n_steps(tmp_path, monkeypatch):
+  """60 steps run in chunks of 2 (60 / 50, rounded up); every 5 steps must still save."""
+  from reinforce_jax import checkpoints
+
+  steps, save = [], checkpoints.save
+  monkeypatch.setattr(checkpoints, "save",
+                      lambda directory, step, state: (steps.append(step),
+                                                      save(directory, step, state)))
+  assert cli.main(["train", "bandit", "--steps", "60", "--checkpoint-every", "5", "--num-envs",
+                   "8", "--out", str(tmp_path), "--no-progress"]) == 0
+  assert steps == list(range(5, 61, 5))
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(uninterrupted, tmp_path, capsys):
+  out = tmp_path / "torn"
+  assert _train(out, 30) == 0
+  metrics = out / "metrics.jsonl"
+  text = metrics.read_text()
+  metrics.write_text(text + text.splitlines()[-1][:25])  # a process killed mid-write
+  capsys.readouterr()
+  assert cli.main(["train", "bandit", "--steps", "40", "--resume", str(out), "--no-progress"]) == 0
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "torn" in err, err
+  _assert_same_run(uninterrupted, out)
+
+
+def test_resume_refuses_options_that_contradict_the_stored_run(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert _train(out, 10) == 0
+  stored = (out / "config.json").read_bytes()
+  capsys.readouterr()
+  for extra, named in [
+      (["--num-envs", "32"], "--num-envs 32"), (["--lr", "0.5"], "--lr 0.5"),
+      (["--seed", "1"], "--seed 1"), (["--algo", "a2c"], "--algo a2c"),
+      (["--num-seeds", "3"], "--num-seeds 3"), (["--rollout-length", "2"], "--rollout-length"),
+      (["--baseline", "ema"], "--baseline ema"), (["--gamma", "0.5"], "--gamma 0.5"),
+      (["--max-grad-norm", "1"], "--max-grad-norm 1"), (["--out", str(tmp_path / "x")], "--out"),
+      (["--overwrite"], "--overwrite"), (["--steps", "5"], "--steps 5"),
+  ]:
+    with pytest.raises(SystemExit) as info:
+      cli.main(["train", "bandit", "--resume", str(out), "--no-progress", *extra])
+    assert info.value.code == 2 and named in _one_error_line(capsys), extra
+    assert (out / "config.json").read_bytes() == stored, extra
+  assert not (tmp_path / "x").exists()
+  # The stored values themselves are no contradiction.
+  assert cli.main(["train", "bandit", "--resume", str(out), "--steps", "12", "--num-envs", "16",
+                   "--num-seeds", "2", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
+  assert json.loads((out / "config.json").read_text())["num_steps"] == 12

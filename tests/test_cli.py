@@ -89,6 +89,9 @@ def test_non_finite_run_stops_and_keeps_last_finite_params(tmp_path, capsys):
   params = serialization.msgpack_restore((out / "params.msgpack").read_bytes())
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
   assert len(_rows(out)) == summary["steps_done"]
+  # The last good state is saved: every run can be resumed.
+  from reinforce_jax.checkpoints import latest_step
+  assert latest_step(out / "checkpoints") == summary["steps_done"]
 
 
 def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
@@ -111,6 +114,8 @@ def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
   assert summary["status"] == "interrupted" and 4 <= summary["steps_done"] < 100
   assert len(_rows(out)) == summary["steps_done"]
   assert (out / "params.msgpack").stat().st_size > 0
+  from reinforce_jax.checkpoints import latest_step
+  assert latest_step(out / "checkpoints") == summary["steps_done"]
 
 
 @pytest.mark.parametrize("env, algo", [("pendulum", "ppo"), ("cartpole", "a2c")])

@@ -1,0 +1,97 @@
+"""Ctrl-C (SIGINT) stops a run with exit status 130 and one line, keeping what was written:
+while JAX starts, while the program compiles, and during training (then the state is saved
+and the run can be resumed)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reinforce_jax import cli, experiment
+from reinforce_jax.checkpoints import latest_step
+
+pytestmark = pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(),
+                                reason="polls /proc for the moment to interrupt")
+
+
+def _start(out, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-m", "reinforce_jax", "train", "bandit", "--num-envs", "8",
+       "--no-progress", "--out", str(out), *extra],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_when(process, ready, timeout=120):
+  """Sends SIGINT once `ready()` holds; returns (returncode, stdout, stderr)."""
+  deadline = time.monotonic() + timeout
+  while not ready():
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline, "the marker never appeared"
+    time.sleep(0.01)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=timeout)
+  return process.returncode, out, err
+
+
+def _one_line(err):
+  assert "Traceback" not in err, err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+def test_ctrl_c_while_jax_starts_exits_130(tmp_path):
+  """Once the process maps jaxlib, main() is past the argument checks and importing JAX
+  (where the old CLI lost the KeyboardInterrupt in a garbage-collection callback)."""
+  out = tmp_path / "run"
+  process = _start(out, "--steps", "100000")
+  maps = pathlib.Path(f"/proc/{process.pid}/maps")
+  code, _, err = _interrupt_when(process, lambda: "jaxlib" in maps.read_text())
+  assert code == 130, err
+  assert "interrupted" in _one_line(err)
+  if out.exists():  # the signal came late, during training: a complete, resumable folder
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_during_training_saves_a_state_to_resume(tmp_path):
+  out = tmp_path / "run"
+  process = _start(out, "--steps", "100000")
+  metrics = out / "metrics.jsonl"
+  code, printed, err = _interrupt_when(
+      process, lambda: metrics.exists() and metrics.stat().st_size > 0)
+  assert code == 130, err
+  assert "interrupted; saved the state of step" in _one_line(err)
+  summary = json.loads((out / "summary.json").read_text())
+  done = summary["steps_done"]
+  assert summary["status"] == "interrupted" and 0 < done < 100000, printed
+  assert latest_step(out / "checkpoints") == done
+  rows = metrics.read_text().splitlines()
+  assert json.loads(rows[-1])["step"] == done == len(rows)
+  assert cli.main(["train", "bandit", "--steps", str(done + 2), "--resume", str(out),
+                   "--no-progress"]) == 0
+  assert json.loads((out / "summary.json").read_text())["steps_done"] == done + 2
+
+
+def test_ctrl_c_while_compiling_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+  make_run = experiment.make_run
+
+  def interrupted_make_run(*args, **kwargs):  # runs just before the chunk program compiles
+    os.kill(os.getpid(), signal.SIGINT)
+    return make_run(*args, **kwargs)
+
+  monkeypatch.setattr(experiment, "make_run", interrupted_make_run)
+  out, handler = tmp_path / "run", signal.getsignal(signal.SIGINT)
+  try:
+    code = cli.main(["train", "bandit", "--steps", "5", "--num-envs", "8", "--out", str(out),
+                     "--no-progress"])
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped the CLI")
+  assert code == 130
+  assert "before the first train step; nothing written" in _one_line(capsys.readouterr().err)
+  assert not out.exists()
+  assert signal.getsignal(signal.SIGINT) is handler  # restored
