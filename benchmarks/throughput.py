@@ -1,9 +1,11 @@
 """Episodes per second of the jitted `train_step` for 1 to 65536 parallel environments.
 
-For each size: compile time (ahead of time, separately), the jitted `train_step`
-called from a Python loop (the main use), the same steps fused into one program
-(`make_run`), and the shortest hand-written fused loop (`reference.py`), timed
-in interleaved rounds. Writes JSON to benchmarks/results/ and prints a table.
+For each size: compile time (ahead of time, separately); `jax.jit(train_step)`
+with nothing else, called from a Python loop (what a user writes: the headline
+row); beside it the tuned step (donated state, `recommended_compiler_options()`);
+the same steps fused into one program (`make_run`, plain `jax.jit`); and the
+shortest hand-written fused loop (`reference.py`, plain `jax.jit`), timed in
+interleaved rounds. Writes JSON to benchmarks/results/ and prints a table.
 
     python benchmarks/throughput.py                       # the seed's bandit
     python benchmarks/throughput.py --env cartpole --rollout-length 128
@@ -23,7 +25,7 @@ import reinforce_jax as rj
 from reinforce_jax.presets import PRESETS, make_policy
 
 
-def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s, options,
+def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
                  algo="reinforce", baseline="none", value_head="separate"):
   preset = PRESETS[env_name]
   env = preset.make_env()
@@ -34,24 +36,26 @@ def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
   init_fn, train_step = rj.make_train_step(env, policy, optimizer, config)
   key = jax.random.key(0, impl=key_impl)
   state = common.block(jax.jit(init_fn)(key))
-  step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
-  compile_s, step = common.compile_seconds(step, state, key)
-  python_loop = common.python_loop_timer(step, state, key)  # donates `state`
-  state = common.block(jax.jit(init_fn)(key))  # for the fused run, which does not donate
+  compile_s, step = common.compile_seconds(jax.jit(train_step), state, key)
+  python_loop = common.python_loop_timer(step, state, key)
+  tuned = jax.jit(train_step, donate_argnums=0,
+                  compiler_options=rj.recommended_compiler_options())
+  _, tuned = common.compile_seconds(tuned, state, key)
+  tuned_loop = common.python_loop_timer(tuned, common.block(jax.jit(init_fn)(key)), key)
 
   # Calibrate the number of calls so that one measurement lasts about budget_s.
   calls = max(3, min(5000, int(budget_s / python_loop(3))))
 
-  run = jax.jit(rj.make_run(train_step, calls), compiler_options=options)
+  run = jax.jit(rj.make_run(train_step, calls))
   run_compile_s, run = common.compile_seconds(run, state, key, calls)
   def fused_run():
     return common.timed(lambda: common.block(run(state, key, calls))) / calls
 
   candidates = {"train_step_python_loop": lambda: python_loop(calls),
+                "train_step_python_loop_tuned": lambda: tuned_loop(calls),
                 "make_run_fused": fused_run}
   if env_name == "bandit" and rollout_length == 1 and algo == "reinforce" and baseline == "none":
-    loop = jax.jit(reference.make_fused_loop(num_envs, optimizer), static_argnums=3,
-                   compiler_options=options)
+    loop = jax.jit(reference.make_fused_loop(num_envs, optimizer), static_argnums=3)
     params = reference.init_params()
     opt_state = optimizer.init(params)
     common.block(loop(params, opt_state, key, calls))
@@ -66,6 +70,8 @@ def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,
   }
   step_s = timings["train_step_python_loop"]["median_s"]
   row["env_steps_per_s"] = num_envs * rollout_length / step_s
+  row["env_steps_per_s_tuned"] = (
+      num_envs * rollout_length / timings["train_step_python_loop_tuned"]["median_s"])
   if steps_per_episode:
     row["episodes_per_s"] = num_envs * rollout_length / steps_per_episode / step_s
   if "reference_fused_loop" in timings:
@@ -106,32 +112,29 @@ def main():
                       help="for a2c, ppo and the value baseline (default separate)")
   parser.add_argument("--key-impl", default="threefry2x32",
                       choices=common.KEY_IMPLS)
-  parser.add_argument("--compiler-options", choices=["recommended", "default"],
-                      default="recommended",
-                      help="XLA options for every jit here: reinforce_jax.recommended_compiler_"
-                           "options() or XLA's defaults (default: recommended)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--budget", type=float, default=0.25,
                       help="seconds per measurement (default 0.25)")
   parser.add_argument("--out", help="JSON path (default benchmarks/results/...)")
   args = parser.parse_args()
   sizes = [int(s) for s in args.sizes.split(",")]
-  options = rj.recommended_compiler_options() if args.compiler_options == "recommended" else {}
   rows = []
-  header = (f"{'num_envs':>9} {'compile s':>9} {'step us':>10} {'fused us':>10} "
-            f"{'ref us':>9} {'loop/ref':>8} {'env steps/s':>13}")
+  header = (f"{'num_envs':>9} {'compile s':>9} {'step us':>10} {'tuned us':>10} "
+            f"{'fused us':>10} {'ref us':>9} {'loop/ref':>8} {'env steps/s':>13}")
   print(f"{args.env}, {args.algo}, baseline {args.baseline}, "
         f"rollout length {args.rollout_length}, {args.key_impl} keys, "
-        f"{jax.devices()[0].device_kind}, compiler options {options or 'XLA defaults'}")
+        f"{jax.devices()[0].device_kind}; step = plain jax.jit(train_step), tuned = donated "
+        f"state + {rj.recommended_compiler_options() or 'no options'}")
   print(header)
   for n in sizes:
     row = measure_size(args.env, n, args.rollout_length, args.key_impl, args.rounds,
-                       args.budget, options, args.algo, args.baseline, args.value_head)
+                       args.budget, args.algo, args.baseline, args.value_head)
     rows.append(row)
     t = row["timings"]
     ref = t.get("reference_fused_loop", {}).get("median_s", math.nan)
     print(f"{n:>9} {row['compile_s']['train_step']:>9.2f} "
           f"{t['train_step_python_loop']['median_s'] * 1e6:>10.1f} "
+          f"{t['train_step_python_loop_tuned']['median_s'] * 1e6:>10.1f} "
           f"{t['make_run_fused']['median_s'] * 1e6:>10.1f} {ref * 1e6:>9.1f} "
           f"{row.get('ratio_python_loop_to_reference', math.nan):>8.2f} "
           f"{row['env_steps_per_s']:>13,.0f}", flush=True)
@@ -151,11 +154,11 @@ def main():
   name += "" if args.baseline == "none" else f"-{args.baseline}"
   name += f"-{args.value_head}" if args.baseline == "value" or args.algo != "reinforce" else ""
   name += "" if args.key_impl == "threefry2x32" else f"-{args.key_impl}"
-  name += "" if args.compiler_options == "recommended" else "-xla-defaults"
   path = common.write(name, {"env": args.env, "algo": args.algo, "baseline": args.baseline,
                              "value_head": args.value_head,
                              "key_impl": args.key_impl,
-                             "compiler_options": options, "peaks": peaks,
+                             "tuned_compiler_options": rj.recommended_compiler_options(),
+                             "peaks": peaks,
                              "rows": rows}, args.out)
   print(f"wrote {path}")
 

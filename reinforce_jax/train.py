@@ -316,7 +316,13 @@ def make_run(
   run split into chunks gives bit-identical results to the same run in one call.
   If a step's loss or new parameters are not finite, the loop stops before
   committing that step and returns the last good state.
+
+  Raises:
+    ValueError: if `max_steps` is not a positive integer.
   """
+  if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    raise ValueError(f"max_steps must be a positive integer (the most steps one call runs), "
+                     f"got {max_steps!r}")
 
   def run(state: TrainState, key: jax.Array, num_steps) -> RunOutput:
     metric_shapes = jax.eval_shape(train_step, state, key)[1]

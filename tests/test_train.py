@@ -395,3 +395,10 @@ def test_plain_jit_bandit_step_has_no_tiny_library_reductions(bandit, linear_pol
   state = jax.jit(init_fn)(jax.random.key(0))
   hlo = jax.jit(train_step).lower(state, jax.random.key(1)).compile().as_text()
   assert hlo.count('"__ynn_fusion"') <= 2, hlo.count('"__ynn_fusion"')
+
+
+@pytest.mark.parametrize("max_steps", [0, -3, 2.5, True])
+def test_make_run_refuses_a_bad_max_steps(bandit, linear_policy, max_steps):
+  _, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
+  with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+    rj.make_run(train_step, max_steps)
