@@ -85,6 +85,31 @@ _non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and
 _finite_float = _number(math.isfinite, "finite")
 
 
+def _cache_dir(text: str) -> str | bool:
+  """`--compilation-cache`: a folder, or `none` (False)."""
+  if text.strip().lower() == "none":
+    return False
+  if not text.strip():
+    raise argparse.ArgumentTypeError("expected a folder or 'none', got an empty string")
+  return text
+
+
+def _start_jax(args) -> None:
+  """Process-wide JAX settings, before the first computation."""
+  from reinforce_jax.compiler import avoid_cpu_deadlock, default_cache_dir, use_compilation_cache
+
+  avoid_cpu_deadlock()  # see reinforce_jax/compiler.py
+  cache = default_cache_dir() if args.compilation_cache is None else args.compilation_cache
+  use_compilation_cache(cache or None)
+
+
+def _return_or_none(text: str) -> float | str:
+  """`--stop-at-return`: a finite number, or `none` (train every step)."""
+  if text.strip().lower() == "none":
+    return "none"
+  return _finite_float(text)
+
+
 def _path(text: str) -> str:
   if not text.strip():
     raise argparse.ArgumentTypeError("expected a path, got an empty string")
@@ -150,6 +175,10 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
   command.add_argument("--out", type=_path,
                        help="output folder (default runs/ENV, runs/ENV-sweep); one that "
                             "already holds a run is refused unless --overwrite")
+  command.add_argument("--compilation-cache", type=_cache_dir, metavar="DIR",
+                       help="JAX's persistent compilation cache, so a repeated run skips "
+                            "compiling (default: $REINFORCE_JAX_CACHE_DIR, else "
+                            "~/.cache/reinforce_jax/xla; 'none' turns it off)")
   command.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out: delete its files (checkpoints "
                             "included; other files stay) before writing the new ones")
@@ -162,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train a policy (REINFORCE, A2C or PPO)",
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
   _add_run_options(train)
-  train.add_argument("--stop-at-return", type=_finite_float, metavar="R",
-                     help="stop once every seed's latest mean return is >= R")
+  train.add_argument("--stop-at-return", type=_return_or_none, metavar="R",
+                     help="stop once every seed's latest mean return is >= R (default: the "
+                          "preset's solved threshold, 475 for cartpole, none for the others; "
+                          "'none' trains every step)")
   train.add_argument("--devices", type=_int_in(1),
                      help="local devices to split the environments over (default: all)")
   train.add_argument("--distributed", action="store_true",
@@ -406,9 +437,7 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
   except ValueError as e:
     parser.error(str(e))
   interrupts.check()
-  from reinforce_jax.compiler import avoid_cpu_deadlock
-
-  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
+  _start_jax(args)  # before the first computation
   import jax  # imported after the cheap argument checks
 
   from reinforce_jax.sweep import run_sweep
@@ -460,9 +489,7 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   except ValueError as e:
     parser.error(str(e))
   interrupts.check()
-  from reinforce_jax.compiler import avoid_cpu_deadlock
-
-  avoid_cpu_deadlock()  # before the first computation (see reinforce_jax/compiler.py)
+  _start_jax(args)  # before the first computation
   if args.distributed or args.coordinator:
     _join_cluster(args, parser)  # before anything starts a backend (reading a checkpoint does)
 
@@ -491,11 +518,16 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   interrupts.check()
   if args.overwrite and jax.process_index() == 0:
     _clear(out)
+  stop_at_return = args.stop_at_return
+  if stop_at_return is None:
+    stop_at_return = preset.solved_return
+  elif stop_at_return == "none":
+    stop_at_return = None
   try:
     result = run_experiment(args.env, config, seed=seed, num_seeds=num_seeds,
                             out_dir=out, progress=not args.no_progress,
                             num_chunks=_PROGRESS_CHUNKS,
-                            stop_at_return=args.stop_at_return, devices=devices,
+                            stop_at_return=stop_at_return, devices=devices,
                             profile_dir=args.profile, checkpoint_every=checkpoint_every,
                             resume=bool(args.resume), should_stop=interrupts)
   except CheckpointError as e:
@@ -512,7 +544,7 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
     print("  exact expected reward of the learned policy: "
           + ", ".join(f"{r:.4f}" for r in result.expected_reward))
   if result.solved_at_step is not None:
-    print(f"  every seed reached {args.stop_at_return:g} at step {result.solved_at_step}, "
+    print(f"  every seed reached {stop_at_return:g} at step {result.solved_at_step}, "
           f"{result.solved_after_s:.1f} s after the start (compile included)")
   if result.files:
     print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")

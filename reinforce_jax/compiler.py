@@ -93,3 +93,34 @@ def deadlock_workaround_missing() -> bool:
 
   return (jax.default_backend() == "cpu" and jaxlib.__version__.startswith("0.10.")
           and _DEADLOCK_FLAG not in os.environ.get("XLA_FLAGS", ""))
+
+
+CACHE_ENV = "REINFORCE_JAX_CACHE_DIR"
+
+
+def default_cache_dir() -> str | None:
+  """`$REINFORCE_JAX_CACHE_DIR` (`none` turns the cache off), else `~/.cache/reinforce_jax/xla`."""
+  value = os.environ.get(CACHE_ENV)
+  if value is not None:
+    return None if value.strip().lower() in ("", "none") else value
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "reinforce_jax", "xla")
+
+
+def use_compilation_cache(directory: str | os.PathLike | None) -> bool:
+  """Points JAX's persistent compilation cache at `directory` (None: leave it off).
+
+  A later process that compiles the same program (same shapes, config, JAX
+  version and XLA flags: JAX keys the cache on all of them) loads it from
+  disk instead of compiling: the CLI's CartPole run starts about 2 s sooner.
+  Programs that compile in under 0.2 s are not stored. Call it before the
+  first compilation; JAX's own `jax_compilation_cache_dir` set by the user wins.
+
+  Returns:
+    Whether the cache was turned on.
+  """
+  if directory is None or jax.config.jax_compilation_cache_dir:
+    return False
+  jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  return True

@@ -32,7 +32,6 @@ from reinforce_jax.checkpoints import (
     SUMMARY_FILE,
     CheckpointError,
 )
-from reinforce_jax.compiler import recommended_compiler_options
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.distributed import make_mesh, shard_state
 from reinforce_jax.envs import ContextualBandit
@@ -208,8 +207,9 @@ def run_experiment(
   num_devices = jax.device_count() if devices is None else devices
   if num_devices > 1:  # state leaves are [seeds, envs, ...]: split the envs
     state = shard_state(state, make_mesh(num_devices), batch_axis=1)
+  # Plain XLA options: the step compiles well without any (reinforce_jax/compiler.py).
   runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
-                   donate_argnums=0, compiler_options=recommended_compiler_options())
+                   donate_argnums=0)
   runner = runner.lower(state, run_keys, 0).compile()
   compile_time = time.perf_counter() - start
   done, saved = 0, None  # steps trained, step of the latest checkpoint

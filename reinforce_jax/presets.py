@@ -37,6 +37,9 @@ class Preset:
   description: str
   obs_size: int
   action_size: int
+  # The CLI stops once every seed's latest mean return reaches this (None: it
+  # trains all steps); `--stop-at-return` overrides it.
+  solved_return: float | None = None
 
   def policy(self, env, config: TrainConfig) -> nn.Module:
     """The preset's policy for `env`, with a separate value network when `config` needs one."""
@@ -100,6 +103,8 @@ PRESETS: dict[str, Preset] = {
         description="CartPole-v1 (gymnasium's dynamics, 500-step limit)",
         obs_size=4,
         action_size=2,
+        # Gymnasium's reward threshold for CartPole-v1: the task counts as solved there.
+        solved_return=475.0,
     ),
     "pendulum": Preset(
         make_env=functools.partial(_make_env, "Pendulum"),

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from reinforce_jax import plotting
-from reinforce_jax.compiler import deadlock_workaround_missing, recommended_compiler_options
+from reinforce_jax.compiler import deadlock_workaround_missing
 from reinforce_jax.config import TrainConfig, sweep_grid
 from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
@@ -129,8 +129,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     runs_axis = NamedSharding(make_mesh(num_devices), PartitionSpec(AXIS))
     values, keys = jax.device_put((values, keys), runs_axis)
   start = time.perf_counter()
-  compiled = jax.jit(jax.vmap(one), compiler_options=recommended_compiler_options()).lower(
-      values, keys).compile()
+  compiled = jax.jit(jax.vmap(one)).lower(values, keys).compile()
   compile_s = time.perf_counter() - start
   if should_stop is not None and should_stop():
     raise KeyboardInterrupt("before the sweep ran; nothing written")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -149,3 +150,34 @@ def test_profile_writes_a_trace(tmp_path):
   assert code == 0
   assert list(trace.rglob("*.xplane.pb")), list(trace.rglob("*"))
   assert list(trace.rglob("*.trace.json.gz"))
+
+
+def test_cartpole_stops_at_its_solved_threshold_by_default(tmp_path, capsys):
+  tiny = ["--steps", "2", "--num-envs", "8", "--rollout-length", "8", "--no-progress"]
+  assert cli.main(["train", "cartpole", *tiny, "--out", str(tmp_path / "a")]) == 0
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["stop_at_return"] == 475.0
+  assert cli.main(["train", "cartpole", *tiny, "--stop-at-return", "none",
+                   "--out", str(tmp_path / "b")]) == 0
+  assert json.loads((tmp_path / "b" / "config.json").read_text())["stop_at_return"] is None
+  assert cli.main(["train", "bandit", "--steps", "2", "--num-envs", "8", "--no-progress",
+                   "--out", str(tmp_path / "c")]) == 0
+  assert json.loads((tmp_path / "c" / "config.json").read_text())["stop_at_return"] is None
+
+
+def test_compilation_cache_is_written_then_reused(tmp_path):
+  """A second identical run loads its programs from the cache: no new entries."""
+  cache = tmp_path / "cache"
+  env = {k: v for k, v in os.environ.items() if k != "REINFORCE_JAX_CACHE_DIR"}
+
+  def run(out):
+    done = subprocess.run(
+        [sys.executable, "-m", "reinforce_jax", "train", "cartpole", "--steps", "2",
+         "--num-envs", "8", "--rollout-length", "32", "--no-progress", "--out", str(out),
+         "--compilation-cache", str(cache)], capture_output=True, text=True, env=env,
+        timeout=300)
+    assert done.returncode == 0, done.stderr
+    return sorted(p.name for p in cache.iterdir())
+
+  first = run(tmp_path / "a")
+  assert any(name.startswith("jit_run") for name in first), first
+  assert run(tmp_path / "b") == first
