@@ -6,7 +6,13 @@ cost nothing in the compiled program.
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def shape_of(x) -> tuple[int, ...]:
@@ -30,3 +36,30 @@ def check_floating(**arrays) -> None:
 def check_rank_at_least(name: str, x, rank: int) -> None:
   if jnp.ndim(x) < rank:
     raise ValueError(f"{name} must have rank >= {rank}, got shape {shape_of(x)}")
+
+
+def check_number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
+                  low_open: bool = False, high_open: bool = False) -> None:
+  """Raises `ValueError` unless `value` is real and every entry is finite and in range.
+
+  A traced value (under `jit`, `vmap`, `grad`: `Hyperparams` carries traced
+  discounts in sweeps) is unknown at trace time and passes unchecked.
+  """
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+    return
+  real = isinstance(value, numbers.Real | np.ndarray | jax.Array) and not isinstance(
+      value, bool | np.bool_)
+  if real:
+    kind = np.asarray(value).dtype
+    real = np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
+  if not real:
+    raise ValueError(f"{name} must be a real number, got {value!r}")
+  values = np.asarray(value, dtype=np.float64)
+  above = values > low if low_open else values >= low
+  below = values < high if high_open else values <= high
+  if not np.all(np.isfinite(values) & above & below):
+    left = "(" if low_open or low == -math.inf else "["
+    right = ")" if high_open or high == math.inf else "]"
+    interval = f"{left}{low:g}, {high:g}{right}"
+    bound = "" if (low, high) == (-math.inf, math.inf) else f" and in {interval}"
+    raise ValueError(f"{name} must be finite{bound}, got {value!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax.returns import _check_number
+from reinforce_jax import _checks
 
 
 def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:
@@ -56,5 +56,5 @@ def ema_update(average: jax.Array, values: jax.Array, *, decay: float) -> jax.Ar
     ValueError: if a concrete `decay` is not in [0, 1] (a traced one, as in a
       sweep over `Hyperparams.ema_decay`, cannot be checked).
   """
-  _check_number("decay", decay, low=0.0, high=1.0)
+  _checks.check_number("decay", decay, low=0.0, high=1.0)
   return decay * average + (1.0 - decay) * jnp.mean(values)

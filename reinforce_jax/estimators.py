@@ -28,13 +28,13 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from reinforce_jax import _checks
 from reinforce_jax.monte_carlo import (
     _check_num_samples,
     _check_reparameterised,
     _weak_derivative_grads,
 )
 from reinforce_jax.monte_carlo import _sample as _sample_with_key
-from reinforce_jax.returns import _check_number
 
 ESTIMATORS = ("score_function", "pathwise", "measure_valued")
 
@@ -84,7 +84,7 @@ def _score_per_sample(f, dist_builder, params, key, num_samples, baseline, cv_sa
   elif isinstance(baseline, str):
     raise ValueError(f"baseline must be None, 'rloo', 'optimal' or a number, got {baseline!r}")
   else:
-    _check_number("baseline", baseline)
+    _checks.check_number("baseline", baseline)
     weights = values - jnp.asarray(baseline, values.dtype)
   per_sample = jax.tree.map(
       lambda s: weights.reshape((-1,) + (1,) * (s.ndim - 1)) * s, scores)
@@ -292,7 +292,7 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, temperature: float, *,
     ValueError: if a concrete `temperature` is not finite and positive (a
       traced one cannot be checked).
   """
-  _check_number("temperature", temperature, low=0.0, low_open=True)
+  _checks.check_number("temperature", temperature, low=0.0, low_open=True)
   gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
   soft = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
   if not hard:

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from reinforce_jax import _checks
-from reinforce_jax.returns import _check_number
 
 
 def reinforce_loss(
@@ -68,7 +67,7 @@ def reinforce_loss(
   if baseline is not None:
     if jnp.ndim(baseline) != 0:
       _checks.check_same_shape(reward=reward, baseline=baseline)
-    _check_number("baseline", baseline)
+    _checks.check_number("baseline", baseline)
     advantage = reward - baseline
   advantage = jax.lax.stop_gradient(advantage).astype(log_prob.dtype)
   per_item = log_prob * advantage
@@ -76,7 +75,7 @@ def reinforce_loss(
     return -jnp.mean(per_item)
   _checks.check_same_shape(log_prob=log_prob, weights=weights)
   if jnp.result_type(weights) != jnp.bool_:  # a bool mask is fine as it is
-    _check_number("weights", weights, low=0.0)
+    _checks.check_number("weights", weights, low=0.0)
   weights = jax.lax.stop_gradient(weights).astype(log_prob.dtype)
   total = jnp.sum(weights)
   return -jnp.sum(weights * per_item) / jnp.where(total == 0, 1, total)
@@ -112,7 +111,7 @@ def ppo_clip_loss(
   """
   _checks.check_floating(log_prob=log_prob)
   _checks.check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob, advantage=advantage)
-  _check_number("clip_eps", clip_eps, low=0.0)
+  _checks.check_number("clip_eps", clip_eps, low=0.0)
   old_log_prob = jax.lax.stop_gradient(old_log_prob)
   advantage = jax.lax.stop_gradient(advantage)
   log_ratio = log_prob - old_log_prob

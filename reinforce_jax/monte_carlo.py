@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reinforce_jax.returns import _check_number
+from reinforce_jax import _checks
 
 ControlVariate = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]
 CvState = Any
@@ -399,7 +399,7 @@ def moving_avg_baseline(
   Raises:
     ValueError: if a concrete `decay` is not in [0, 1].
   """
-  _check_number("decay", decay, low=0.0, high=1.0)
+  _checks.check_number("decay", decay, low=0.0, high=1.0)
 
   def control_variate(params, x, state):
     del params, x
@@ -450,7 +450,7 @@ def estimate_control_variate_coefficients(
       `params`.
   """
   _check_num_samples("num_samples", num_samples, minimum=2)
-  _check_number("eps", eps, low=0.0)
+  _checks.check_number("eps", eps, low=0.0)
   _check_params("estimate_control_variate_coefficients", params, dist_builder)
   key, _ = jax.random.split(rng)
   control_variate = control_variate_from_function(function)[0]

@@ -11,42 +11,10 @@ When both are set, `terminated` wins.
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from reinforce_jax import _checks
-
-
-def _check_number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
-                  low_open: bool = False, high_open: bool = False) -> None:
-  """Raises `ValueError` unless `value` is real and every entry is finite and in range.
-
-  A traced value (under `jit`, `vmap`, `grad`: `Hyperparams` carries traced
-  discounts in sweeps) is unknown at trace time and passes unchecked.
-  """
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
-    return
-  real = isinstance(value, numbers.Real | np.ndarray | jax.Array) and not isinstance(
-      value, bool | np.bool_)
-  if real:
-    kind = np.asarray(value).dtype
-    real = np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
-  if not real:
-    raise ValueError(f"{name} must be a real number, got {value!r}")
-  values = np.asarray(value, dtype=np.float64)
-  above = values > low if low_open else values >= low
-  below = values < high if high_open else values <= high
-  if not np.all(np.isfinite(values) & above & below):
-    left = "(" if low_open or low == -math.inf else "["
-    right = ")" if high_open or high == math.inf else "]"
-    interval = f"{left}{low:g}, {high:g}{right}"
-    bound = "" if (low, high) == (-math.inf, math.inf) else f" and in {interval}"
-    raise ValueError(f"{name} must be finite{bound}, got {value!r}")
 
 
 def discounted_returns(
@@ -81,7 +49,7 @@ def discounted_returns(
     ValueError: for mismatched shapes, or a concrete `gamma` outside [0, 1]
       (a traced one cannot be checked).
   """
-  _check_number("gamma", gamma, low=0.0, high=1.0)
+  _checks.check_number("gamma", gamma, low=0.0, high=1.0)
   _checks.check_rank_at_least("reward_t", reward_t, 1)
   _checks.check_same_shape(
       reward_t=reward_t, terminated_t=terminated_t, truncated_t=truncated_t)
@@ -165,8 +133,8 @@ def gae_advantages(
     ValueError: for mismatched shapes, or a concrete `gamma` or `lambda_`
       outside [0, 1] (traced ones cannot be checked).
   """
-  _check_number("gamma", gamma, low=0.0, high=1.0)
-  _check_number("lambda_", lambda_, low=0.0, high=1.0)
+  _checks.check_number("gamma", gamma, low=0.0, high=1.0)
+  _checks.check_number("lambda_", lambda_, low=0.0, high=1.0)
   bootstrap_value_t = _check_value_inputs(
       reward_t, value_t, terminated_t, truncated_t, bootstrap_value_t, last_value)
   continuation = _continuation_values(
@@ -213,5 +181,5 @@ def lambda_returns(
 
 def normalize_advantages(advantages: jax.Array, *, eps: float = 1e-8) -> jax.Array:
   """`(A - mean(A)) / (std(A) + eps)` over every entry (a constant shift and scale)."""
-  _check_number("eps", eps, low=0.0)
+  _checks.check_number("eps", eps, low=0.0)
   return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
