@@ -67,6 +67,16 @@ def test_missing_corrupt_and_mismatched_checkpoints_exit_2(tmp_path, capsys):
   assert info.value.code == 2 and "holds a 'bandit' run" in _one_error_line(capsys)
 
   config = json.loads((out / "config.json").read_text())
+  for key in ("seed", "num_seeds", "num_envs"):
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != key}))
+    with pytest.raises(SystemExit) as info:
+      cli.main(["train", "bandit", "--resume", str(out)])
+    assert info.value.code == 2 and f"lacks {key!r}" in _one_error_line(capsys)
+  (out / "config.json").write_text(json.dumps({**config, "num_envs": "many"}))
+  with pytest.raises(SystemExit) as info:
+    cli.main(["train", "bandit", "--resume", str(out)])
+  assert info.value.code == 2 and "invalid config" in _one_error_line(capsys)
+
   (out / "config.json").write_text(json.dumps({**config, "num_envs": 32}))
   with pytest.raises(SystemExit) as info:
     cli.main(["train", "bandit", "--steps", "20", "--resume", str(out), "--no-progress"])

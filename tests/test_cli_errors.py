@@ -154,18 +154,6 @@ def test_a_chmod_read_only_out_exits_2(tmp_path, capsys):
     folder.chmod(0o755)
 
 
-def test_a_stored_config_with_a_key_missing_exits_2(tmp_path, capsys):
-  config = _stored_config(tmp_path / "run")
-  for key in ("seed", "num_seeds", "num_envs"):
-    (tmp_path / "run" / "config.json").write_text(
-        json.dumps({k: v for k, v in config.items() if k != key}))
-    _exit_2_one_line(["train", "bandit", "--resume", str(tmp_path / "run")], capsys,
-                     f"lacks {key!r}")
-  (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "num_envs": "many"}))
-  _exit_2_one_line(["train", "bandit", "--resume", str(tmp_path / "run")], capsys,
-                   "invalid config")
-
-
 @pytest.mark.parametrize("argv", [
     ["train", "bandit", "--num-envs", "100000000", "--rollout-length", "1000"],
     ["train", "bandit", "--num-seeds", "100000000"],
