@@ -81,6 +81,7 @@ def test_missing_corrupt_and_mismatched_checkpoints_exit_2(tmp_path, capsys):
   with pytest.raises(SystemExit) as info:
     cli.main(["train", "bandit", "--steps", "20", "--resume", str(out), "--no-progress"])
   assert info.value.code == 2 and "cannot be restored" in _one_error_line(capsys)
+  assert (out / "config.json").read_text() == json.dumps({**config, "num_envs": 32})  # as it was
 
   (out / "config.json").write_text(json.dumps(config))
   for path in (out / "checkpoints" / "10").rglob("*"):

@@ -15,8 +15,12 @@ import pytest
 from reinforce_jax import cli, experiment
 from reinforce_jax.checkpoints import latest_step
 
-pytestmark = pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(),
-                                reason="polls /proc for the moment to interrupt")
+pytestmark = [
+    pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(),
+                       reason="polls /proc for the moment to interrupt"),
+    pytest.mark.skipif(signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+                       reason="SIGINT is ignored here (a background job), and so in children"),
+]
 
 
 def _start(out, *extra):
