@@ -99,3 +99,24 @@ def test_ctrl_c_while_compiling_exits_130_and_writes_nothing(tmp_path, monkeypat
   assert "before the first train step; nothing written" in _one_line(capsys.readouterr().err)
   assert not out.exists()
   assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_ctrl_c_during_a_sweep_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+  from reinforce_jax import sweep
+
+  make_run = sweep.make_run
+
+  def interrupted_make_run(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return make_run(*args, **kwargs)
+
+  monkeypatch.setattr(sweep, "make_run", interrupted_make_run)
+  out = tmp_path / "sweep"
+  try:
+    code = cli.main(["sweep", "bandit", "--lr", "0.1,0.2", "--steps", "2", "--num-envs", "8",
+                     "--out", str(out)])
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped the CLI")
+  assert code == 130
+  assert "nothing written" in _one_line(capsys.readouterr().err)
+  assert not out.exists()
