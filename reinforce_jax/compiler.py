@@ -23,9 +23,16 @@ vmapped programs never finish, every XLA worker thread idle and the caller
 waiting for a result. A sweep of 24 a2c runs on CartPole hung in 8 launches of
 12, `jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds in 4 of 4 (4 seeds:
 0 of 3). With XLA's concurrency-optimised scheduler off they finished every
-time, at the same speed. The setting is process-wide (`XLA_FLAGS`, read when
-JAX starts its CPU backend), so `import reinforce_jax` applies it only if no
-JAX computation has run yet, and not at all with
+time. Re-checked after the step lost its tiny reductions: without the flag
+`jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds still hung in 4 of 4
+launches, and the same run as a `lax.scan` in 1 of 3. The flag is not free:
+it makes the plain single-seed bandit step about 15-20% slower (0.93-0.95x vs
+1.09-1.15x the hand-written fused loop, A/B of the same code on a loaded
+machine), because small programs lose the scheduler's concurrency. A deadlock
+is worse, so it stays until jaxlib fixes the hang. The setting is
+process-wide (`XLA_FLAGS`, read when JAX starts its CPU backend), so
+`import reinforce_jax` applies it only if no JAX computation has run yet, and
+not at all with
 `REINFORCE_JAX_KEEP_XLA_FLAGS=1`; the CLI, tests and benchmarks also call it.
 """
 
