@@ -26,6 +26,7 @@ _ORIGIN = {
     "ppo_clip_loss": "losses",
     "reinforce_loss": "losses",
     "value_loss": "losses",
+    "clipped_value_loss": "losses",
     "discounted_returns": "returns",
     "gae_advantages": "returns",
     "lambda_returns": "returns",
@@ -137,5 +138,6 @@ __all__ = [
     "rollout",
     "straight_through",
     "value_loss",
+    "clipped_value_loss",
     "vimco_objective",
 ]

@@ -113,7 +113,12 @@ class TrainConfig:
     entropy_coef: weight of the entropy bonus (the loss subtracts
       `entropy_coef * mean entropy`).
     value_coef: weight of the value loss.
-    clip_eps: PPO's clipping range.
+    clip_eps: PPO's clipping range (of the probability ratio, and of the value
+      when `clip_value`).
+    clip_value: PPO clips the value loss as the PPO papers' code, CleanRL,
+      PureJaxRL and SB3 do (`losses.clipped_value_loss`, range `clip_eps`):
+      the critic moves at most `clip_eps` from its rollout-time estimate per
+      update unless that raises the loss. Other algorithms ignore it.
     num_epochs: PPO passes over each rollout.
     num_minibatches: PPO minibatches per pass; must divide `num_envs * rollout_length`.
     num_steps: train steps of a whole run (`make_train`, the CLI).
@@ -133,6 +138,7 @@ class TrainConfig:
   entropy_coef: float = 0.0
   value_coef: float = 0.5
   clip_eps: float = 0.2
+  clip_value: bool = True
   num_epochs: int = 4
   num_minibatches: int = 4
   num_steps: int = 100
@@ -145,9 +151,9 @@ class TrainConfig:
     for name in _FLOAT_RANGES:
       if not (name == "max_grad_norm" and self.max_grad_norm is None):
         _check_float(name, getattr(self, name))
-    if not isinstance(self.normalize_advantages, bool | np.bool_):
-      raise ValueError(
-          f"normalize_advantages must be a bool, got {self.normalize_advantages!r}")
+    for name in ("normalize_advantages", "clip_value"):
+      if not isinstance(getattr(self, name), bool | np.bool_):
+        raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if not isinstance(self.algo, str) or self.algo not in ALGOS:
       raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
     if not isinstance(self.baseline, str) or self.baseline not in BASELINES:

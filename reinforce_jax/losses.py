@@ -132,6 +132,41 @@ def value_loss(value: jax.Array, target: jax.Array) -> jax.Array:
   return 0.5 * jnp.mean(jnp.square(value - jax.lax.stop_gradient(target)))
 
 
+def clipped_value_loss(
+    value: jax.Array,
+    old_value: jax.Array,
+    target: jax.Array,
+    *,
+    clip_eps: float,
+) -> jax.Array:
+  """PPO's clipped value loss: `0.5 * mean(max((v - R)^2, (v_clip - R)^2))`.
+
+  `v_clip = v_old + clip(v - v_old, -eps, eps)`, where `v_old` is the critic's
+  estimate when the data was collected. Taking the larger of the two squared
+  errors keeps an update from moving the value more than `eps` away from
+  `v_old` when that lowers the loss (it never helps the critic by moving it
+  further). `old_value` and `target` enter through `stop_gradient`. With
+  `clip_eps = inf` it equals `value_loss`.
+
+  Args:
+    value: `[...]` value estimates under the current parameters.
+    old_value: same shape, the estimates when the rollout was collected.
+    target: same shape, the regression targets (returns or GAE targets).
+    clip_eps: the clipping range, >= 0.
+
+  References:
+    Schulman, J. et al. (2017). Proximal policy optimization algorithms (the
+    baselines implementation's value clipping). Huang, S. et al. (2022). The 37
+    implementation details of proximal policy optimization. ICLR Blog Track.
+  """
+  _checks.check_same_shape(value=value, old_value=old_value, target=target)
+  _checks.check_number("clip_eps", clip_eps, low=0.0)
+  old_value = jax.lax.stop_gradient(old_value)
+  target = jax.lax.stop_gradient(target)
+  clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+  return 0.5 * jnp.mean(jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)))
+
+
 def entropy_bonus(entropy: jax.Array) -> jax.Array:
   """Mean policy entropy: a quantity to maximise.
 

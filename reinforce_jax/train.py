@@ -27,7 +27,7 @@ import optax
 
 from reinforce_jax import _sampling, baselines
 from reinforce_jax.config import Hyperparams, TrainConfig
-from reinforce_jax.losses import entropy_bonus, ppo_clip_loss, value_loss
+from reinforce_jax.losses import clipped_value_loss, entropy_bonus, ppo_clip_loss, value_loss
 from reinforce_jax.returns import discounted_returns, gae_advantages, normalize_advantages
 from reinforce_jax.rollout import (
     EnvCarry,
@@ -56,6 +56,7 @@ class _Minibatch(NamedTuple):
   obs: jax.Array
   sample: jax.Array
   old_log_prob: jax.Array
+  old_value: jax.Array
   advantage: jax.Array
   target: jax.Array
 
@@ -243,7 +244,10 @@ def make_train_step(
     policy_loss, metrics = ppo_clip_loss(
         log_prob, batch.old_log_prob, advantage, clip_eps=hp.clip_eps)
     metrics = {"policy_loss": policy_loss, "entropy": entropy_bonus(entropy),
-               "value_loss": value_loss(value, batch.target), **metrics}
+               "value_loss": (clipped_value_loss(value, batch.old_value, batch.target,
+                                                 clip_eps=hp.clip_eps)
+                              if config.clip_value else value_loss(value, batch.target)),
+               **metrics}
     loss = (policy_loss + hp.value_coef * metrics["value_loss"]
             - hp.entropy_coef * metrics["entropy"])
     return loss, metrics
@@ -257,7 +261,7 @@ def make_train_step(
     advantage, target = advantages(traj, last_value(state.params, env_carry.obs), (), hp)
     size = num_envs * num_steps
     flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), _Minibatch(
-        traj.obs, traj.sample, traj.log_prob, advantage, target))
+        traj.obs, traj.sample, traj.log_prob, traj.value, advantage, target))
 
     def update(carry, batch):
       params, opt_state = carry

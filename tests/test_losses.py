@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import random_linear_params
 
+import reinforce_jax as rj
 from reinforce_jax import reinforce_loss
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.rollout import act
@@ -270,3 +271,36 @@ def test_sample_and_log_prob_trap():
 
   assert float(jax.grad(trap)(0.7)) == 0.0
   assert float(jax.grad(lambda loc: right(jnp.full((1000,), loc)))(0.7)) != 0.0
+
+
+def test_clipped_value_loss_closed_forms_and_gradients():
+  target, old = jnp.array([1.0]), jnp.array([0.0])
+
+  def loss(v):
+    return rj.clipped_value_loss(v, old, target, clip_eps=0.2)
+
+  # Towards the target beyond the range: the clipped error (0.2 - 1)^2 is the
+  # larger one, and it does not depend on v: loss 0.32, gradient 0.
+  v = jnp.array([0.5])
+  np.testing.assert_allclose(loss(v), 0.5 * 0.64, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss)(v), [0.0], atol=1e-7)
+  # Away from the target: the unclipped error is the larger; its gradient v - R.
+  v = jnp.array([-0.5])
+  np.testing.assert_allclose(loss(v), 0.5 * 2.25, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss)(v), [-1.5], rtol=1e-6)
+  # Inside the range it is value_loss exactly, gradient included.
+  v = jnp.array([0.1])
+  np.testing.assert_allclose(loss(v), rj.value_loss(v, target), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss)(v), jax.grad(lambda x: rj.value_loss(x, target))(v),
+                             rtol=1e-6)
+  # The old value and the target are constants.
+  grads = jax.grad(lambda o, t: rj.clipped_value_loss(jnp.array([0.5]), o, t, clip_eps=0.2),
+                   argnums=(0, 1))(old, target)
+  np.testing.assert_allclose(grads, [[0.0], [0.0]], atol=1e-7)
+
+
+def test_clipped_value_loss_checks_shapes_and_range():
+  with pytest.raises(ValueError, match="shapes must match"):
+    rj.clipped_value_loss(jnp.zeros(3), jnp.zeros(2), jnp.zeros(3), clip_eps=0.2)
+  with pytest.raises(ValueError, match="clip_eps"):
+    rj.clipped_value_loss(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3), clip_eps=-0.1)

@@ -402,3 +402,25 @@ def test_make_run_refuses_a_bad_max_steps(bandit, linear_policy, max_steps):
   _, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
   with pytest.raises(ValueError, match="max_steps must be a positive integer"):
     rj.make_run(train_step, max_steps)
+
+
+def test_ppo_value_clipping_is_on_by_default_and_changes_the_critic_update():
+  assert rj.TrainConfig(algo="ppo").clip_value is True
+  env = CartPole()
+  policy = CategoricalPolicy(2, hidden=(16,), value="separate")
+  params = {}
+  for clip_value in (True, False):
+    config = rj.TrainConfig(algo="ppo", num_envs=8, rollout_length=32, num_minibatches=2,
+                            num_epochs=4, clip_eps=0.01, clip_value=clip_value)
+    init_fn, train_step = rj.make_train_step(env, policy, optax.adam(3e-2), config)
+    state, metrics = jax.jit(train_step)(init_fn(jax.random.key(0)), jax.random.key(1))
+    assert np.isfinite(float(metrics["value_loss"]))
+    params[clip_value] = state.params["params"]
+  # Same data and keys; only the critic's loss differs, so only the critic moves differently.
+  critic = [k for k in params[True] if k.startswith("value")]
+  assert critic
+  assert any(not np.allclose(a, b) for k in critic for a, b in zip(
+      jax.tree.leaves(params[True][k]), jax.tree.leaves(params[False][k]), strict=True))
+  chex.assert_trees_all_close(params[True]["trunk"], params[False]["trunk"])
+  with pytest.raises(ValueError, match="clip_value must be a bool"):
+    rj.TrainConfig(clip_value=1)
