@@ -19,7 +19,8 @@ FLOAT_FIELDS = ("gamma", "gae_lambda", "ema_decay", "baseline_constant", "entrop
 
 def test_every_field_is_covered_here():
   names = {f.name for f in dataclasses.fields(TrainConfig)}
-  assert names == {*INT_FIELDS, *FLOAT_FIELDS, "algo", "baseline", "normalize_advantages"}
+  assert names == {*INT_FIELDS, *FLOAT_FIELDS, "algo", "baseline", "normalize_advantages",
+                   "clip_value"}
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)
@@ -80,11 +81,12 @@ def test_ints_and_numpy_floats_are_fine_for_float_fields():
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
-def test_normalize_advantages_must_be_a_bool(value):
-  message = f"normalize_advantages must be a bool, got {re.escape(repr(value))}"
+@pytest.mark.parametrize("name", ["normalize_advantages", "clip_value"])
+def test_bool_fields_must_be_bools(name, value):
+  message = f"{name} must be a bool, got {re.escape(repr(value))}"
   with pytest.raises(ValueError, match=message):
-    TrainConfig(normalize_advantages=value)
-  assert TrainConfig(normalize_advantages=True).normalize_advantages is True
+    TrainConfig(**{name: value})
+  assert getattr(TrainConfig(**{name: True}), name) is True
 
 
 @pytest.mark.parametrize("name, value", [
