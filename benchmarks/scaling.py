@@ -36,6 +36,9 @@ def make_case(env_name, algo, num_envs, rollout_length, num_devices, options):
   init_fn, train_step = rj.make_train_step(env, policy, optax.adam(1e-3), config)
   key = jax.random.key(0)
   state = shard_state(jax.jit(init_fn)(key), make_mesh(num_devices))
+  # The YNNPACK option stays here: without it this Python loop of sharded steps
+  # over 2 virtual CPU devices (2 cores) aborted in an all-reduce rendezvous in
+  # 3 launches of 3 (jaxlib 0.10.2), with it none did.
   step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
   compile_s, step = common.compile_seconds(step, state, key)
   return compile_s, common.python_loop_timer(step, state, key)
