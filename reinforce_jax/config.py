@@ -123,6 +123,8 @@ class TrainConfig:
     num_minibatches: PPO minibatches per pass; must divide `num_envs * rollout_length`.
     num_steps: train steps of a whole run (`make_train`, the CLI).
     learning_rate: Adam step size used by `make_optimizer` (the CLI's optimizer).
+    anneal_lr: `make_optimizer` anneals the learning rate linearly to 0 over
+      `num_steps` (PureJaxRL's and CleanRL's PPO schedule).
     max_grad_norm: if set, `make_optimizer` clips the global gradient norm.
   """
 
@@ -144,6 +146,7 @@ class TrainConfig:
   num_steps: int = 100
   learning_rate: float = 0.05
   max_grad_norm: float | None = None
+  anneal_lr: bool = False
 
   def __post_init__(self):
     for name in _INT_MINIMA:
@@ -151,7 +154,7 @@ class TrainConfig:
     for name in _FLOAT_RANGES:
       if not (name == "max_grad_norm" and self.max_grad_norm is None):
         _check_float(name, getattr(self, name))
-    for name in ("normalize_advantages", "clip_value"):
+    for name in ("normalize_advantages", "clip_value", "anneal_lr"):
       if not isinstance(getattr(self, name), bool | np.bool_):
         raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if not isinstance(self.algo, str) or self.algo not in ALGOS:

@@ -94,10 +94,14 @@ PRESETS: dict[str, Preset] = {
                 algo="a2c", num_envs=128, rollout_length=64, learning_rate=4e-3,
                 gae_lambda=1.0, value_coef=1.0, max_grad_norm=0.5, num_steps=200,
                 normalize_advantages=True),
+            # PureJaxRL's CartPole setup (benchmarks/ppo_cartpole.py): 4 envs x 128
+            # steps, 976 updates, 2.5e-4 annealed to 0, value clipping. 20 seeds: 500
+            # mean, every seed >= 475. The earlier 64 x 128 preset at 2.5e-3 ended
+            # with a worst seed of 358 (annealed: 329) over 20 seeds.
             "ppo": TrainConfig(
-                algo="ppo", num_envs=64, rollout_length=128, learning_rate=2.5e-3,
-                max_grad_norm=0.5, num_steps=80, normalize_advantages=True,
-                entropy_coef=0.01),
+                algo="ppo", num_envs=4, rollout_length=128, learning_rate=2.5e-4,
+                anneal_lr=True, max_grad_norm=0.5, num_steps=976,
+                normalize_advantages=True, entropy_coef=0.01),
         },
         default_algo="reinforce",
         description="CartPole-v1 (gymnasium's dynamics, 500-step limit)",

@@ -30,15 +30,23 @@ from reinforce_jax.compiler import deadlock_workaround_missing
 from reinforce_jax.config import TrainConfig, sweep_grid
 from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
-from reinforce_jax.train import Hyperparams, make_optimizer, make_run, make_train_step
+from reinforce_jax.train import (
+    Hyperparams,
+    linear_anneal,
+    make_optimizer,
+    make_run,
+    make_train_step,
+)
 
 
 def make_sweep_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """Adam with its learning rate as state (then clipping, as `make_optimizer`)."""
-  adam = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
-  if config.max_grad_norm is None:
-    return adam
-  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+  parts = [optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)]
+  if config.max_grad_norm is not None:
+    parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
+  if config.anneal_lr:
+    parts.append(linear_anneal(config))
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def set_learning_rate(opt_state, learning_rate):

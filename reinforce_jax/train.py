@@ -61,12 +61,36 @@ class _Minibatch(NamedTuple):
   target: jax.Array
 
 
+def updates_per_step(config: TrainConfig) -> int:
+  """Optimizer updates in one train step: `num_epochs * num_minibatches` for ppo, else 1."""
+  return config.num_epochs * config.num_minibatches if config.algo == "ppo" else 1
+
+
+def linear_anneal(config: TrainConfig) -> optax.GradientTransformation:
+  """Scales updates by `1 - step / num_steps`, from 1 down to 0 over the run.
+
+  Chained after Adam it anneals the learning rate linearly as PureJaxRL and
+  CleanRL do: every optimizer update of train step `t` (0-based) is scaled by
+  `1 - t / config.num_steps`.
+  """
+  per_step = updates_per_step(config)
+  total = max(config.num_steps, 1)
+
+  def fraction(count):
+    return jnp.maximum(1.0 - (count // per_step) / total, 0.0)
+
+  return optax.scale_by_schedule(fraction)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """Adam at `config.learning_rate`, after global-norm clipping if configured."""
-  adam = optax.adam(config.learning_rate)
-  if config.max_grad_norm is None:
-    return adam
-  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+  """Adam at `config.learning_rate`, after global-norm clipping if configured,
+  annealed linearly to 0 over `config.num_steps` with `config.anneal_lr`."""
+  parts = [optax.adam(config.learning_rate)]
+  if config.max_grad_norm is not None:
+    parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
+  if config.anneal_lr:
+    parts.append(linear_anneal(config))
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def _global_norm(tree) -> jax.Array:

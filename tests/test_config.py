@@ -20,7 +20,7 @@ FLOAT_FIELDS = ("gamma", "gae_lambda", "ema_decay", "baseline_constant", "entrop
 def test_every_field_is_covered_here():
   names = {f.name for f in dataclasses.fields(TrainConfig)}
   assert names == {*INT_FIELDS, *FLOAT_FIELDS, "algo", "baseline", "normalize_advantages",
-                   "clip_value"}
+                   "clip_value", "anneal_lr"}
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)
@@ -81,7 +81,7 @@ def test_ints_and_numpy_floats_are_fine_for_float_fields():
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
-@pytest.mark.parametrize("name", ["normalize_advantages", "clip_value"])
+@pytest.mark.parametrize("name", ["normalize_advantages", "clip_value", "anneal_lr"])
 def test_bool_fields_must_be_bools(name, value):
   message = f"{name} must be a bool, got {re.escape(repr(value))}"
   with pytest.raises(ValueError, match=message):
