@@ -1,8 +1,9 @@
 """Every algorithm on every environment with the presets' defaults: returns,
 steps and wall time, plus one figure of the learning curves.
 
-Each cell is `reinforce-jax train ENV --algo ALGO --num-seeds N` in a fresh
-process (compile included in the wall time). Writes
+Each cell is `reinforce-jax train ENV --algo ALGO --num-seeds N --stop-at-return
+none` in a fresh process (compile included in the wall time): every preset's
+whole budget. Writes
 benchmarks/results/algorithms-<device>.json and algorithms-<device>.png.
 
     python benchmarks/algorithms.py [--num-seeds 3]
@@ -33,7 +34,9 @@ def run_cell(env: str, algo: str, num_seeds: int) -> dict:
   with tempfile.TemporaryDirectory() as out:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "reinforce_jax", "train", env, "--algo", algo,
-                    "--num-seeds", str(num_seeds), "--no-progress", "--out", out],
+                    "--num-seeds", str(num_seeds), "--no-progress", "--out", out,
+                    # Each preset's whole budget, not the stop at a solved threshold.
+                    "--stop-at-return", "none"],
                    check=True, capture_output=True)
     wall = time.perf_counter() - start
     summary = json.loads((pathlib.Path(out) / "summary.json").read_text())
