@@ -122,6 +122,8 @@ def rollout(
     env_params: Any,
     carry: EnvCarry,
     num_steps: int,
+    *,
+    unroll: int = 1,
 ) -> tuple[EnvCarry, Trajectory]:
   """Steps `B` environments `num_steps` times with the policy `apply_fn(params, obs)`.
 
@@ -134,6 +136,9 @@ def rollout(
     env_params: the environment's params, shared by all `B` environments.
     carry: the batched environment state to continue from.
     num_steps: rollout length `T` (static).
+    unroll: steps per iteration of the compiled loop (`lax.scan`'s `unroll`):
+      fewer, larger iterations for small batches, where each iteration's fixed
+      cost dominates; the same values either way.
 
   Returns:
     `(carry, trajectory)`: the advanced `EnvCarry` and a `[T, B]` `Trajectory`.
@@ -192,4 +197,5 @@ def rollout(
   # Every step's (action, environment) keys in one draw: on a CPU each threefry
   # call is a small loop, so fewer, larger calls are cheaper.
   keys = jax.random.split(key, (num_steps, 2))
-  return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]), unroll=num_steps == 1)
+  return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]),
+                      unroll=num_steps if num_steps == 1 else min(unroll, num_steps))

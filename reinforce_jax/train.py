@@ -140,6 +140,7 @@ def make_train_step(
     config: TrainConfig,
     *,
     env_params: Any = None,
+    unroll: int = 1,
 ) -> tuple[Callable[[jax.Array], TrainState],
            Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]]:
   """Builds `(init_fn, train_step)` for `config.algo` on `env`.
@@ -152,6 +153,9 @@ def make_train_step(
     optimizer: any `optax.GradientTransformation`.
     config: `TrainConfig`.
     env_params: the environment's params; `env.default_params` if `None`.
+    unroll: loop iterations fused per compiled iteration, for the rollout and
+      PPO's minibatch updates (`lax.scan`'s `unroll`). Same values; a speed knob
+      for small batches (`benchmarks/ppo_levers.py` measures it).
 
   Returns:
     `init_fn(key) -> TrainState` and `train_step(state, key) -> (state, metrics)`.
@@ -176,6 +180,8 @@ def make_train_step(
   """
   if env_params is None:
     env_params = env.default_params
+  if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
   num_envs, num_steps = config.num_envs, config.rollout_length
   use_value = config.uses_value
 
@@ -224,7 +230,7 @@ def make_train_step(
 
   def one_pass_loss(params, state: TrainState, key: jax.Array):
     env_carry, traj = rollout(
-        key, params, policy.apply, env, env_params, state.env, num_steps)
+        key, params, policy.apply, env, env_params, state.env, num_steps, unroll=unroll)
     hp = hyperparams(state)
     advantage, target = advantages(
         traj, last_value(params, env_carry.obs), state.baseline, hp)
@@ -279,7 +285,8 @@ def make_train_step(
   def ppo_step(state: TrainState, key: jax.Array):
     key_rollout, key_epochs = jax.random.split(key)
     env_carry, traj = rollout(
-        key_rollout, state.params, policy.apply, env, env_params, state.env, num_steps)
+        key_rollout, state.params, policy.apply, env, env_params, state.env, num_steps,
+        unroll=unroll)
     traj = jax.lax.stop_gradient(traj)
     hp = hyperparams(state)
     advantage, target = advantages(traj, last_value(state.params, env_carry.obs), (), hp)
@@ -299,11 +306,12 @@ def make_train_step(
       order = jax.random.permutation(key, size)
       batches = jax.tree.map(
           lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:]), flat)
-      return jax.lax.scan(update, carry, batches)
+      return jax.lax.scan(update, carry, batches,
+                          unroll=min(unroll, config.num_minibatches))
 
     (params, opt_state), metrics = jax.lax.scan(
         epoch, (state.params, state.opt_state),
-        jax.random.split(key_epochs, config.num_epochs))
+        jax.random.split(key_epochs, config.num_epochs), unroll=min(unroll, config.num_epochs))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics.update(_episode_metrics(_sampling.column_sums(_episode_columns(traj))))
     return state._replace(params=params, opt_state=opt_state, env=env_carry), metrics
@@ -384,6 +392,7 @@ def make_train(
     config: TrainConfig,
     *,
     env_params: Any = None,
+    unroll: int = 1,
 ) -> Callable[[jax.Array], RunOutput]:
   """A whole run of `config.num_steps` train steps as one pure function of a key.
 
@@ -392,7 +401,8 @@ def make_train(
   independent seeds in one program. Metrics come back stacked, `[num_steps]`
   (`[n, num_steps]` under vmap).
   """
-  init_fn, train_step = make_train_step(env, policy, optimizer, config, env_params=env_params)
+  init_fn, train_step = make_train_step(env, policy, optimizer, config, env_params=env_params,
+                                        unroll=unroll)
   run = make_run(train_step, max(config.num_steps, 1))
 
   def train(key: jax.Array) -> RunOutput:

@@ -447,3 +447,18 @@ def test_linear_anneal_follows_purejaxrls_schedule(algo, per_step):
     for _ in range(5 * per_step):
       update, opt_state = opt.update(grads, opt_state, grads)
     np.testing.assert_allclose(update["w"], -0.1 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "ppo"])
+def test_unroll_changes_speed_not_values(algo):
+  env = CartPole()
+  policy = CategoricalPolicy(2, hidden=(8,), value="separate" if algo == "ppo" else None)
+  config = rj.TrainConfig(algo=algo, num_envs=4, rollout_length=16, num_minibatches=2,
+                          num_epochs=2, num_steps=3)
+  outs = [jax.jit(rj.make_train(env, policy, optax.adam(1e-2), config, unroll=u))(
+      jax.random.key(0)) for u in (1, 4)]
+  chex.assert_trees_all_close(outs[0].state.params, outs[1].state.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outs[0].metrics["loss"], outs[1].metrics["loss"], rtol=1e-5,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="unroll must be a positive integer"):
+    rj.make_train_step(env, policy, optax.adam(1e-2), config, unroll=0)
