@@ -8,8 +8,12 @@ is the library as shipped. Measured so far:
 * `unroll=N` (`make_train_step(..., unroll=N)`): N loop iterations per compiled
   iteration in the rollout and in PPO's epoch and minibatch loops. Values are
   identical (checked here).
+* `twin`: actor and critic as one `TwinMLP` (`value="twin"`): each layer one
+  batched product over stacked weights instead of two products. The same
+  networks as functions; its parameters are drawn differently, so its losses
+  are not compared.
 
-    python benchmarks/ppo_levers.py [--updates 20] [--unroll 1,2,4,8]
+    python benchmarks/ppo_levers.py [--updates 20] [--variants shipped,twin,unroll=2]
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from reinforce_jax.envs import CartPole
 from reinforce_jax.policies import CategoricalPolicy
 
 
-def make_variant(num_envs: int, updates: int, unroll: int):
+def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "separate"):
   config = ppo_cartpole.purejaxrl_config(500_000, clip_value=True).replace(num_envs=num_envs)
-  env, policy = CartPole(), CategoricalPolicy(2, hidden=(64, 64), value="separate")
+  env, policy = CartPole(), CategoricalPolicy(2, hidden=(64, 64), value=value_head)
   init_fn, train_step = rj.make_train_step(
       env, policy, ppo_cartpole.purejaxrl_optimizer(config), config, unroll=unroll)
   key = jax.random.key(0)
@@ -48,7 +52,7 @@ def make_variant(num_envs: int, updates: int, unroll: int):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="4,2048")
-  parser.add_argument("--unroll", default="1,2,4,8")
+  parser.add_argument("--variants", default="shipped,twin,unroll=2,unroll=4,unroll=8")
   parser.add_argument("--updates", type=int, default=20)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out")
@@ -57,25 +61,28 @@ def main():
   for num_envs in (int(n) for n in args.sizes.split(",")):
     updates = args.updates if num_envs <= 64 else max(2, args.updates // 10)
     candidates, rows, reference = {}, {}, None
-    for unroll in (int(u) for u in args.unroll.split(",")):
-      config, compile_s, out, measure = make_variant(num_envs, updates, unroll)
+    for name in ["shipped", *[v for v in args.variants.split(",") if v != "shipped"]]:
+      unroll = int(name.split("=")[1]) if name.startswith("unroll=") else 1
+      value_head = "twin" if name == "twin" else "separate"
+      config, compile_s, out, measure = make_variant(num_envs, updates, unroll, value_head)
       loss = np.asarray(out.metrics["loss"])
       if reference is None:
         reference = loss
-      difference = float(np.max(np.abs(loss - reference)))
-      rows[f"unroll={unroll}"] = {"compile_s": compile_s, "max_abs_loss_difference": difference}
-      candidates[f"unroll={unroll}"] = measure
+      rows[name] = {"compile_s": compile_s, "max_abs_loss_difference": (
+          None if value_head != "separate" else float(np.max(np.abs(loss - reference))))}
+      candidates[name] = measure
     timings = common.interleaved_medians(candidates, args.rounds)
     steps = num_envs * config.rollout_length
-    base = timings["unroll=1"]["median_s"]
+    base = timings["shipped"]["median_s"]
     print(f"{num_envs} envs x {config.rollout_length} steps, {updates} updates per measurement")
     for name, t in timings.items():
       rows[name].update(median_s_per_update=t["median_s"], env_steps_per_s=steps / t["median_s"],
                         time_ratio_to_shipped=t["median_s"] / base)
       r = rows[name]
+      difference = r["max_abs_loss_difference"]
       print(f"  {name:10} {t['median_s'] * 1e3:8.2f} ms/update {r['env_steps_per_s']:>12,.0f} "
             f"env steps/s  x{r['time_ratio_to_shipped']:.2f} time  compile {r['compile_s']:.1f} s"
-            f"  |d loss| {r['max_abs_loss_difference']:.1e}")
+            f"  |d loss| {'n/a' if difference is None else f'{difference:.1e}'}")
     results["sizes"][str(num_envs)] = {"timings": timings, "rows": rows, "updates": updates}
   print(f"wrote {common.write('ppo_levers', results, args.out)}")
 

@@ -8,7 +8,10 @@ any flax linen module with that contract can replace these.
 Value heads (`value=`):
   * `None`: no critic (plain REINFORCE);
   * `"shared"`: a linear value head on the policy's last hidden layer;
-  * `"separate"`: its own MLP with the same hidden widths.
+  * `"separate"`: its own MLP with the same hidden widths;
+  * `"twin"`: the same two networks as `"separate"`, computed as one `TwinMLP`
+    whose layers are single batched products over stacked `[2, in, out]`
+    weights (one matrix product per layer instead of two).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 
 from reinforce_jax import _sampling
 
-VALUE_HEADS = (None, "shared", "separate")
+VALUE_HEADS = (None, "shared", "separate", "twin")
 
 
 class Categorical(distrax.Categorical):
@@ -58,21 +61,62 @@ class MLP(nn.Module):
     return x
 
 
-def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array) -> jax.Array:
+def _stacked(init):
+  """`init` applied to each `[in, out]` slice of a `[k, in, out]` parameter."""
+  def stacked(key, shape, dtype=jnp.float32):
+    keys = jax.random.split(key, shape[0])
+    return jnp.stack([init(k, shape[1:], dtype) for k in keys])
+  return stacked
+
+
+class TwinMLP(nn.Module):
+  """Two MLPs of the same widths on the same input, each layer one batched product.
+
+  Equal, as functions, to two `MLP`s (each slice of a stacked parameter is one
+  network's layer, initialised the same way); on a CPU the `[2, B, 64] x
+  [2, 64, 64]` product of a layer replaces two `[B, 64] x [64, 64]` ones.
+
+  Returns:
+    `(features_0, features_1)`, each `[..., hidden[-1]]` (the input when
+    `hidden` is empty).
+  """
+
+  hidden: Sequence[int]
+  activation: Callable[[jax.Array], jax.Array] = nn.tanh
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = jnp.broadcast_to(x, (2, *x.shape))
+    for i, width in enumerate(self.hidden):
+      kernel = self.param(f"hidden_{i}_kernel",
+                          _stacked(nn.initializers.orthogonal(jnp.sqrt(2.0))),
+                          (2, h.shape[-1], width))
+      bias = self.param(f"hidden_{i}_bias", nn.initializers.zeros, (2, width))
+      bias = bias.reshape((2,) + (1,) * (h.ndim - 2) + (width,))
+      h = self.activation(jnp.einsum("k...i,kio->k...o", h, kernel) + bias)
+    return h[0], h[1]
+
+
+def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array,
+                  value_features: jax.Array | None) -> jax.Array:
   if module.value == "shared":
     trunk = features
+  elif module.value == "twin":
+    trunk = value_features
   else:
     trunk = MLP(module.hidden, module.activation, name="value_trunk")(obs)
   value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(trunk)
   return value[..., 0]
 
 
-def _trunk(module: nn.Module, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`(obs as float32, features of the policy's hidden layers)`."""
+def _trunk(module: nn.Module, obs: jax.Array):
+  """`(obs as float32, the policy's features, the critic's features or None)`."""
   if module.value not in VALUE_HEADS:
     raise ValueError(f"value must be one of {VALUE_HEADS}, got {module.value!r}")
   obs = jnp.asarray(obs, jnp.float32)
-  return obs, MLP(module.hidden, module.activation, name="trunk")(obs)
+  if module.value == "twin":
+    return obs, *TwinMLP(module.hidden, module.activation, name="twin_trunk")(obs)
+  return obs, MLP(module.hidden, module.activation, name="trunk")(obs), None
 
 
 class CategoricalPolicy(nn.Module):
@@ -98,14 +142,14 @@ class CategoricalPolicy(nn.Module):
 
   @nn.compact
   def __call__(self, obs: jax.Array):
-    obs, features = _trunk(self, obs)
+    obs, features, value_features = _trunk(self, obs)
     logits = nn.Dense(self.num_actions,
                       kernel_init=nn.initializers.orthogonal(self.logits_scale),
                       name="logits")(features)
     dist = Categorical(logits=logits)
     if self.value is None:
       return dist
-    return dist, _value_output(self, obs, features)
+    return dist, _value_output(self, obs, features, value_features)
 
 
 class GaussianPolicy(nn.Module):
@@ -135,7 +179,7 @@ class GaussianPolicy(nn.Module):
 
   @nn.compact
   def __call__(self, obs: jax.Array):
-    obs, features = _trunk(self, obs)
+    obs, features, value_features = _trunk(self, obs)
     loc = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
                    name="loc")(features)
     if self.state_dependent_std:
@@ -155,4 +199,4 @@ class GaussianPolicy(nn.Module):
       dist = distrax.Transformed(dist, distrax.Block(to_box, ndims=1))
     if self.value is None:
       return dist
-    return dist, _value_output(self, obs, features)
+    return dist, _value_output(self, obs, features, value_features)

@@ -102,3 +102,31 @@ def test_categorical_policy_returns_the_fast_categorical():
   obs = jnp.ones((4, 1))
   params = policy.init(jax.random.key(0), obs)
   assert type(policy.apply(params, obs)) is Categorical
+
+
+@pytest.mark.parametrize("policy_cls, args", [(CategoricalPolicy, (3,)), (GaussianPolicy, (2,))])
+def test_twin_trunk_is_the_separate_networks_in_one_product(policy_cls, args):
+  obs = jax.random.normal(jax.random.key(0), (7, 4))
+  twin = policy_cls(*args, hidden=(16, 8), value="twin")
+  separate = policy_cls(*args, hidden=(16, 8), value="separate")
+  params = twin.init(jax.random.key(1), obs)["params"]
+  stacked = params.pop("twin_trunk")
+
+  def mlp(k):
+    return {f"hidden_{i}": {"kernel": stacked[f"hidden_{i}_kernel"][k],
+                            "bias": stacked[f"hidden_{i}_bias"][k]} for i in range(2)}
+
+  copied = {**params, "trunk": mlp(0), "value_trunk": mlp(1)}
+  assert jax.tree.structure(copied) == jax.tree.structure(
+      separate.init(jax.random.key(1), obs)["params"])
+  (dist_t, value_t) = twin.apply({"params": {**params, "twin_trunk": stacked}}, obs)
+  (dist_s, value_s) = separate.apply({"params": copied}, obs)
+  np.testing.assert_allclose(value_t, value_s, rtol=1e-5, atol=1e-6)
+  sample = dist_s.sample(seed=jax.random.key(2))
+  np.testing.assert_allclose(dist_t.log_prob(sample), dist_s.log_prob(sample), rtol=1e-5,
+                             atol=1e-5)
+  # Each slice is initialised like its own network: orthogonal columns, scale sqrt(2).
+  w = np.asarray(stacked["hidden_1_kernel"])
+  for k in range(2):
+    np.testing.assert_allclose(w[k].T @ w[k], 2.0 * np.eye(8), atol=1e-4)
+  assert not np.allclose(w[0], w[1])
