@@ -50,11 +50,12 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
   real = isinstance(value, numbers.Real | np.ndarray | jax.Array) and not isinstance(
       value, bool | np.bool_)
   if real:
-    kind = np.asarray(value).dtype
-    real = np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
+    from reinforce_jax.config import is_real_dtype
+
+    real = is_real_dtype(jnp.result_type(value))
   if not real:
     raise ValueError(f"{name} must be a real number, got {value!r}")
-  values = np.asarray(value, dtype=np.float64)
+  values = np.asarray(value).astype(np.float64)
   above = values > low if low_open else values >= low
   below = values < high if high_open else values <= high
   if not np.all(np.isfinite(values) & above & below):

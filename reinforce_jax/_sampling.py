@@ -105,14 +105,20 @@ def categorical_score(log_probs: jax.Array, index: jax.Array) -> tuple[jax.Array
   """
   num = log_probs.shape[-1]
   probs = jnp.exp(log_probs)
+
+  def plogp(p, lp):
+    # 0 log 0 = 0 for impossible (masked, -inf) categories, with a zero gradient.
+    possible = p > 0
+    return jnp.where(possible, p * jnp.where(possible, lp, 0.0), 0.0)
+
   if num > UNROLL_MAX:
     log_prob = jnp.take_along_axis(log_probs, index[..., None], axis=-1)[..., 0]
-    return log_prob, -jnp.sum(probs * log_probs, axis=-1)
+    return log_prob, -jnp.sum(plogp(probs, log_probs), axis=-1)
   log_prob = log_probs[..., 0]
-  entropy = -probs[..., 0] * log_probs[..., 0]
+  entropy = -plogp(probs[..., 0], log_probs[..., 0])
   for k in range(1, num):
     log_prob = jnp.where(index == k, log_probs[..., k], log_prob)
-    entropy = entropy - probs[..., k] * log_probs[..., k]
+    entropy = entropy - plogp(probs[..., k], log_probs[..., k])
   return log_prob, entropy
 
 

@@ -39,6 +39,24 @@ _INT_MINIMA = {"num_envs": 1, "rollout_length": 1, "num_epochs": 1, "num_minibat
                "num_steps": 0}
 
 
+def is_real_dtype(kind) -> bool:
+  """Whether `kind` is an integer or floating dtype, bfloat16 and other ml_dtypes included."""
+  kind = np.dtype(kind)
+  if np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating):
+    return True
+  try:
+    import ml_dtypes  # JAX's own dependency: bfloat16, float8_*
+
+    ml_dtypes.finfo(kind)
+  except (ImportError, ValueError, TypeError):
+    return False
+  return True
+
+
+def _is_scalar_array(value: Any) -> bool:
+  return hasattr(value, "dtype") and hasattr(value, "shape") and np.ndim(value) == 0
+
+
 def _check_float(name: str, value: Any, *, arrays: bool = False) -> None:
   """Raises `ValueError` naming `name` unless `value` is a real number in its range.
 
@@ -47,16 +65,16 @@ def _check_float(name: str, value: Any, *, arrays: bool = False) -> None:
   conversion, the dtype training uses (overflow to inf, underflow to 0).
   """
   low, high, low_open = _FLOAT_RANGES[name]
-  is_array = arrays and hasattr(value, "dtype") and hasattr(value, "shape")
+  is_array = hasattr(value, "dtype") and hasattr(value, "shape") and (
+      arrays or np.ndim(value) == 0)
   if is_array:
-    kind = np.dtype(value.dtype)
-    real = np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
+    real = is_real_dtype(value.dtype)
   else:
     real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
   if not real:
     raise ValueError(f"{name} must be a real number, got {value!r}")
   if is_array:
-    as_float = np.asarray(value, np.float64)
+    as_float = np.asarray(np.asarray(value).astype(np.float64))
   else:
     try:
       as_float = np.float64(float(value))
@@ -154,6 +172,9 @@ class TrainConfig:
     for name in _FLOAT_RANGES:
       if not (name == "max_grad_norm" and self.max_grad_norm is None):
         _check_float(name, getattr(self, name))
+        if _is_scalar_array(getattr(self, name)):
+          # A NumPy or JAX scalar becomes a Python float: the config stays hashable.
+          object.__setattr__(self, name, float(np.asarray(getattr(self, name))))
     for name in ("normalize_advantages", "clip_value", "anneal_lr"):
       if not isinstance(getattr(self, name), bool | np.bool_):
         raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

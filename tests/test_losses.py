@@ -304,3 +304,12 @@ def test_clipped_value_loss_checks_shapes_and_range():
     rj.clipped_value_loss(jnp.zeros(3), jnp.zeros(2), jnp.zeros(3), clip_eps=0.2)
   with pytest.raises(ValueError, match="clip_eps"):
     rj.clipped_value_loss(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3), clip_eps=-0.1)
+
+
+def test_bfloat16_values_pass_the_number_checks():
+  lp = jnp.ones(3, jnp.bfloat16)
+  loss = reinforce_loss(lp, lp, baseline=jnp.full(3, 0.5, jnp.bfloat16),
+                        weights=jnp.ones(3, jnp.bfloat16))
+  assert loss.dtype == jnp.bfloat16 and np.isfinite(float(loss))
+  with pytest.raises(ValueError, match="baseline"):
+    reinforce_loss(lp, lp, baseline=jnp.full(3, jnp.inf, jnp.bfloat16))

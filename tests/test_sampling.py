@@ -96,3 +96,21 @@ def test_column_sums_equal_separate_sums_and_carry_gradients():
   assert float(sums["flags"]) == 7.0 and float(sums["counts"]) == 190.0
   grad = jax.grad(lambda x: _sampling.column_sums({"x": x, "x2": x * x})["x2"])(a)
   np.testing.assert_allclose(grad, 2 * a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num", [3, _sampling.UNROLL_MAX + 2])
+def test_impossible_categories_give_finite_entropy_and_gradients(num):
+  logits = jnp.zeros((num,)).at[0].set(-jnp.inf)  # a masked action
+  log_probs = _sampling.log_softmax(logits[None])
+  log_prob, entropy = _sampling.categorical_score(log_probs, jnp.array([1]))
+  np.testing.assert_allclose(entropy, np.log(num - 1), rtol=1e-6)
+  np.testing.assert_allclose(log_prob, -np.log(num - 1), rtol=1e-6)
+  grad = jax.grad(lambda z: _sampling.categorical_score(
+      _sampling.log_softmax(z[None]), jnp.array([1]))[1].sum())(logits.at[0].set(-1e30))
+  assert np.all(np.isfinite(grad))
+  from reinforce_jax.policies import Categorical
+  from reinforce_jax.rollout import score
+
+  _, ent = score(Categorical(probs=jnp.array([0.0, 0.3, 0.7])), jnp.array(1))
+  np.testing.assert_allclose(ent, distrax.Categorical(probs=jnp.array([0.0, 0.3, 0.7])).entropy(),
+                             rtol=1e-5)
