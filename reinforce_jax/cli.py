@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
   _add_run_options(train)
   train.add_argument("--stop-at-return", type=_return_or_none, metavar="R",
-                     help="stop once every seed's latest mean return is >= R (default: the "
+                     help="stop once every seed's last 100 episodes average >= R (default: the "
                           "preset's solved threshold, 475 for cartpole, none for the others; "
                           "'none' trains every step)")
   train.add_argument("--devices", type=_int_in(1),
@@ -274,6 +274,16 @@ def _config(args, preset, *, exclude=()):
       **{k: v for k, v in overrides.items() if v is not None and k not in exclude})
 
 
+# TrainConfig fields newer than some recorded runs, with the behaviour those runs had.
+_ADDED_FIELDS = {"clip_value": False, "anneal_lr": False}
+
+
+def _stored_stop(args) -> float | None:
+  """`stop_at_return` of the run in `--resume DIR` (what a resumed run keeps by default)."""
+  stored = json.loads((pathlib.Path(args.resume) / CONFIG_FILE).read_text())
+  return stored.get("stop_at_return")
+
+
 def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
   """The config, seed, seed count and checkpoint interval of the run in `--resume DIR`.
 
@@ -290,6 +300,8 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
   fields = [f.name for f in dataclasses.fields(TrainConfig)]
   if not isinstance(stored, dict):
     raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
+  # Fields added after a run was recorded take the value that reproduces it.
+  stored = {**_ADDED_FIELDS, **stored}
   missing = [k for k in ("env", "seed", "num_seeds", *fields) if k not in stored]
   if missing:
     raise ValueError(f"{where}: {CONFIG_FILE} lacks {', '.join(map(repr, missing))}; "
@@ -310,6 +322,9 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
   if args.steps is not None:
+    if config.anneal_lr and args.steps != config.num_steps:
+      raise ValueError(f"--steps {args.steps} contradicts the run in {args.resume}: its "
+                       f"learning rate anneals to 0 over num_steps {config.num_steps}")
     config = config.replace(num_steps=args.steps)
   for key, kind in (("seed", int), ("num_seeds", int)):
     if not isinstance(stored[key], kind) or isinstance(stored[key], bool):
@@ -519,8 +534,8 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   if args.overwrite and jax.process_index() == 0:
     _clear(out)
   stop_at_return = args.stop_at_return
-  if stop_at_return is None:
-    stop_at_return = preset.solved_return
+  if stop_at_return is None:  # a resumed run keeps its own; a new one takes the preset's
+    stop_at_return = _stored_stop(args) if args.resume else preset.solved_return
   elif stop_at_return == "none":
     stop_at_return = None
   try:
@@ -544,7 +559,8 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
     print("  exact expected reward of the learned policy: "
           + ", ".join(f"{r:.4f}" for r in result.expected_reward))
   if result.solved_at_step is not None:
-    print(f"  every seed reached {stop_at_return:g} at step {result.solved_at_step}, "
+    print(f"  every seed's last 100 episodes averaged {stop_at_return:g} or more at step "
+          f"{result.solved_at_step}, "
           f"{result.solved_after_s:.1f} s after the start (compile included)")
   if result.files:
     print(f"  outputs in {result.out_dir}/: {', '.join(result.files)}")

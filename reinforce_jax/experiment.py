@@ -7,6 +7,7 @@ seed keys (bit for bit): keys depend only on the seed and the step count.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import json
@@ -131,6 +132,40 @@ def _alive(state) -> bool:
   return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
 
 
+SOLVED_EPISODES = 100  # gymnasium's reward threshold is a mean over 100 consecutive episodes
+
+
+class RecentEpisodes:
+  """Per seed, the mean return of the last `SOLVED_EPISODES` finished episodes.
+
+  Fed one train step at a time with each seed's mean return and episode count
+  of that step; a step's episodes are kept or dropped together, so the window
+  holds at least `SOLVED_EPISODES` episodes once that many have finished.
+  """
+
+  def __init__(self, num_seeds: int, episodes: int = SOLVED_EPISODES):
+    self.episodes = episodes
+    self.windows = [collections.deque() for _ in range(num_seeds)]
+
+  def add(self, mean_return: np.ndarray, num_episodes: np.ndarray) -> None:
+    """`[num_seeds, steps]` arrays of one chunk, oldest step first."""
+    for window, means, counts in zip(self.windows, mean_return, num_episodes, strict=True):
+      for mean, count in zip(means, counts, strict=True):
+        if count > 0 and np.isfinite(mean):
+          window.append((float(mean) * int(count), int(count)))
+          while sum(c for _, c in window) - window[0][1] >= self.episodes:
+            window.popleft()
+
+  def means(self) -> np.ndarray:
+    """`[num_seeds]`: the window's mean return, NaN until `episodes` have finished."""
+    out = np.full(len(self.windows), np.nan)
+    for i, window in enumerate(self.windows):
+      count = sum(c for _, c in window)
+      if count >= self.episodes:
+        out[i] = sum(total for total, _ in window) / count
+    return out
+
+
 def _nanmean(values: np.ndarray) -> np.ndarray:
   """Mean over seeds, NaN (without a warning) where no seed finished an episode."""
   finite = np.isfinite(values)
@@ -170,7 +205,8 @@ def run_experiment(
   `learning_curve.png`, `policy.png` (bandit), `params.msgpack` (flax msgpack of
   the final parameters, every leaf with a leading `[num_seeds]` axis),
   `config.json` and `summary.json`. With `stop_at_return`, the run ends at the
-  first chunk after which every seed's latest mean return reaches it. The
+  first chunk after which, for every seed, the mean return of its last 100
+  finished episodes reaches it (gymnasium's definition of solved). The
   environments are split over `devices` local devices (default: all of them).
   With `profile_dir`, the first chunk of training runs under `jax.profiler.trace`
   (view it with TensorBoard's profile plugin or Perfetto).
@@ -244,6 +280,7 @@ def run_experiment(
   status = "completed"
   solved_at, solved_after = None, None
   latest = np.full(num_seeds, np.nan)
+  recent_episodes = RecentEpisodes(num_seeds)
   bar = tqdm(total=config.num_steps, initial=done, desc=f"{env_name}", unit="step",
              disable=not progress, file=sys.stderr, dynamic_ncols=True)
   try:
@@ -269,6 +306,7 @@ def run_experiment(
         state, done = result.state, done + good  # together: a checkpoint pairs them
         bar.update(good)
         if good:
+          recent_episodes.add(metrics["mean_return"][:, :good], metrics["num_episodes"][:, :good])
           for seed_index, curve in enumerate(metrics["mean_return"][:, :good]):
             last = _last_finite(curve)
             latest[seed_index] = latest[seed_index] if last is None else last
@@ -279,10 +317,6 @@ def run_experiment(
           log.flush()
           checkpoints.save(out / CHECKPOINTS_DIR, done, state)
           saved = done
-        if stop_at_return is not None and np.all(latest >= stop_at_return):
-          status, solved_at = "solved", done
-          solved_after = time.perf_counter() - start
-          break
         if not np.asarray(result.finite).all():
           status = "non-finite"
           bad = np.flatnonzero(~np.asarray(result.finite)).tolist()
@@ -290,6 +324,10 @@ def run_experiment(
               f"reinforce-jax: loss or parameters became non-finite at step {done + 1} "
               f"(seeds {bad}); stopped and kept each seed's last finite parameters",
               file=sys.stderr)
+          break
+        if stop_at_return is not None and np.all(recent_episodes.means() >= stop_at_return):
+          status, solved_at = "solved", done
+          solved_after = time.perf_counter() - start
           break
         if should_stop is not None and should_stop():
           raise KeyboardInterrupt

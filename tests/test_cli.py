@@ -139,8 +139,11 @@ def test_stop_at_return(tmp_path):
   summary = json.loads((out / "summary.json").read_text())
   assert code == 0 and summary["status"] == "solved"
   assert summary["solved_at_step"] == summary["steps_done"] < 500
-  rows = _rows(out)
-  assert rows[-1]["mean_return"] >= 0.9
+  rows = _rows(out)  # solved: the last 100 episodes average >= 0.9, from the written rows
+  recent = experiment.RecentEpisodes(1)
+  recent.add(np.array([[r["mean_return"] or np.nan for r in rows]]),
+             np.array([[r["num_episodes"] for r in rows]]))
+  assert recent.means()[0] >= 0.9
 
 
 def test_profile_writes_a_trace(tmp_path):
@@ -181,3 +184,40 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   first = run(tmp_path / "a")
   assert any(name.startswith("jit_run") for name in first), first
   assert run(tmp_path / "b") == first
+
+
+def test_solved_means_the_last_100_episodes_not_one_lucky_step():
+  recent = experiment.RecentEpisodes(2)
+  # Seed 0: 99 episodes of return 100, then one of 500; seed 1: 100 episodes of 480.
+  recent.add(np.array([[100.0, 500.0], [480.0, np.nan]]), np.array([[99, 1], [100, 0]]))
+  means = recent.means()
+  np.testing.assert_allclose(means, [(99 * 100 + 500) / 100, 480.0])
+  assert not np.all(means >= 475)
+  # Until 100 episodes have finished there is no verdict.
+  fresh = experiment.RecentEpisodes(1)
+  fresh.add(np.array([[500.0]]), np.array([[40]]))
+  assert np.isnan(fresh.means()[0])
+  # Whole steps leave the window once newer ones hold 100 episodes.
+  fresh.add(np.array([[480.0, 490.0]]), np.array([[60, 100]]))
+  np.testing.assert_allclose(fresh.means(), [490.0])
+
+
+def test_resume_keeps_the_stop_setting_fills_new_fields_and_guards_the_schedule(tmp_path):
+  tiny = ["--num-envs", "8", "--rollout-length", "8", "--no-progress"]
+  run = tmp_path / "run"
+  assert cli.main(["train", "cartpole", "--steps", "2", *tiny, "--stop-at-return", "none",
+                   "--out", str(run)]) == 0
+  config_file = run / "config.json"
+  stored = json.loads(config_file.read_text())
+  for key in ("clip_value", "anneal_lr"):  # a run recorded before these fields existed
+    del stored[key]
+  config_file.write_text(json.dumps(stored))
+  assert cli.main(["train", "cartpole", "--steps", "3", *tiny[4:], "--resume", str(run)]) == 0
+  resumed = json.loads(config_file.read_text())
+  assert resumed["stop_at_return"] is None and resumed["num_steps"] == 3
+  ppo = tmp_path / "ppo"
+  assert cli.main(["train", "cartpole", "--algo", "ppo", "--steps", "2", *tiny,
+                   "--out", str(ppo)]) == 0
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", "cartpole", "--steps", "4", "--no-progress", "--resume", str(ppo)])
+  assert exit_info.value.code == 2
