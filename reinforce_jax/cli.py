@@ -555,6 +555,10 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   if returns:
     print(f"  final mean return: {sum(returns) / len(returns):.4g} "
           f"(per seed: {', '.join(f'{r:.4g}' for r in returns)})")
+  recent = [r for r in result.recent_mean_return if r is not None]
+  if len(recent) == len(result.recent_mean_return) and recent:
+    print(f"  mean return of the last 100 episodes: {min(recent):.4g} in the worst seed "
+          f"(per seed: {', '.join(f'{r:.4g}' for r in recent)})")
   if result.expected_reward is not None:
     print("  exact expected reward of the learned policy: "
           + ", ".join(f"{r:.4f}" for r in result.expected_reward))

@@ -58,6 +58,9 @@ class Result:
   solved_at_step: int | None = None    # first step where every seed reached stop_at_return
   solved_after_s: float | None = None  # seconds from the start of the run to then
   files: list[str] = dataclasses.field(default_factory=list)  # written by this process
+  # Per seed, the mean return of its last 100 finished episodes (what `stop_at_return`
+  # is checked on; None until 100 have finished in this process's part of the run).
+  recent_mean_return: list[float | None] = dataclasses.field(default_factory=list)
 
 
 def _seed_keys(seed: int, num_seeds: int):
@@ -369,7 +372,8 @@ def run_experiment(
       wall_time_s=round(wall, 3), compile_time_s=round(compile_time, 3),
       out_dir=str(out), expected_reward=expected, files=sorted(files),
       solved_at_step=solved_at,
-      solved_after_s=None if solved_after is None else round(solved_after, 3))
+      solved_after_s=None if solved_after is None else round(solved_after, 3),
+      recent_mean_return=[None if np.isnan(r) else float(r) for r in recent_episodes.means()])
   if writer:
     (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result
