@@ -63,10 +63,16 @@ def column_sums(columns: dict[str, jax.Array]) -> dict[str, jax.Array]:
     columns: name -> array; every array has the same number of elements `N`.
 
   Returns:
-    name -> `[]` float32 sum, differentiable where the input is.
+    name -> `[]` sum in float32 (or the widest float input's dtype),
+    differentiable where the input is.
   """
   names = list(columns)
-  stacked = jnp.stack([jnp.ravel(columns[n]).astype(jnp.float32) for n in names], axis=-1)
+  if not names:
+    return {}
+  # float32, or wider where a column is (float64 under x64): never narrower than an input.
+  floats = [columns[n] for n in names if jnp.issubdtype(jnp.result_type(columns[n]), jnp.floating)]
+  dtype = jnp.result_type(jnp.float32, *floats)
+  stacked = jnp.stack([jnp.ravel(columns[n]).astype(dtype) for n in names], axis=-1)
   totals = jnp.sum(stacked, axis=0)
   return {name: totals[i] for i, name in enumerate(names)}
 

@@ -121,12 +121,14 @@ def use_compilation_cache(directory: str | os.PathLike | None) -> bool:
   version and XLA flags: JAX keys the cache on all of them) loads it from
   disk instead of compiling: the CLI's CartPole run starts about 2 s sooner.
   Programs that compile in under 0.2 s are not stored. Call it before the
-  first compilation; JAX's own `jax_compilation_cache_dir` set by the user wins.
+  first compilation; JAX's own `jax_compilation_cache_dir` set by the user wins,
+  and `jax_enable_compilation_cache=False` keeps it off.
 
   Returns:
     Whether the cache was turned on.
   """
-  if directory is None or jax.config.jax_compilation_cache_dir:
+  if (directory is None or jax.config.jax_compilation_cache_dir
+      or not jax.config.jax_enable_compilation_cache):
     return False
   jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

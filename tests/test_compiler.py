@@ -67,3 +67,17 @@ def test_the_sweep_that_used_to_hang_finishes(tmp_path):
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"})
   assert done.returncode == 0, done.stderr[-2000:]
   assert "24 runs" in done.stdout
+
+
+def test_use_compilation_cache_respects_jax_settings(tmp_path):
+  out = _python(textwrap.dedent(f"""
+      import jax
+      from reinforce_jax.compiler import use_compilation_cache
+      print(use_compilation_cache(None))
+      jax.config.update("jax_enable_compilation_cache", False)
+      print(use_compilation_cache({str(tmp_path / "a")!r}))
+      jax.config.update("jax_enable_compilation_cache", True)
+      print(use_compilation_cache({str(tmp_path / "b")!r}), jax.config.jax_compilation_cache_dir)
+      print(use_compilation_cache({str(tmp_path / "c")!r}))  # the first setting stays
+  """))
+  assert out.split() == ["False", "False", "True", str(tmp_path / "b"), "False"]

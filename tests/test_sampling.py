@@ -114,3 +114,13 @@ def test_impossible_categories_give_finite_entropy_and_gradients(num):
   _, ent = score(Categorical(probs=jnp.array([0.0, 0.3, 0.7])), jnp.array(1))
   np.testing.assert_allclose(ent, distrax.Categorical(probs=jnp.array([0.0, 0.3, 0.7])).entropy(),
                              rtol=1e-5)
+
+
+def test_column_sums_keep_float64_under_x64():
+  with jax.enable_x64(True):
+    x = jnp.arange(4, dtype=jnp.float64) / 3
+    sums = _sampling.column_sums({"x": x, "count": jnp.ones(4, jnp.int32)})
+    assert sums["x"].dtype == jnp.float64 and sums["count"].dtype == jnp.float64
+    np.testing.assert_allclose(float(sums["x"]), 2.0, rtol=1e-15)
+  assert _sampling.column_sums({}) == {}
+  assert _sampling.column_sums({"a": jnp.ones(3, jnp.bfloat16)})["a"].dtype == jnp.float32
