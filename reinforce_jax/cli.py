@@ -85,10 +85,17 @@ _non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and
 _finite_float = _number(math.isfinite, "finite")
 
 
-def _cache_dir(text: str) -> str | bool:
-  """`--compilation-cache`: a folder, or `none` (False)."""
-  if text.strip().lower() == "none":
-    return False
+NONE = "none"  # what `--stop-at-return none` and `--compilation-cache none` parse to
+
+
+def _or_none(parse):
+  """`parse`, or the word `none` (any case) as `NONE`."""
+  def parse_or_none(text: str):
+    return NONE if text.strip().lower() == NONE else parse(text)
+  return parse_or_none
+
+
+def _folder(text: str) -> str:
   if not text.strip():
     raise argparse.ArgumentTypeError("expected a folder or 'none', got an empty string")
   return text
@@ -100,14 +107,7 @@ def _start_jax(args) -> None:
 
   avoid_cpu_deadlock()  # see reinforce_jax/compiler.py
   cache = default_cache_dir() if args.compilation_cache is None else args.compilation_cache
-  use_compilation_cache(cache or None)
-
-
-def _return_or_none(text: str) -> float | str:
-  """`--stop-at-return`: a finite number, or `none` (train every step)."""
-  if text.strip().lower() == "none":
-    return "none"
-  return _finite_float(text)
+  use_compilation_cache(None if cache == NONE else cache)
 
 
 def _path(text: str) -> str:
@@ -175,7 +175,7 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
   command.add_argument("--out", type=_path,
                        help="output folder (default runs/ENV, runs/ENV-sweep); one that "
                             "already holds a run is refused unless --overwrite")
-  command.add_argument("--compilation-cache", type=_cache_dir, metavar="DIR",
+  command.add_argument("--compilation-cache", type=_or_none(_folder), metavar="DIR",
                        help="JAX's persistent compilation cache, so a repeated run skips "
                             "compiling (default: $REINFORCE_JAX_CACHE_DIR, else "
                             "~/.cache/reinforce_jax/xla; 'none' turns it off)")
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train a policy (REINFORCE, A2C or PPO)",
       description="Train a policy. Defaults come from the preset of ENV and --algo.")
   _add_run_options(train)
-  train.add_argument("--stop-at-return", type=_return_or_none, metavar="R",
+  train.add_argument("--stop-at-return", type=_or_none(_finite_float), metavar="R",
                      help="stop once every seed's last 100 episodes average >= R (default: the "
                           "preset's solved threshold, 475 for cartpole, none for the others; "
                           "'none' trains every step)")
@@ -278,14 +278,8 @@ def _config(args, preset, *, exclude=()):
 _ADDED_FIELDS = {"clip_value": False, "anneal_lr": False}
 
 
-def _stored_stop(args) -> float | None:
-  """`stop_at_return` of the run in `--resume DIR` (what a resumed run keeps by default)."""
-  stored = json.loads((pathlib.Path(args.resume) / CONFIG_FILE).read_text())
-  return stored.get("stop_at_return")
-
-
-def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
-  """The config, seed, seed count and checkpoint interval of the run in `--resume DIR`.
+def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
+  """The config, seed, seed count, checkpoint interval and stop setting of `--resume DIR`.
 
   Raises:
     ValueError: no readable, complete `config.json`, another environment, or an
@@ -329,7 +323,8 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None]:
   for key, kind in (("seed", int), ("num_seeds", int)):
     if not isinstance(stored[key], kind) or isinstance(stored[key], bool):
       raise ValueError(f"{where}: {CONFIG_FILE} has {key} {stored[key]!r}, not an integer")
-  return config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every")
+  return (config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every"),
+          stored.get("stop_at_return"))
 
 
 def _check_writable(path: pathlib.Path, flag: str) -> None:
@@ -489,11 +484,12 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   preset = PRESETS[args.env]
   seed = 0 if args.seed is None else args.seed
   num_seeds, checkpoint_every = args.num_seeds or 1, args.checkpoint_every
+  stored_stop = None  # a resumed run's own stop setting
   out = pathlib.Path(args.resume or args.out or f"runs/{args.env}")
   try:
     _check_cluster_options(args)
     if args.resume:
-      config, seed, num_seeds, stored_every = _stored_run(args)
+      config, seed, num_seeds, stored_every, stored_stop = _stored_run(args)
       checkpoint_every = checkpoint_every or stored_every
       _check_writable(out, "--resume")
     else:
@@ -535,8 +531,8 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
     _clear(out)
   stop_at_return = args.stop_at_return
   if stop_at_return is None:  # a resumed run keeps its own; a new one takes the preset's
-    stop_at_return = _stored_stop(args) if args.resume else preset.solved_return
-  elif stop_at_return == "none":
+    stop_at_return = stored_stop if args.resume else preset.solved_return
+  elif stop_at_return == NONE:
     stop_at_return = None
   try:
     result = run_experiment(args.env, config, seed=seed, num_seeds=num_seeds,

@@ -32,7 +32,6 @@ from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
 from reinforce_jax.train import (
     Hyperparams,
-    linear_anneal,
     make_optimizer,
     make_run,
     make_train_step,
@@ -41,12 +40,8 @@ from reinforce_jax.train import (
 
 def make_sweep_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """Adam with its learning rate as state (then clipping, as `make_optimizer`)."""
-  parts = [optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)]
-  if config.max_grad_norm is not None:
-    parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
-  if config.anneal_lr:
-    parts.append(linear_anneal(config))
-  return parts[0] if len(parts) == 1 else optax.chain(*parts)
+  return make_optimizer(
+      config, adam=optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate))
 
 
 def set_learning_rate(opt_state, learning_rate):

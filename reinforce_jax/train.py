@@ -82,10 +82,15 @@ def linear_anneal(config: TrainConfig) -> optax.GradientTransformation:
   return optax.scale_by_schedule(fraction)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, *, adam: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
   """Adam at `config.learning_rate`, after global-norm clipping if configured,
-  annealed linearly to 0 over `config.num_steps` with `config.anneal_lr`."""
-  parts = [optax.adam(config.learning_rate)]
+  annealed linearly to 0 over `config.num_steps` with `config.anneal_lr`.
+
+  `adam` replaces the Adam step (sweeps pass one whose learning rate is state).
+  """
+  parts = [optax.adam(config.learning_rate) if adam is None else adam]
   if config.max_grad_norm is not None:
     parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
   if config.anneal_lr:
