@@ -10,7 +10,9 @@
   buffers are reused instead of allocated on every call.
 * `train_step_tuned`: the same step with a donated state and
   `reinforce_jax.recommended_compiler_options()`, reported beside it.
-* `make_run_plain_jit`: the same steps fused into one program (`make_run`).
+* `make_run_plain_jit`: the same steps fused into one program (`make_run`);
+  `make_train_plain_jit`: the whole run from a key (`make_train`), and
+  `make_train_vmap_4_seeds_per_seed`: `jax.vmap` of it over 4 seeds, per seed.
 * `reference_fused_loop`: the shortest hand-written fused JAX loop doing the same
   work (benchmarks/reference.py) under plain `jax.jit`; `_tuned` with the
   compiler options; `_per_env_keys` also draws a key per environment, as a
@@ -107,6 +109,15 @@ def main():
   common.block(run(state, key, args.steps))
   candidates["make_run_plain_jit"] = lambda: common.timed(
       lambda: common.block(run(state, key, args.steps))) / args.steps
+  # The whole run as one function of a key, alone and vmapped over seeds (per seed).
+  whole = rj.make_train(env, policy, optimizer, config.replace(num_steps=args.steps))
+  train, seeds = jax.jit(whole), jax.random.split(key, 4)
+  train_seeds = jax.jit(jax.vmap(whole))
+  common.block((train(key), train_seeds(seeds)))
+  candidates["make_train_plain_jit"] = lambda: common.timed(
+      lambda: common.block(train(key))) / args.steps
+  candidates["make_train_vmap_4_seeds_per_seed"] = lambda: common.timed(
+      lambda: common.block(train_seeds(seeds))) / args.steps / len(seeds)
   variants = [("reference_fused_loop", False, {}),
               ("reference_fused_loop_tuned", False, options),
               ("reference_fused_loop_per_env_keys", True, {})]
@@ -139,6 +150,10 @@ def main():
           "reference_fused_loop_tuned"),
       "ratio_make_run_to_reference": median("make_run_plain_jit") / median(
           "reference_fused_loop"),
+      "ratio_make_train_to_reference": median("make_train_plain_jit") / median(
+          "reference_fused_loop"),
+      "ratio_make_train_vmap_per_seed_to_reference": median(
+          "make_train_vmap_4_seeds_per_seed") / median("reference_fused_loop"),
       "ratio_plain_jit_to_reference_per_env_keys": median("train_step_plain_jit") / median(
           "reference_fused_loop_per_env_keys"),
       "tuned_compiler_options": options,
@@ -166,6 +181,8 @@ def main():
   print(f"  donated step / loop: {results['ratio_donated_to_reference']:.2f}; "
         f"tuned step / tuned loop: {results['ratio_tuned_to_reference_tuned']:.2f}; "
         f"make_run / loop: {results['ratio_make_run_to_reference']:.2f}; "
+        f"make_train: {results['ratio_make_train_to_reference']:.2f}; vmap over 4 seeds, per "
+        f"seed: {results['ratio_make_train_vmap_per_seed_to_reference']:.2f}; "
         f"plain step / loop with a key per environment: "
         f"{results['ratio_plain_jit_to_reference_per_env_keys']:.2f}")
   suffix = "" if args.key_impl == "threefry2x32" else f"-{args.key_impl}"
