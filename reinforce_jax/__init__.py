@@ -9,11 +9,13 @@ import os as _os
 import sys as _sys
 import types as _types
 
-_SUBMODULES = ("baselines", "envs", "monte_carlo", "policies")
+_SUBMODULES = ("baselines", "envs", "loop", "monte_carlo", "policies")
 _ORIGIN = {
     "avoid_cpu_deadlock": "compiler",
     "recommended_compiler_options": "compiler",
-    "Hyperparams": "config",
+    "Algorithm": "algorithms",
+    "Batch": "algorithms",
+    "Policy": "policies",
     "TrainConfig": "config",
     "GradStats": "estimators",
     "dice_objective": "estimators",
@@ -35,6 +37,7 @@ _ORIGIN = {
     "Trajectory": "rollout",
     "reset_envs": "rollout",
     "rollout": "rollout",
+    "run_loop": "loop",
     "RunOutput": "train",
     "TrainState": "train",
     "make_optimizer": "train",
@@ -106,9 +109,13 @@ if not _os.environ.get("REINFORCE_JAX_KEEP_XLA_FLAGS"):
   _avoid_cpu_deadlock_on_import()
 
 __all__ = [
+    "Algorithm",
+    "Batch",
     "EnvCarry",
     "GradStats",
-    "Hyperparams",
+    "Policy",
+    "algorithms",
+    "hparams",
     "RunOutput",
     "TrainConfig",
     "TrainState",
@@ -125,6 +132,7 @@ __all__ = [
     "magic_box",
     "monte_carlo",
     "lambda_returns",
+    "loop",
     "make_optimizer",
     "make_run",
     "make_train",
@@ -136,6 +144,7 @@ __all__ = [
     "reinforce_loss",
     "reset_envs",
     "rollout",
+    "run_loop",
     "straight_through",
     "value_loss",
     "clipped_value_loss",

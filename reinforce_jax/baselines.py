@@ -15,6 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from reinforce_jax import _checks
+from reinforce_jax.hparams import EMA, BatchMean, Constant, LeaveOneOut, Value
+
+# The baselines as values, for `algorithms.reinforce(baseline=...)` (declared with
+# their hyperparameters in `reinforce_jax.hparams`); the functions below compute them.
+__all__ = ["EMA", "BatchMean", "Constant", "LeaveOneOut", "Value", "batch_mean", "ema_update",
+           "leave_one_out"]
 
 
 def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:

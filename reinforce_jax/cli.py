@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -291,7 +290,7 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
     stored = json.loads((folder / CONFIG_FILE).read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{where}: no readable {CONFIG_FILE} ({e})") from None
-  fields = [f.name for f in dataclasses.fields(TrainConfig)]
+  fields = [*TrainConfig().run_settings(), "algo", "baseline"]
   if not isinstance(stored, dict):
     raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
   # Fields added after a run was recorded take the value that reproduces it.
@@ -308,11 +307,11 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
     raise ValueError(f"--out {args.out} contradicts {where}: a resumed run stays in its folder")
   for flag, key in _RUN_OPTIONS:
     value = getattr(args, key)
-    if value is not None and value != stored[key]:
+    if value is not None and value != stored.get(key):
       raise ValueError(f"{flag} {value} contradicts the run in {args.resume} ({key} "
                        f"{stored[key]}); a resumed run keeps its settings")
   try:
-    config = TrainConfig(**{k: stored[k] for k in fields})
+    config = TrainConfig.from_dict(stored)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
   if args.steps is not None:

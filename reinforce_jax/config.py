@@ -1,8 +1,13 @@
-"""Training configuration.
+"""Training configuration: a run's settings and its algorithm's hyperparameters.
 
-`TrainConfig` is one frozen, typed dataclass (hashable, so it can be static);
-`Hyperparams` holds its loss and return hyperparameters as traced values, for
-sweeps and schedules; `sweep_grid` expands a sweep's values into runs.
+`TrainConfig` is one frozen, hashable dataclass: the run's settings (batch
+shape, steps, optimizer) and `algorithm`, the algorithm's hyperparameter value
+(`hparams.Reinforce`, `hparams.A2C`, `hparams.PPO`), where every
+hyperparameter is declared once. Its keyword shortcuts (`TrainConfig(algo="ppo",
+clip_eps=0.1)`), the sweepable names and the command line's flags are derived
+from those declarations. `sweep_grid` expands a sweep's values into runs.
+
+This module does not import JAX.
 """
 
 from __future__ import annotations
@@ -10,33 +15,34 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import numbers
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-  import jax
+from reinforce_jax import hparams as hp
+from reinforce_jax.hparams import (
+    ALGORITHMS,
+    BASELINES,
+    AlgorithmParams,
+    Range,
+    Reinforce,
+    all_hparam_ranges,
+    check_value,
+    is_concrete_number,
+    static_fields,
+)
 
-ALGOS = ("reinforce", "a2c", "ppo")
-BASELINES = ("none", "constant", "ema", "batch_mean", "leave_one_out", "value")
+ALGOS = tuple(ALGORITHMS)
+BASELINE_KINDS = tuple(BASELINES)
 
-# Float fields and their ranges: (low, high, low_open). Each is also checked in
-# float32, the dtype training uses (1e300 is finite in Python, inf in float32).
-_FLOAT_RANGES = {
-    "gamma": (0.0, 1.0, False),
-    "gae_lambda": (0.0, 1.0, False),
-    "ema_decay": (0.0, 1.0, False),
-    "baseline_constant": (-math.inf, math.inf, False),
-    "entropy_coef": (0.0, math.inf, False),
-    "value_coef": (0.0, math.inf, False),
-    "clip_eps": (0.0, math.inf, False),
-    "learning_rate": (0.0, math.inf, True),
-    "max_grad_norm": (0.0, math.inf, True),
+# The run's own float settings (the optimizer's), declared like the algorithms'.
+RUN_RANGES = {
+    "learning_rate": Range(0.0, math.inf, True, "Adam learning rate"),
+    "max_grad_norm": Range(0.0, math.inf, True, "clip the global gradient norm"),
 }
-_INT_MINIMA = {"num_envs": 1, "rollout_length": 1, "num_epochs": 1, "num_minibatches": 1,
-               "num_steps": 0}
+_RUN_INTS = {"num_envs": 1, "rollout_length": 1, "num_steps": 0}
+_RUN_BOOLS = ("anneal_lr",)
 
 
 def is_real_dtype(kind) -> bool:
@@ -53,220 +59,219 @@ def is_real_dtype(kind) -> bool:
   return True
 
 
-def _is_scalar_array(value: Any) -> bool:
-  return hasattr(value, "dtype") and hasattr(value, "shape") and np.ndim(value) == 0
-
-
-def _check_float(name: str, value: Any, *, arrays: bool = False) -> None:
-  """Raises `ValueError` naming `name` unless `value` is a real number in its range.
-
-  Ints are fine; bools and strings are not, nor arrays unless `arrays` (then
-  every entry is checked). The range is checked on the value and on its float32
-  conversion, the dtype training uses (overflow to inf, underflow to 0).
-  """
-  low, high, low_open = _FLOAT_RANGES[name]
-  is_array = hasattr(value, "dtype") and hasattr(value, "shape") and (
-      arrays or np.ndim(value) == 0)
-  if is_array:
-    real = is_real_dtype(value.dtype)
-  else:
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-  if not real:
+def _check_scalar(name: str, value: Any, where: Range) -> None:
+  """A config holds Python-number hyperparameters only (it is hashable, it is static)."""
+  if not is_concrete_number(value) and not (
+      hasattr(value, "dtype") and np.ndim(value) == 0 and is_real_dtype(value.dtype)
+      and not np.issubdtype(value.dtype, np.bool_)):
     raise ValueError(f"{name} must be a real number, got {value!r}")
-  if is_array:
-    as_float = np.asarray(np.asarray(value).astype(np.float64))
+  check_value(name, float(np.asarray(value)) if not is_concrete_number(value) else value, where)
+
+
+def _baseline_value(kind: Any):
+  """A baseline value from its command-line name (or a value already)."""
+  if kind is None or isinstance(kind, hp.Baseline):
+    return kind
+  if not isinstance(kind, str) or kind not in BASELINES:
+    raise ValueError(f"baseline must be one of {BASELINE_KINDS}, got {kind!r}")
+  cls = BASELINES[kind]
+  return None if cls is None else cls()
+
+
+def _algorithm_names(algorithm: AlgorithmParams) -> set[str]:
+  """The keyword names that set something in `algorithm`: floats (flat) and static fields."""
+  return set(algorithm.flat()) | set(static_fields(type(algorithm)))
+
+
+def _build_algorithm(algo: str, baseline: Any, settings: dict) -> AlgorithmParams:
+  """The hyperparameter value of `algo` with `baseline` and flat `settings`."""
+  if not isinstance(algo, str) or algo not in ALGORITHMS:
+    raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+  cls = ALGORITHMS[algo]
+  baseline = _baseline_value(baseline)
+  if cls is Reinforce:
+    algorithm = Reinforce(baseline=baseline)
   else:
-    try:
-      as_float = np.float64(float(value))
-    except OverflowError:  # an int too large for a float
-      as_float = np.float64(math.inf if value > 0 else -math.inf)
-  with np.errstate(over="ignore", under="ignore"):
-    as_float32 = as_float.astype(np.float32)
-  if high < math.inf:
-    described = f"lie in [{low:g}, {high:g}]"
-  elif low > -math.inf:
-    described = "be finite and " + ("positive" if low_open else "non-negative")
-  else:
-    described = "be finite"
-  for v, where in ((as_float, ""), (as_float32, f" ({as_float32} in float32, the dtype used)")):
-    above = v > low if low_open else v >= low
-    if not np.all(np.isfinite(v) & above & (v <= high)):
-      raise ValueError(f"{name} must {described}, got {value!r}{where}")
+    if baseline is not None and not baseline.needs_value:
+      raise ValueError(f"baseline={baseline.kind!r} applies to algo='reinforce'; {algo} "
+                       "always uses the learned value function")
+    algorithm = cls()
+  statics = static_fields(cls)
+  floats = {k: v for k, v in settings.items() if k not in statics}
+  known = algorithm.flat()
+  for name, value in floats.items():
+    if name in known:
+      _check_scalar(name, value, all_hparam_ranges()[name])
+  algorithm = algorithm.replace_flat(**floats)
+  return algorithm.replace(**{k: v for k, v in settings.items() if k in statics})
 
 
-def _check_int(name: str, value: Any) -> None:
-  minimum = _INT_MINIMA[name]
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
-    raise ValueError(f"{name} must be {kind} (an int, not a bool), got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class TrainConfig:
   """Settings of a policy-gradient run. The defaults train the seed's bandit.
+
+  Build it from an algorithm's hyperparameters, or with their names as
+  keyword shortcuts (the same value):
+
+      TrainConfig(num_envs=4, algorithm=hparams.PPO(clip_eps=0.1))
+      TrainConfig(num_envs=4, algo="ppo", clip_eps=0.1)
+
+  A name the algorithm does not have is an error (`clip_eps` for REINFORCE), so
+  a setting is never silently ignored. Hyperparameters read as attributes too
+  (`config.clip_eps`).
 
   Attributes:
     num_envs: environments stepped in parallel (`B`).
     rollout_length: environment steps per environment per train step (`T`);
       one train step sees `num_envs * rollout_length` transitions.
-    gamma: discount, in [0, 1].
-    algo: `"reinforce"` (discounted reward-to-go minus a baseline), `"a2c"`
-      (GAE(lambda) advantages from a learned value function, one gradient step
-      per rollout) or `"ppo"` (GAE, clipped surrogate, `num_epochs` passes of
-      `num_minibatches` minibatches per rollout). All three share the rollout
-      and the returns module.
-    baseline: REINFORCE's baseline: `"none"` (the seed's `-log_prob * reward`),
-      `"constant"` (`baseline_constant`), `"ema"` (exponential moving average of
-      earlier steps' returns), `"batch_mean"` (mean return of the batch at each
-      time step, the sample included: shrinks the gradient by (B-1)/B),
-      `"leave_one_out"` (mean of the *other* environments: unbiased), or
-      `"value"` (a learned value function; the policy needs a value head). a2c
-      and ppo always use the learned value function.
-    baseline_constant: the constant baseline.
-    ema_decay: decay of the EMA baseline.
-    gae_lambda: GAE's lambda (a2c, ppo).
-    normalize_advantages: standardise advantages (over the batch; per minibatch
-      for ppo). A shift and a positive scale: it changes the step size, not the
-      expected direction, only up to the same-sample caveat of `batch_mean`.
-    entropy_coef: weight of the entropy bonus (the loss subtracts
-      `entropy_coef * mean entropy`).
-    value_coef: weight of the value loss.
-    clip_eps: PPO's clipping range (of the probability ratio, and of the value
-      when `clip_value`).
-    clip_value: PPO clips the value loss as the PPO papers' code, CleanRL,
-      PureJaxRL and SB3 do (`losses.clipped_value_loss`, range `clip_eps`):
-      the critic moves at most `clip_eps` from its rollout-time estimate per
-      update unless that raises the loss. Other algorithms ignore it.
-    num_epochs: PPO passes over each rollout.
-    num_minibatches: PPO minibatches per pass; must divide `num_envs * rollout_length`.
     num_steps: train steps of a whole run (`make_train`, the CLI).
     learning_rate: Adam step size used by `make_optimizer` (the CLI's optimizer).
+    max_grad_norm: if set, `make_optimizer` clips the global gradient norm.
     anneal_lr: `make_optimizer` anneals the learning rate linearly to 0 over
       `num_steps` (PureJaxRL's and CleanRL's PPO schedule).
-    max_grad_norm: if set, `make_optimizer` clips the global gradient norm.
+    algorithm: the algorithm's hyperparameters (`reinforce_jax.hparams`); its
+      `build()` is the algorithm (`reinforce_jax.algorithms`).
   """
 
   num_envs: int = 1024
   rollout_length: int = 1
-  gamma: float = 0.99
-  algo: str = "reinforce"
-  baseline: str = "none"
-  baseline_constant: float = 0.0
-  ema_decay: float = 0.9
-  gae_lambda: float = 0.95
-  normalize_advantages: bool = False
-  entropy_coef: float = 0.0
-  value_coef: float = 0.5
-  clip_eps: float = 0.2
-  clip_value: bool = True
-  num_epochs: int = 4
-  num_minibatches: int = 4
   num_steps: int = 100
   learning_rate: float = 0.05
   max_grad_norm: float | None = None
   anneal_lr: bool = False
+  algorithm: AlgorithmParams = Reinforce()
 
-  def __post_init__(self):
-    for name in _INT_MINIMA:
-      _check_int(name, getattr(self, name))
-    for name in _FLOAT_RANGES:
-      if not (name == "max_grad_norm" and self.max_grad_norm is None):
-        _check_float(name, getattr(self, name))
-        if _is_scalar_array(getattr(self, name)):
-          # A NumPy or JAX scalar becomes a Python float: the config stays hashable.
-          object.__setattr__(self, name, float(np.asarray(getattr(self, name))))
-    for name in ("normalize_advantages", "clip_value", "anneal_lr"):
-      if not isinstance(getattr(self, name), bool | np.bool_):
-        raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-    if not isinstance(self.algo, str) or self.algo not in ALGOS:
-      raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
-    if not isinstance(self.baseline, str) or self.baseline not in BASELINES:
-      raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-    if self.algo != "reinforce" and self.baseline not in ("none", "value"):
-      raise ValueError(
-          f"baseline={self.baseline!r} applies to algo='reinforce'; {self.algo} always "
-          "uses the learned value function")
-    if self.baseline in ("leave_one_out", "batch_mean") and self.num_envs < 2:
-      raise ValueError(f"baseline={self.baseline!r} needs num_envs >= 2")
-    batch = self.num_envs * self.rollout_length
-    if self.algo == "ppo" and batch % self.num_minibatches:
-      raise ValueError(
-          f"num_minibatches={self.num_minibatches} must divide num_envs * rollout_length "
-          f"= {batch}")
+  def __init__(self, *, algorithm: AlgorithmParams | None = None, algo: str | None = None,
+               baseline: Any = (), **settings):
+    run = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "algorithm"}
+    for name in list(settings):
+      if name in run:
+        run[name] = settings.pop(name)
+    for name, minimum in _RUN_INTS.items():
+      hp._check_int(name, run[name], minimum)
+    for name in _RUN_BOOLS:
+      hp._check_bool(name, run[name])
+    _check_scalar("learning_rate", run["learning_rate"], RUN_RANGES["learning_rate"])
+    if run["max_grad_norm"] is not None:
+      _check_scalar("max_grad_norm", run["max_grad_norm"], RUN_RANGES["max_grad_norm"])
+    for name in RUN_RANGES:
+      if run[name] is not None:
+        run[name] = float(np.asarray(run[name]))
+    if algorithm is None:
+      algorithm = _build_algorithm(
+          "reinforce" if algo is None else algo, None if baseline == () else baseline,
+          settings)
+    else:
+      if not isinstance(algorithm, AlgorithmParams):
+        raise ValueError(f"algorithm must be a hyperparameter value of {ALGOS} "
+                         f"(reinforce_jax.hparams), got {algorithm!r}")
+      if algo is not None and algo != algorithm.algo:
+        raise ValueError(f"algo={algo!r} contradicts algorithm={algorithm!r}")
+      if baseline != ():
+        if not isinstance(algorithm, Reinforce):
+          raise ValueError(f"baseline applies to algo='reinforce', got {algorithm.label()}")
+        algorithm = algorithm.replace(baseline=_baseline_value(baseline))
+      if settings:
+        algorithm = _build_algorithm(algorithm.algo, getattr(algorithm, "baseline", None),
+                                     {**_settings_of(algorithm), **settings})
+    unknown = sorted(set(settings) - _algorithm_names(algorithm))
+    if unknown:
+      name = unknown[0]
+      if name in all_hparam_ranges() or any(name in static_fields(c)
+                                            for c in ALGORITHMS.values()):
+        raise ValueError(f"{name} is not a setting of {_describe(algorithm)} "
+                         f"(its settings: {sorted(_algorithm_names(algorithm))})")
+      raise ValueError(f"unknown setting {name!r}; TrainConfig takes {sorted(run)}, "
+                       f"'algo', 'baseline', 'algorithm' and the algorithm's settings")
+    algorithm.check_batch(run["num_envs"], run["rollout_length"])
+    for name, value in run.items():
+      object.__setattr__(self, name, value)
+    object.__setattr__(self, "algorithm", algorithm)
+
+  def __getattr__(self, name: str):
+    # Only called for names that are not attributes: the algorithm's settings.
+    if name.startswith("__") or name == "algorithm":
+      raise AttributeError(name)
+    algorithm = self.algorithm
+    values = _settings_of(algorithm)
+    if name in values:
+      return values[name]
+    raise AttributeError(f"{name!r} is not a setting of TrainConfig or of "
+                         f"{_describe(algorithm)}")
+
+  @property
+  def algo(self) -> str:
+    return self.algorithm.algo
+
+  @property
+  def baseline(self) -> str:
+    """REINFORCE's baseline by its command-line name; `"none"` for the others."""
+    return self.algorithm.baseline_kind if isinstance(self.algorithm, Reinforce) else "none"
 
   @property
   def uses_value(self) -> bool:
     """Whether the policy needs a value head."""
-    return self.algo != "reinforce" or self.baseline == "value"
+    return self.algorithm.needs_value
 
   def replace(self, **changes) -> TrainConfig:
-    return dataclasses.replace(self, **changes)
+    """A copy with `changes` (run settings, `algo`, `baseline` or hyperparameters).
 
+    Settings of the old algorithm (or baseline) that the new one lacks are
+    dropped; a name given here that the new one lacks is an error.
+    """
+    if "algorithm" in changes:
+      return TrainConfig(**{**self.run_settings(), **changes})
+    flat = self.to_dict()
+    algo, baseline = changes.pop("algo", flat["algo"]), changes.pop("baseline", ())
+    if baseline == () and algo == self.algo:
+      baseline = getattr(self.algorithm, "baseline", None)
+    keep = {k: v for k, v in flat.items() if k not in ("algo", "baseline")}
+    if algo != self.algo or baseline is not getattr(self.algorithm, "baseline", None):
+      target = _build_algorithm(algo, None if baseline == () else baseline, {})
+      allowed = _algorithm_names(target) | set(self.run_settings())
+      keep = {k: v for k, v in keep.items() if k in allowed}
+    return TrainConfig(algo=algo, baseline=None if baseline == () else baseline,
+                       **{**keep, **changes})
 
-class Hyperparams(NamedTuple):
-  """The loss and return hyperparameters of `TrainConfig`, as traced values.
+  def run_settings(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name != "algorithm"}
 
-  By default a train step reads these from its `TrainConfig`, where they are
-  compile-time constants. Put a `Hyperparams` in `TrainState.hyperparams` to
-  make them values of the state instead: `jax.vmap` over states then trains
-  several entropy coefficients (discounts, ...) in one program, and a loop can
-  change them between steps (annealing) without recompiling.
+  def to_dict(self) -> dict[str, Any]:
+    """Flat and JSON-ready: run settings, `algo`, `baseline` and the algorithm's settings.
 
-      state = init_fn(key)
-      hp = Hyperparams.from_config(config)._replace(entropy_coef=jnp.float32(0.01))
-      state = state._replace(hyperparams=hp)
-
-  Fields mean what the `TrainConfig` fields of the same names mean.
-  """
-
-  gamma: jax.Array
-  gae_lambda: jax.Array
-  entropy_coef: jax.Array
-  value_coef: jax.Array
-  clip_eps: jax.Array
-  baseline_constant: jax.Array
-  ema_decay: jax.Array
+    `TrainConfig.from_dict` reads it back (what a run folder's `config.json` holds).
+    """
+    return {**self.run_settings(), "algo": self.algo, "baseline": self.baseline,
+            **_settings_of(self.algorithm)}
 
   @classmethod
-  def from_config(cls, config: TrainConfig, **overrides) -> Hyperparams:
-    """The config's values (with `overrides`), as float32 scalars.
-
-    Raises:
-      ValueError: for an unknown name, or a concrete override that the
-        `TrainConfig` field of the same name would reject (traced overrides,
-        inside `jit` or `vmap`, cannot be checked).
-    """
-    import jax  # here, so that importing the config stays free of JAX
-    import jax.numpy as jnp
-
-    unknown = set(overrides) - set(cls._fields)
-    if unknown:
-      raise ValueError(f"unknown hyperparameters {sorted(unknown)}; "
-                       f"the fields are {list(cls._fields)}")
-    for name, value in overrides.items():
-      if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
-        _check_float(name, value, arrays=True)  # traced values cannot be checked
-    values = {name: overrides.get(name, getattr(config, name)) for name in cls._fields}
-    return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+  def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+    """A config from `to_dict`'s form; other keys, and settings the algorithm lacks, are
+    ignored (records written before this layout held every algorithm's fields)."""
+    algo = values.get("algo", "reinforce")
+    baseline = values.get("baseline", "none")
+    if algo != "reinforce":
+      baseline = None
+    target = _build_algorithm(algo, baseline, {})
+    names = _algorithm_names(target) | {f.name for f in dataclasses.fields(cls)}
+    names.discard("algorithm")
+    return cls(algo=algo, baseline=baseline,
+               **{k: v for k, v in values.items() if k in names})
 
 
-SWEEPABLE = ("learning_rate", *Hyperparams._fields)
+def _settings_of(algorithm: AlgorithmParams) -> dict[str, Any]:
+  statics = {name: getattr(algorithm, name) for name in static_fields(type(algorithm))}
+  return {**algorithm.flat(), **statics}
 
 
-def _inert_axes(config: TrainConfig) -> dict[str, str]:
-  """Hyperparameters that `config` does not use, with the reason."""
-  inert = {}
-  if config.algo == "reinforce":
-    inert["gae_lambda"] = "GAE's lambda applies to algo a2c and ppo"
-  if config.algo != "ppo":
-    inert["clip_eps"] = "clip_eps applies to algo='ppo'"
-  if not config.uses_value:
-    inert["value_coef"] = "value_coef needs a learned value function (a2c, ppo, baseline='value')"
-  if config.baseline != "constant":
-    inert["baseline_constant"] = "baseline_constant applies to baseline='constant'"
-  if config.baseline != "ema":
-    inert["ema_decay"] = "ema_decay applies to baseline='ema'"
-  return inert
+def _describe(algorithm: AlgorithmParams) -> str:
+  if isinstance(algorithm, Reinforce):
+    return f"algo='reinforce' with baseline={algorithm.baseline_kind!r}"
+  return algorithm.label()
+
+
+SWEEPABLE = ("learning_rate", *all_hparam_ranges())
 
 
 def sweep_grid(config: TrainConfig, grid: Mapping[str, Sequence[float]]) -> list[dict]:
@@ -274,17 +279,17 @@ def sweep_grid(config: TrainConfig, grid: Mapping[str, Sequence[float]]) -> list
 
   Raises `ValueError` for a name that cannot be swept, one that `config` does
   not use (sweeping it would train the same run several times), an empty list,
-  or a value `TrainConfig` rejects.
+  or a value the hyperparameter's declaration rejects.
   """
   if not grid:
     raise ValueError(f"nothing to sweep: give values for at least one of {list(SWEEPABLE)}")
-  inert = _inert_axes(config)
+  used = {"learning_rate", *config.algorithm.flat()}
   for name, values in grid.items():
     if name not in SWEEPABLE:
       raise ValueError(f"cannot sweep {name!r}; sweepable: {list(SWEEPABLE)}")
-    if name in inert:
-      raise ValueError(f"sweeping {name} would change nothing: {inert[name]} "
-                       f"(this config: algo={config.algo!r}, baseline={config.baseline!r})")
+    if name not in used:
+      raise ValueError(f"sweeping {name} would change nothing: it is not a hyperparameter of "
+                       f"{_describe(config.algorithm)} (its hyperparameters: {sorted(used)})")
     if not len(values):
       raise ValueError(f"no values to sweep for {name}")
   combos = [dict(zip(grid, values, strict=True))

@@ -1,9 +1,23 @@
-"""Policies: flax modules whose output is a distrax distribution.
+"""Policies: what maps observations to a distrax distribution (and a value).
 
-A policy maps observations `[..., D]` to a distribution with batch shape
-`[...]`, or, when it carries a value head, to `(distribution, value)` with
-`value` of shape `[...]`. The hot path is a pure `policy.apply(params, obs)`, so
-any flax linen module with that contract can replace these.
+A policy maps observations `[B, ...]` to a distribution with batch shape
+`[B]`, or, when it carries a value head, to `(distribution, value)` with
+`value` of shape `[B]`. `as_policy` turns each of these into one `Policy`:
+
+  * a flax linen module (`CategoricalPolicy`, `GaussianPolicy`, your own);
+  * a flax NNX module (`from_nnx`): split once into a graph and a state, and
+    merged inside the traced step, so nothing walks the object graph per step;
+  * a plain function `apply(params, obs)` with its parameters (`from_function`);
+  * a recurrent module: `__call__(carry, obs) -> (carry, output)` and
+    `initialize_carry(batch_shape)` (`GRUPolicy`). Its carry travels in the
+    rollout state and is reset where an episode ends.
+
+The hot path is a pure `apply(params, carry, obs)` under plain `jax.jit`.
+
+Sampling and scoring belong to the distribution: one with methods
+`sample_and_score(seed)` and `score(sample)` (`Categorical`,
+`SquashedGaussian`) takes its own fast path in the rollout; any other distrax
+distribution is sampled, cut from the graph and scored with `log_prob`.
 
 Value heads (`value=`):
   * `None`: no critic (plain REINFORCE);
@@ -17,6 +31,7 @@ Value heads (`value=`):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -45,6 +60,170 @@ class Categorical(distrax.Categorical):
     if logits is not None:
       # distrax's own normalisation above is left unused, and XLA drops it.
       self._logits = _sampling.log_softmax(jnp.asarray(logits))
+
+  def sample_and_score(self, seed: jax.Array):
+    """`(env_action, sample, log_prob, entropy)`: one draw per batch entry.
+
+    The draw has no gradient path; `log_prob` and `entropy` are differentiable
+    in the logits. Up to 16 categories, by inverse CDF without a reduction.
+    """
+    if self.num_categories <= _sampling.UNROLL_MAX:
+      action, log_prob, entropy = _sampling.categorical_statistics(self.logits, seed)
+      return action, action, log_prob, entropy
+    action = jax.lax.stop_gradient(self.sample(seed=seed))
+    log_prob, entropy = self.score(action)
+    return action, action, log_prob, entropy
+
+  def score(self, sample: jax.Array):
+    """`(log_prob, entropy)` of `sample`, differentiable in the logits."""
+    if self.num_categories <= _sampling.UNROLL_MAX:
+      return _sampling.categorical_score(self.logits, sample)
+    return self.log_prob(sample), self.entropy()
+
+
+class SquashedGaussian(distrax.Transformed):
+  """A diagonal Gaussian squashed by `tanh` into a box: `distrax.Transformed` that keeps
+  the pre-`tanh` draw `u` as its sample.
+
+  Inverting `tanh` near the bounds loses precision, so `score(u)` evaluates
+  `log_prob = base.log_prob(u) - log|det J(u)|` at the stored `u` (exact change
+  of variables, no inverse); the environment receives `bijector.forward(u)`.
+  The entropy is the base distribution's (the squashed one has no closed form).
+  """
+
+  def sample_and_score(self, seed: jax.Array):
+    sample = jax.lax.stop_gradient(self.distribution.sample(seed=seed))
+    env_action = jax.lax.stop_gradient(self.bijector.forward(sample))
+    log_prob, entropy = self.score(sample)
+    return env_action, sample, log_prob, entropy
+
+  def score(self, sample: jax.Array):
+    log_prob = self.distribution.log_prob(sample) - self.bijector.forward_log_det_jacobian(
+        sample)
+    return log_prob, self.distribution.entropy()
+
+
+def sample_and_score(dist, seed: jax.Array):
+  """`(env_action, sample, log_prob, entropy)` of one draw from any distrax distribution.
+
+  `env_action` goes to the environment; `sample` is what `score` evaluates
+  again later (PPO's epochs; the same array unless the distribution keeps a
+  pre-transform draw); neither has a gradient path.
+  """
+  if hasattr(dist, "sample_and_score"):
+    return dist.sample_and_score(seed)
+  sample = jax.lax.stop_gradient(dist.sample(seed=seed))
+  log_prob, entropy = score(dist, sample)
+  return sample, sample, log_prob, entropy
+
+
+def score(dist, sample: jax.Array):
+  """`(log_prob, entropy)` of a sample from `sample_and_score`, differentiable in `dist`."""
+  if hasattr(dist, "score"):
+    return dist.score(sample)
+  return dist.log_prob(sample), dist.entropy()
+
+
+def split_output(output) -> tuple[Any, jax.Array | None]:
+  """A policy returns a distribution or `(distribution, value)`: `(dist, value or None)`."""
+  if isinstance(output, tuple):
+    dist, value = output
+    return dist, value
+  return output, None
+
+
+class Policy(NamedTuple):
+  """A policy as three pure functions; `as_policy` builds one from a module or function.
+
+  `init(key, obs [B, ...]) -> params`; `initial_carry(batch_size) -> carry` (`()`
+  for a feedforward policy); `apply(params, carry, obs) -> (carry, output)`,
+  where `output` is a distribution or `(distribution, value)`.
+  """
+
+  init: Callable[[jax.Array, jax.Array], Any]
+  apply: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
+  initial_carry: Callable[[int], Any] = lambda batch_size: ()
+  recurrent: bool = False
+
+
+def as_policy(policy) -> Policy:
+  """A `Policy` from a linen module (feedforward or recurrent), an NNX module or a `Policy`.
+
+  Raises:
+    ValueError: for a plain function (wrap it with `from_function`, which takes
+      its parameters) or anything else.
+  """
+  if isinstance(policy, Policy):
+    return policy
+  if isinstance(policy, nn.Module):
+    if hasattr(policy, "initialize_carry"):
+      return Policy(
+          init=lambda key, obs: policy.init(key, policy.initialize_carry(obs.shape[:1]), obs),
+          apply=policy.apply,
+          initial_carry=lambda batch_size: policy.initialize_carry((batch_size,)),
+          recurrent=True)
+    return Policy(init=policy.init, apply=lambda params, carry, obs: (carry, policy.apply(
+        params, obs)))
+  try:
+    from flax import nnx
+  except ImportError:  # pragma: no cover - flax always ships nnx today
+    nnx = None
+  if nnx is not None and isinstance(policy, nnx.Module):
+    return from_nnx(policy)
+  if callable(policy):
+    raise ValueError(
+        f"{policy!r} is a plain function: a policy needs its parameters too; pass "
+        "reinforce_jax.policies.from_function(apply, params)")
+  raise ValueError(f"not a policy: {policy!r} (a flax module, an NNX module, a Policy, or "
+                   "policies.from_function(apply, params))")
+
+
+def from_function(apply: Callable[[Any, jax.Array], Any], params) -> Policy:
+  """A policy from a plain `apply(params, obs)` and its parameters.
+
+  Args:
+    apply: maps `(params, obs [B, ...])` to a distrax distribution with batch
+      shape `[B]`, or to `(distribution, value [B])`.
+    params: the initial parameters, or a function `init(key, obs) -> params`
+      (then each seed draws its own).
+  """
+  init = params if callable(params) else (lambda key, obs: params)
+  return Policy(init=init, apply=lambda p, carry, obs: (carry, apply(p, obs)))
+
+
+def from_nnx(module) -> Policy:
+  """A policy from a flax NNX module `module(obs) -> output`, or a constructor of one.
+
+  The module is split once (`nnx.split`) into a static graph and a state of
+  arrays; the state is the policy's parameters, and `apply` merges them inside
+  the traced step (`nnx.merge`), so the compiled step is a pure function of
+  arrays and no Python walks the module's graph per step (`nnx.jit` would).
+
+  Args:
+    module: an `nnx.Module`, or a function `rngs -> nnx.Module`; with a
+      constructor, `init(key)` builds the module from `nnx.Rngs(key)`, so each
+      seed starts from its own parameters (an instance gives every seed its
+      parameters).
+  """
+  from flax import nnx
+
+  if isinstance(module, nnx.Module):
+    graphdef, state = nnx.split(module)
+
+    def init(key, obs):
+      del key, obs
+      return state
+  else:
+    graphdef = nnx.split(module(nnx.Rngs(0)))[0]
+
+    def init(key, obs):
+      del obs
+      return nnx.split(module(nnx.Rngs(key)))[1]
+
+  def apply(params, carry, obs):
+    return carry, nnx.merge(graphdef, params)(obs)
+
+  return Policy(init=init, apply=apply)
 
 
 class MLP(nn.Module):
@@ -196,7 +375,39 @@ class GaussianPolicy(nn.Module):
       to_box = distrax.Chain([distrax.ScalarAffine(shift=(high + low) / 2,
                                                    scale=(high - low) / 2),
                               distrax.Tanh()])
-      dist = distrax.Transformed(dist, distrax.Block(to_box, ndims=1))
+      dist = SquashedGaussian(dist, distrax.Block(to_box, ndims=1))
     if self.value is None:
       return dist
     return dist, _value_output(self, obs, features, value_features)
+
+
+class GRUPolicy(nn.Module):
+  """A recurrent categorical policy with a value head: Dense, GRU cell, two linear heads.
+
+  `__call__(carry, obs)` returns `(carry, (distribution, value))`; the rollout
+  passes the carry from step to step and resets it (`initialize_carry`) where an
+  episode ended, so a new episode never sees the last one's memory.
+
+  Attributes:
+    num_actions: number of discrete actions.
+    hidden: width of the embedding and of the GRU's state.
+  """
+
+  num_actions: int
+  hidden: int = 128
+
+  def initialize_carry(self, batch_shape: tuple[int, ...]) -> jax.Array:
+    return jnp.zeros((*batch_shape, self.hidden), jnp.float32)
+
+  @nn.compact
+  def __call__(self, carry: jax.Array, obs: jax.Array):
+    x = jnp.asarray(obs, jnp.float32)
+    x = nn.relu(nn.Dense(self.hidden, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)),
+                         name="embed")(x))
+    carry, features = nn.GRUCell(self.hidden, name="gru")(carry, x)
+    logits = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01),
+                      name="logits")(features)
+    critic = nn.tanh(nn.Dense(self.hidden, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)),
+                              name="value_hidden")(features))
+    value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(critic)
+    return carry, (Categorical(logits=logits), value[..., 0])

@@ -7,9 +7,14 @@ Actions are sampled, then cut from the graph with `stop_gradient`: the score
 function estimator differentiates `log_prob(a)` at a fixed `a`.
 
 A sample is what `score` needs to evaluate `log_prob` again later (PPO's
-epochs): the action itself, or for a `distrax.Transformed` distribution (a
-tanh-squashed Gaussian) the pre-transform draw `u`, since inverting `tanh` near
-the bounds loses precision; the environment receives `bijector.forward(u)`.
+epochs): the action itself, or for a `policies.SquashedGaussian` the
+pre-`tanh` draw `u`, since inverting `tanh` near the bounds loses precision; the
+environment receives `bijector.forward(u)`. The distribution owns this (its
+`sample_and_score` and `score` methods); the rollout does not look at its type.
+
+A recurrent policy (`policies.Policy` with `recurrent=True`) keeps its carry in
+`EnvCarry.policy_carry`; the rollout resets it where an episode ended, and
+`replay` evaluates a recorded rollout again with the same resets.
 """
 
 from __future__ import annotations
@@ -17,61 +22,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax import _sampling, policies
+from reinforce_jax import policies
+from reinforce_jax.policies import Policy, as_policy, score, split_output
+
+act = policies.sample_and_score  # `(env_action, sample, log_prob, entropy)` of one draw
+
+__all__ = ["EnvCarry", "Trajectory", "act", "replay", "reset_envs", "rollout", "score",
+           "split_output"]
 
 
-def _small_categorical(dist) -> bool:
-  """Whether `dist` takes the reduction-free categorical path (see `_sampling`)."""
-  return (type(dist) in (distrax.Categorical, policies.Categorical)
-          and dist.num_categories <= _sampling.UNROLL_MAX)
+def _carry_policy(apply_fn) -> Policy:
+  """A `Policy`, or a plain feedforward `apply(params, obs)` as one."""
+  if isinstance(apply_fn, Policy):
+    return apply_fn
+  return Policy(init=None, apply=lambda params, carry, obs: (carry, apply_fn(params, obs)))
 
 
-def split_output(output) -> tuple[Any, jax.Array | None]:
-  """A policy returns a distribution or `(distribution, value)`: `(dist, value or None)`."""
-  if isinstance(output, tuple):
-    dist, value = output
-    return dist, value
-  return output, None
-
-
-def score(dist, sample: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`(log_prob, entropy)` of a sample drawn by `act`, differentiable in `dist`.
-
-  For a `distrax.Transformed`, `log_prob = base.log_prob(u) - log|det J(u)|` at
-  the stored pre-transform draw `u` (exact change of variables, no inverse), and
-  the entropy is the base distribution's (the transformed one has no closed form).
-  """
-  if _small_categorical(dist):
-    return _sampling.categorical_score(dist.logits, sample)
-  if isinstance(dist, distrax.Transformed):
-    log_prob = dist.distribution.log_prob(sample) - dist.bijector.forward_log_det_jacobian(
-        sample)
-    return log_prob, dist.distribution.entropy()
-  return dist.log_prob(sample), dist.entropy()
-
-
-def act(dist, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Samples one action per batch entry: `(env_action, sample, log_prob, entropy)`.
-
-  `env_action` goes to the environment; `sample` is what `score` re-evaluates
-  (the same array except for transformed distributions); neither has a gradient
-  path. A `distrax.Categorical` with few categories takes a reduction-free path
-  with the same distribution and values (see `_sampling`).
-  """
-  if _small_categorical(dist):
-    action, log_prob, entropy = _sampling.categorical_statistics(dist.logits, key)
-    return action, action, log_prob, entropy
-  base = dist.distribution if isinstance(dist, distrax.Transformed) else dist
-  sample = jax.lax.stop_gradient(base.sample(seed=key))
-  env_action = sample
-  if isinstance(dist, distrax.Transformed):
-    env_action = jax.lax.stop_gradient(dist.bijector.forward(sample))
-  log_prob, entropy = score(dist, sample)
-  return env_action, sample, log_prob, entropy
+def _reset_where(done: jax.Array, fresh, carry):
+  """`carry` with the entries of finished episodes replaced by `fresh` ones."""
+  def pick(f, c):
+    return jnp.where(done.reshape(done.shape + (1,) * (c.ndim - done.ndim)), f, c)
+  return jax.tree.map(pick, fresh, carry)
 
 
 class EnvCarry(NamedTuple):
@@ -81,6 +55,7 @@ class EnvCarry(NamedTuple):
   obs: jax.Array              # [B, ...] current observations
   episode_return: jax.Array   # [B] float32, undiscounted return so far
   episode_length: jax.Array   # [B] int32, steps so far in the current episode
+  policy_carry: Any = ()      # a recurrent policy's state, leaves [B, ...]; () if none
 
 
 class Trajectory(NamedTuple):
@@ -99,8 +74,12 @@ class Trajectory(NamedTuple):
   episode_length: jax.Array  # [T, B] int32, length of the episode that ended at t (else 0)
 
 
-def reset_envs(key: jax.Array, env, env_params, num_envs: int) -> EnvCarry:
-  """Resets `num_envs` environments: an `EnvCarry` with batch size `num_envs`."""
+def reset_envs(key: jax.Array, env, env_params, num_envs: int, policy=None) -> EnvCarry:
+  """Resets `num_envs` environments: an `EnvCarry` with batch size `num_envs`.
+
+  With a recurrent `policy` (a `Policy`, or a module `as_policy` takes), the
+  carry starts from its `initial_carry`.
+  """
   if hasattr(env, "reset_batch"):
     obs, env_state = env.reset_batch(key, env_params, num_envs)
   else:  # a bare gymnax-style environment
@@ -111,6 +90,7 @@ def reset_envs(key: jax.Array, env, env_params, num_envs: int) -> EnvCarry:
       obs=obs,
       episode_return=jnp.zeros((num_envs,), jnp.float32),
       episode_length=jnp.zeros((num_envs,), jnp.int32),
+      policy_carry=() if policy is None else as_policy(policy).initial_carry(num_envs),
   )
 
 
@@ -131,7 +111,8 @@ def rollout(
     key: PRNG key for the whole rollout.
     params: policy parameters.
     apply_fn: maps `(params, obs [B, ...])` to a distribution with batch shape
-      `[B]`, or to `(distribution, value [B])`.
+      `[B]`, or to `(distribution, value [B])`; or a `policies.Policy`, whose
+      carry (`carry.policy_carry`) is reset where an episode ends.
     env: an environment with the gymnax 1.x `step` (auto-resetting).
     env_params: the environment's params, shared by all `B` environments.
     carry: the batched environment state to continue from.
@@ -147,6 +128,8 @@ def rollout(
     environment was truncated).
   """
   num_envs = carry.episode_return.shape[0]
+  policy = _carry_policy(apply_fn)
+  fresh = policy.initial_carry(num_envs) if policy.recurrent else ()
   if hasattr(env, "step_batch"):
     env_step = env.step_batch
   else:  # a bare gymnax-style environment: one key per environment
@@ -154,12 +137,13 @@ def rollout(
       return jax.vmap(env.step, in_axes=(0, 0, 0, None))(
           jax.random.split(key, num_envs), state, action, params)
 
-  def value_of(obs):
-    return jax.lax.stop_gradient(split_output(apply_fn(params, obs))[1])
+  def value_of(policy_carry, obs):
+    return jax.lax.stop_gradient(split_output(policy.apply(params, policy_carry, obs)[1])[1])
 
   def one_step(carry: EnvCarry, keys):
     key_action, key_env = keys
-    dist, value = split_output(apply_fn(params, carry.obs))
+    policy_carry, output = policy.apply(params, carry.policy_carry, carry.obs)
+    dist, value = split_output(output)
     action, sample, log_prob, entropy = act(dist, key_action)
     obs, env_state, reward, terminated, truncated, info = env_step(
         key_env, carry.env_state, action, env_params)
@@ -168,7 +152,7 @@ def rollout(
     else:
       bootstrap = jax.lax.cond(
           jnp.any(truncated),
-          lambda: jnp.where(truncated, value_of(info["final_observation"]), 0.0),
+          lambda: jnp.where(truncated, value_of(policy_carry, info["final_observation"]), 0.0),
           lambda: jnp.zeros_like(reward))
     episode_return = carry.episode_return + reward
     episode_length = carry.episode_length + 1
@@ -191,6 +175,7 @@ def rollout(
         obs=obs,
         episode_return=jnp.where(done, 0.0, episode_return),
         episode_length=jnp.where(done, 0, episode_length),
+        policy_carry=_reset_where(done, fresh, policy_carry) if policy.recurrent else (),
     )
     return carry, transition
 
@@ -199,3 +184,29 @@ def rollout(
   keys = jax.random.split(key, (num_steps, 2))
   return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]),
                       unroll=num_steps if num_steps == 1 else min(unroll, num_steps))
+
+
+def replay(params, policy: Policy, policy_carry, obs: jax.Array, sample: jax.Array,
+           done: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(log_prob, entropy, value)`, `[T, B]`, of a recorded rollout, evaluated again.
+
+  A recurrent policy is run over the sequence from the rollout's first carry,
+  reset where an episode ended (`done`, `[T, B]`) just as in the rollout, so
+  the same parameters give the rollout's own values. `value` is zeros without a
+  critic.
+  """
+  fresh = policy.initial_carry(done.shape[1]) if policy.recurrent else ()
+
+  def one_step(carry, inputs):
+    obs_t, sample_t, done_t = inputs
+    carry, output = policy.apply(params, carry, obs_t)
+    dist, value = split_output(output)
+    log_prob, entropy = score(dist, sample_t)
+    if value is None:
+      value = jnp.zeros_like(log_prob)
+    if policy.recurrent:
+      carry = _reset_where(done_t, fresh, carry)
+    return carry, (log_prob, entropy, value)
+
+  _, out = jax.lax.scan(one_step, policy_carry, (obs, sample, done))
+  return out

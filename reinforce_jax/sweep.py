@@ -4,7 +4,7 @@ The runs are spread over the local devices (each trains its share; nothing is
 communicated).
 
 The learning rate lives in the optimizer state (`optax.inject_hyperparams`) and
-the loss and return hyperparameters in `TrainState.hyperparams` (`Hyperparams`),
+the algorithm's hyperparameters in `TrainState.hyperparams` (`algorithms.traced`),
 so a batch of runs with different values is one `vmap` of a run: one compile,
 every run in parallel.
 """
@@ -12,7 +12,6 @@ every run in parallel.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import pathlib
 import time
@@ -26,16 +25,12 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from reinforce_jax import plotting
+from reinforce_jax.algorithms import traced
 from reinforce_jax.compiler import deadlock_workaround_missing
 from reinforce_jax.config import TrainConfig, sweep_grid
 from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
-from reinforce_jax.train import (
-    Hyperparams,
-    make_optimizer,
-    make_run,
-    make_train_step,
-)
+from reinforce_jax.train import make_optimizer, make_run, make_train_step
 
 
 def make_sweep_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -76,7 +71,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     config: the settings shared by every run.
     grid: values per swept name, e.g. `{"learning_rate": [1e-3, 3e-3],
       "entropy_coef": [0.0, 0.01]}`: every combination is trained. Names:
-      `learning_rate` and the fields of `Hyperparams`.
+      `learning_rate` and the algorithm's float hyperparameters (`config.SWEEPABLE`).
     seed, num_seeds: seed `i` uses the same key at every grid point.
     devices: local devices to spread the runs over (default: all). Runs are
       independent, so each device trains its share with no communication; the
@@ -105,7 +100,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   optimizer = make_sweep_optimizer(config) if sweep_lr else make_optimizer(config)
   init_fn, train_step = make_train_step(env, policy, optimizer, config)
   run = make_run(train_step, max(config.num_steps, 1))
-  hp_names = [n for n in names if n in Hyperparams._fields]
+  hp_names = [n for n in names if n != "learning_rate"]
 
   def one(values, key):
     key_init, key_run = jax.random.split(key)
@@ -114,8 +109,8 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
       state = state._replace(
           opt_state=set_learning_rate(state.opt_state, values["learning_rate"]))
     if hp_names:
-      state = state._replace(hyperparams=Hyperparams.from_config(
-          config, **{n: values[n] for n in hp_names}))
+      state = state._replace(hyperparams=traced(
+          config.algorithm, **{n: values[n] for n in hp_names}))
     return run(state, key_run, config.num_steps).metrics["mean_return"]
 
   # One flat batch of runs, grid point major: run r = (combo r // S, seed r % S).
@@ -160,7 +155,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
             "num_seeds": num_seeds, "num_steps": config.num_steps, "compile_s": compile_s,
             "wall_s": wall_s, "runs": num_runs, "devices": num_devices,
             "best": None if best is None else {n: rows[best][n] for n in names},
-            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in names},
+            "config": {k: v for k, v in config.to_dict().items() if k not in names},
             "rows": rows}
   (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
   with open(out / "sweep.csv", "w", newline="") as f:

@@ -1,18 +1,24 @@
-"""The policy-gradient training step (REINFORCE, a2c, ppo), and whole runs built from it.
+"""The policy-gradient training step, and whole runs built from it.
 
-`make_train_step` returns two pure functions. `train_step(state, key)` rolls out
-`B` environments for `T` steps, computes returns and advantages, builds the
-surrogate (`reinforce_loss`, or PPO's clipped surrogate), differentiates it with
-`jax.grad` and applies any `optax.GradientTransformation`.
+`make_train_step(env, policy, optimizer, algorithm, num_envs=, rollout_length=)`
+returns two pure functions. `train_step(state, key)` rolls out `B` environments
+for `T` steps and hands the rest to the algorithm's parts
+(`reinforce_jax.algorithms`): its advantages, its loss, differentiated with
+`jax.grad` and applied with any `optax.GradientTransformation`, on its update
+schedule.
 
 Nothing is jitted on the caller's behalf:
 
-    init_fn, train_step = make_train_step(env, policy, optax.adam(1e-2), config)
+    algo = algorithms.reinforce(baseline=baselines.LeaveOneOut())
+    init_fn, train_step = make_train_step(env, policy, optax.adam(1e-2), algo,
+                                          num_envs=64, rollout_length=200)
     train_step = jax.jit(train_step, donate_argnums=0)
     state = init_fn(jax.random.key(0))
     key = jax.random.key(1)
     for _ in range(100):
       state, metrics = train_step(state, key)  # fresh randomness: step is folded in
+
+A `TrainConfig` in place of the algorithm gives its algorithm and batch shape.
 """
 
 from __future__ import annotations
@@ -20,23 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from reinforce_jax import _sampling, baselines
-from reinforce_jax.config import Hyperparams, TrainConfig
-from reinforce_jax.losses import clipped_value_loss, entropy_bonus, ppo_clip_loss, value_loss
-from reinforce_jax.returns import discounted_returns, gae_advantages, normalize_advantages
-from reinforce_jax.rollout import (
-    EnvCarry,
-    Trajectory,
-    reset_envs,
-    rollout,
-    score,
-    split_output,
-)
+from reinforce_jax import algorithms as algorithms_lib
+from reinforce_jax.config import TrainConfig
+from reinforce_jax.hparams import AlgorithmParams
+from reinforce_jax.policies import Policy, as_policy, from_function, score, split_output
+from reinforce_jax.rollout import EnvCarry, replay, reset_envs, rollout
 
 Metrics = dict[str, jax.Array]
 
@@ -48,22 +46,15 @@ class TrainState(NamedTuple):
   opt_state: Any        # optimizer state
   env: EnvCarry         # batched environment state, observations, episode counters
   step: jax.Array       # [] int32, train steps taken
-  baseline: Any = ()    # [] float32 EMA baseline when config.baseline == "ema", else ()
-  hyperparams: Any = ()  # () = the config's constants, or a `Hyperparams` of traced values
+  algo_state: Any = ()  # the algorithm's carried state (an EMA baseline's average), or ()
+  hyperparams: Any = ()  # () = the algorithm's constants, or its hyperparameters traced
 
 
-class _Minibatch(NamedTuple):
-  obs: jax.Array
-  sample: jax.Array
-  old_log_prob: jax.Array
-  old_value: jax.Array
-  advantage: jax.Array
-  target: jax.Array
-
-
-def updates_per_step(config: TrainConfig) -> int:
+def updates_per_step(config: TrainConfig | algorithms_lib.Algorithm) -> int:
   """Optimizer updates in one train step: `num_epochs * num_minibatches` for ppo, else 1."""
-  return config.num_epochs * config.num_minibatches if config.algo == "ppo" else 1
+  if isinstance(config, TrainConfig):
+    return config.algorithm.updates_per_step
+  return config.schedule.updates_per_step
 
 
 def linear_anneal(config: TrainConfig) -> optax.GradientTransformation:
@@ -98,68 +89,65 @@ def make_optimizer(
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+def _positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return value
 
 
-def _episode_columns(traj) -> dict[str, jax.Array]:
-  """Per-transition columns whose sums give the episode metrics (no gradient)."""
-  traj = jax.lax.stop_gradient(traj)
-  return {"num_episodes": jnp.logical_or(traj.terminated, traj.truncated),
-          "episode_return": traj.episode_return, "episode_length": traj.episode_length}
-
-
-def _episode_metrics(sums: dict[str, jax.Array]) -> Metrics:
-  """`mean_return`, `num_episodes`, `mean_length` from `_episode_columns`' sums."""
-  num_episodes = sums["num_episodes"]
-
-  def per_episode(total):
-    return jnp.where(num_episodes > 0, total / jnp.maximum(num_episodes, 1), jnp.nan)
-
-  return {
-      "mean_return": per_episode(sums["episode_return"]),
-      "num_episodes": num_episodes.astype(jnp.int32),
-      "mean_length": per_episode(sums["episode_length"]),
-  }
-
-
-def _baseline(config: TrainConfig, hp, returns, value, ema):
-  """REINFORCE's baseline for `[T, B]` returns (see `TrainConfig.baseline`)."""
-  if config.baseline == "constant":
-    return hp.baseline_constant
-  if config.baseline == "ema":
-    return ema
-  if config.baseline == "batch_mean":
-    return baselines.batch_mean(returns, axis=1)
-  if config.baseline == "leave_one_out":
-    return baselines.leave_one_out(returns, axis=1)
-  if config.baseline == "value":
-    return value
-  return 0.0
+def _resolve(algorithm, num_envs, rollout_length):
+  """`(Algorithm, num_envs, rollout_length)` from an algorithm or a `TrainConfig`."""
+  if isinstance(algorithm, TrainConfig):
+    config = algorithm
+    for name, value in (("num_envs", num_envs), ("rollout_length", rollout_length)):
+      if value is not None and value != getattr(config, name):
+        raise ValueError(f"{name}={value} contradicts the config's {getattr(config, name)}")
+    return config.algorithm.build(), config.num_envs, config.rollout_length
+  if isinstance(algorithm, AlgorithmParams):
+    algorithm = algorithm.build()
+  if not isinstance(algorithm, algorithms_lib.Algorithm):
+    raise ValueError(f"algorithm must be an algorithms.Algorithm (e.g. algorithms.ppo()), "
+                     f"hyperparameters from reinforce_jax.hparams, or a TrainConfig; got "
+                     f"{algorithm!r}")
+  if num_envs is None or rollout_length is None:
+    raise ValueError("give the batch shape: make_train_step(..., num_envs=B, rollout_length=T)")
+  return algorithm, _positive_int("num_envs", num_envs), _positive_int(
+      "rollout_length", rollout_length)
 
 
 def make_train_step(
     env,
-    policy: nn.Module,
+    policy: Any,
     optimizer: optax.GradientTransformation,
-    config: TrainConfig,
+    algorithm: Any,
     *,
+    num_envs: int | None = None,
+    rollout_length: int | None = None,
     env_params: Any = None,
+    init_params: Any = None,
     unroll: int = 1,
 ) -> tuple[Callable[[jax.Array], TrainState],
            Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]]:
-  """Builds `(init_fn, train_step)` for `config.algo` on `env`.
+  """Builds `(init_fn, train_step)` for `algorithm` on `env`.
 
   Args:
     env: a functional environment with gymnax 1.x `reset`/`step` (auto-reset).
-    policy: a flax module mapping observations `[B, ...]` to a distribution with
-      batch shape `[B]`, or to `(distribution, value [B])` (needed by a2c, ppo
-      and the `"value"` baseline).
+    policy: a flax linen module, a recurrent linen module (`initialize_carry`),
+      an NNX module, a `policies.Policy`, or a plain function `apply(params,
+      obs)` together with `init_params`. It maps observations `[B, ...]` to a
+      distribution with batch shape `[B]`, or to `(distribution, value [B])`
+      (needed by a2c, ppo and the value baseline).
     optimizer: any `optax.GradientTransformation`.
-    config: `TrainConfig`.
+    algorithm: an `algorithms.Algorithm` (`algorithms.ppo()`, or your own),
+      hyperparameters from `reinforce_jax.hparams` (built with their `build()`),
+      or a `TrainConfig` (its algorithm and batch shape).
+    num_envs: environments stepped in parallel (`B`).
+    rollout_length: environment steps per environment per train step (`T`).
     env_params: the environment's params; `env.default_params` if `None`.
+    init_params: with a plain function as `policy`: its parameters, or a
+      function `init(key, obs) -> params`.
     unroll: loop iterations fused per compiled iteration, for the rollout and
-      PPO's minibatch updates (`lax.scan`'s `unroll`). Same values; a speed knob
+      the minibatch updates (`lax.scan`'s `unroll`). Same values; a speed knob
       for small batches (`benchmarks/ppo_levers.py` measures it).
 
   Returns:
@@ -168,165 +156,74 @@ def make_train_step(
     `grad_norm`, `mean_return` (mean undiscounted return of the episodes that
     finished during this step, NaN if none did), `num_episodes`, `mean_length`;
     with a critic also `value_loss`; with ppo also `approx_kl` and
-    `clip_fraction` (means over its minibatch updates).
+    `clip_fraction` (means over its minibatch updates); and whatever a custom
+    loss adds.
 
-  The loss and return hyperparameters (`gamma`, `gae_lambda`, `entropy_coef`,
-  `value_coef`, `clip_eps`, `baseline_constant`, `ema_decay`) come from
-  `state.hyperparams` when it holds a `Hyperparams`, else from `config`.
-
-  REINFORCE and a2c differentiate one pass: the rollout keeps `log_prob` (and the
-  value) differentiable. Their policy loss is the mean of
-  `-log_prob * (G_t - b)` over all `T * B` steps, so its negated gradient
-  estimates `(1/T) sum_t E[grad log pi(a_t | s_t) (G_t - b)]`: for one-step
-  episodes (`T = 1`) exactly the gradient of the expected reward. Without a
-  critic, returns are cut at truncation and at the end of the rollout; with one,
-  they bootstrap from the value of the final (or last) observation. ppo rolls
-  out without gradients and re-evaluates `log_prob` in each minibatch.
+  The hyperparameters come from `state.hyperparams` when it holds them
+  (`algorithms.traced`), else from the algorithm, as compile-time constants.
   """
+  algorithm, num_envs, num_steps = _resolve(algorithm, num_envs, rollout_length)
   if env_params is None:
     env_params = env.default_params
   if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
     raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
-  num_envs, num_steps = config.num_envs, config.rollout_length
-  use_value = config.uses_value
+  if init_params is not None:
+    policy = from_function(policy, init_params)
+  elif not isinstance(policy, Policy):
+    policy = as_policy(policy)
+  hp0 = algorithm.hparams
+  if hasattr(hp0, "check_batch"):
+    hp0.check_batch(num_envs, num_steps)
+  use_value = algorithm.needs_value
 
   def init_fn(key: jax.Array) -> TrainState:
     key_params, key_env = jax.random.split(key)
-    env_carry = reset_envs(key_env, env, env_params, num_envs)
+    env_carry = reset_envs(key_env, env, env_params, num_envs, policy)
     params = policy.init(key_params, env_carry.obs)
-    _, value = split_output(jax.eval_shape(policy.apply, params, env_carry.obs))
-    if use_value and value is None:
+    output = jax.eval_shape(policy.apply, params, env_carry.policy_carry, env_carry.obs)[1]
+    if use_value and split_output(output)[1] is None:
       raise ValueError(
-          f"algo={config.algo!r} with baseline={config.baseline!r} needs a value head: "
-          "build the policy with value='shared' or value='separate'")
+          "this algorithm needs a value head: the policy must return (distribution, value); "
+          "build it with value='shared' or value='separate'")
     return TrainState(
         params=params,
         opt_state=optimizer.init(params),
         env=env_carry,
         step=jnp.zeros((), jnp.int32),
-        baseline=jnp.zeros((), jnp.float32) if config.baseline == "ema" else (),
+        algo_state=algorithm.carry.init(hp0),
     )
 
-  def last_value(params, obs):
+  def last_value(params, env_carry: EnvCarry):
     if not use_value:
-      return jnp.zeros(obs.shape[:1], jnp.float32)
-    return jax.lax.stop_gradient(split_output(policy.apply(params, obs))[1])
+      return jnp.zeros(env_carry.episode_return.shape, jnp.float32)
+    output = policy.apply(params, env_carry.policy_carry, env_carry.obs)[1]
+    return jax.lax.stop_gradient(split_output(output)[1])
 
-  def hyperparams(state: TrainState):
-    # The state's traced values if it carries them, else the config's constants.
-    if isinstance(state.hyperparams, Hyperparams):
-      return state.hyperparams
-    return config
+  def evaluate(params, obs, sample):
+    dist, value = split_output(policy.apply(params, (), obs)[1])
+    log_prob, entropy = score(dist, sample)
+    return log_prob, entropy, jnp.zeros_like(log_prob) if value is None else value
 
-  def advantages(traj: Trajectory, bootstrap_last, ema, hp):
-    """`(advantages, value_targets)`, both `[T, B]` and free of gradients."""
-    traj = jax.lax.stop_gradient(traj)
-    if config.algo == "reinforce":
-      returns = discounted_returns(
-          traj.reward, traj.terminated, traj.truncated, gamma=hp.gamma,
-          bootstrap_value_t=traj.bootstrap_value, last_value=bootstrap_last)
-      advantage, target = returns - _baseline(config, hp, returns, traj.value, ema), returns
-    else:
-      advantage, target = gae_advantages(
-          traj.reward, traj.value, traj.terminated, traj.truncated, bootstrap_last,
-          gamma=hp.gamma, lambda_=hp.gae_lambda,
-          bootstrap_value_t=traj.bootstrap_value)
-    return advantage, target
-
-  def one_pass_loss(params, state: TrainState, key: jax.Array):
-    env_carry, traj = rollout(
-        key, params, policy.apply, env, env_params, state.env, num_steps, unroll=unroll)
-    hp = hyperparams(state)
-    advantage, target = advantages(
-        traj, last_value(params, env_carry.obs), state.baseline, hp)
-    if config.normalize_advantages:
-      advantage = normalize_advantages(advantage)
-    # The means of `reinforce_loss`, `entropy_bonus` and `value_loss` (the same
-    # formulas; tests/test_train.py checks them against those functions) and the
-    # episode statistics, all from one reduction: on XLA:CPU each separate
-    # reduction of a cheap step costs about 10 us (see `_sampling.column_sums`).
-    columns = {"policy_loss": -traj.log_prob * jax.lax.stop_gradient(advantage),
-               "entropy": traj.entropy}
-    if use_value:
-      columns["value_loss"] = 0.5 * jnp.square(traj.value - jax.lax.stop_gradient(target))
-    sums = _sampling.column_sums({**columns, **_episode_columns(traj)})
-    size = num_envs * num_steps
-    metrics = {name: sums[name] / size for name in columns}
-    loss = metrics["policy_loss"] - hp.entropy_coef * metrics["entropy"]
-    if use_value:
-      loss = loss + hp.value_coef * metrics["value_loss"]
-    metrics.update(_episode_metrics(sums))
-    return loss, (env_carry, target, metrics)
-
-  def one_pass_step(state: TrainState, key: jax.Array):
-    (loss, (env_carry, target, metrics)), grads = jax.value_and_grad(
-        one_pass_loss, has_aux=True)(state.params, state, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.baseline
-    if config.baseline == "ema":
-      ema = baselines.ema_update(state.baseline, target, decay=hyperparams(state).ema_decay)
-    metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
-    return state._replace(params=params, opt_state=opt_state, env=env_carry,
-                          baseline=ema), metrics
-
-  def ppo_minibatch_loss(params, batch: _Minibatch, hp):
-    dist, value = split_output(policy.apply(params, batch.obs))
-    log_prob, entropy = score(dist, batch.sample)
-    advantage = batch.advantage
-    if config.normalize_advantages:
-      advantage = normalize_advantages(advantage)
-    policy_loss, metrics = ppo_clip_loss(
-        log_prob, batch.old_log_prob, advantage, clip_eps=hp.clip_eps)
-    metrics = {"policy_loss": policy_loss, "entropy": entropy_bonus(entropy),
-               "value_loss": (clipped_value_loss(value, batch.old_value, batch.target,
-                                                 clip_eps=hp.clip_eps)
-                              if config.clip_value else value_loss(value, batch.target)),
-               **metrics}
-    loss = (policy_loss + hp.value_coef * metrics["value_loss"]
-            - hp.entropy_coef * metrics["entropy"])
-    return loss, metrics
-
-  def ppo_step(state: TrainState, key: jax.Array):
-    key_rollout, key_epochs = jax.random.split(key)
-    env_carry, traj = rollout(
-        key_rollout, state.params, policy.apply, env, env_params, state.env, num_steps,
-        unroll=unroll)
-    traj = jax.lax.stop_gradient(traj)
-    hp = hyperparams(state)
-    advantage, target = advantages(traj, last_value(state.params, env_carry.obs), (), hp)
-    size = num_envs * num_steps
-    flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), _Minibatch(
-        traj.obs, traj.sample, traj.log_prob, traj.value, advantage, target))
-
-    def update(carry, batch):
-      params, opt_state = carry
-      (loss, metrics), grads = jax.value_and_grad(ppo_minibatch_loss, has_aux=True)(
-          params, batch, hp)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
-      return (optax.apply_updates(params, updates), opt_state), metrics
-
-    def epoch(carry, key):
-      order = jax.random.permutation(key, size)
-      batches = jax.tree.map(
-          lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:]), flat)
-      return jax.lax.scan(update, carry, batches,
-                          unroll=min(unroll, config.num_minibatches))
-
-    (params, opt_state), metrics = jax.lax.scan(
-        epoch, (state.params, state.opt_state),
-        jax.random.split(key_epochs, config.num_epochs), unroll=min(unroll, config.num_epochs))
-    metrics = jax.tree.map(jnp.mean, metrics)
-    metrics.update(_episode_metrics(_sampling.column_sums(_episode_columns(traj))))
-    return state._replace(params=params, opt_state=opt_state, env=env_carry), metrics
-
-  algo_step = ppo_step if config.algo == "ppo" else one_pass_step
+  learner = algorithms_lib.Learner(
+      algorithm=algorithm,
+      optimizer=optimizer,
+      rollout=lambda params, carry, key: rollout(
+          key, params, policy, env, env_params, carry, num_steps, unroll=unroll),
+      last_value=last_value,
+      evaluate=evaluate,
+      replay=lambda params, carry0, obs, sample, done: replay(
+          params, policy, carry0, obs, sample, done),
+      recurrent=policy.recurrent,
+      num_envs=num_envs,
+      rollout_length=num_steps,
+      unroll=unroll,
+  )
 
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
-    new_state, metrics = algo_step(state, jax.random.fold_in(key, state.step))
+    key = jax.random.fold_in(key, state.step)
+    new_state, metrics = algorithm.schedule.step(learner, state, key)
     return new_state._replace(step=state.step + 1), metrics
 
   return init_fn, train_step
@@ -392,7 +289,7 @@ def make_run(
 
 def make_train(
     env,
-    policy: nn.Module,
+    policy: Any,
     optimizer: optax.GradientTransformation,
     config: TrainConfig,
     *,

@@ -26,6 +26,9 @@ def test_leave_one_out_needs_two_samples():
 # --- Every baseline keeps train_step's gradient unbiased; how much variance each removes ---
 
 BASELINE_CASES = ["none", "constant", "ema", "batch_mean", "leave_one_out", "value"]
+BASELINE_VALUES = {"none": None, "constant": baselines.Constant(0.5), "ema": baselines.EMA(),
+                   "batch_mean": baselines.BatchMean(), "leave_one_out": baselines.LeaveOneOut(),
+                   "value": baselines.Value()}
 
 
 def _gradient_replicates(baseline, num_envs=16, replicates=3000):
@@ -33,14 +36,15 @@ def _gradient_replicates(baseline, num_envs=16, replicates=3000):
   env = ContextualBandit()
   value = "separate" if baseline == "value" else None
   policy = CategoricalPolicy(2, hidden=(), value=value)
-  config = rj.TrainConfig(num_envs=num_envs, baseline=baseline, baseline_constant=0.5)
-  init_fn, train_step = rj.make_train_step(env, policy, optax.sgd(1.0), config)
+  algorithm = rj.algorithms.reinforce(baseline=BASELINE_VALUES[baseline])
+  init_fn, train_step = rj.make_train_step(env, policy, optax.sgd(1.0), algorithm,
+                                           num_envs=num_envs, rollout_length=1)
   state = init_fn(jax.random.key(0))
   params = state.params
   params["params"]["logits"] = random_linear_params(jax.random.key(21))["params"]["logits"]
   state = state._replace(params=params)
   if baseline == "ema":  # an average of earlier returns: any value fixed before the step
-    state = state._replace(baseline=jnp.float32(0.5))
+    state = state._replace(algo_state=jnp.float32(0.5))
   # Each replicate starts from its own freshly reset environments (contexts).
   env_keys, keys = jax.random.split(jax.random.key(1), (2, replicates))
   carries = jax.vmap(lambda k: init_fn(k).env)(env_keys)

@@ -275,8 +275,9 @@ def test_vmap_over_hyperparams_equals_runs_with_those_configs(
   else:
     env = CartPole()
     policy = CategoricalPolicy(2, hidden=(16,), value=None if algo == "reinforce" else "separate")
+    epochs = {"num_minibatches": 2, "num_epochs": 2} if algo == "ppo" else {}
     config = PRESETS["cartpole"].configs[algo].replace(
-        num_envs=16, rollout_length=8, num_steps=3, num_minibatches=2, num_epochs=2, **changes)
+        num_envs=16, rollout_length=8, num_steps=3, **epochs, **changes)
   # SGD, not Adam: Adam rescales a near-zero first gradient to a full step, which
   # turns float rounding (constants folded or not) into visible differences.
   sgd = optax.sgd(0.05)
@@ -286,7 +287,7 @@ def test_vmap_over_hyperparams_equals_runs_with_those_configs(
 
   def with_value(value):
     state = init_fn(key_init)
-    hp = rj.Hyperparams.from_config(config)._replace(**{name: value})
+    hp = rj.algorithms.traced(config.algorithm, **{name: value})
     return run(state._replace(hyperparams=hp), key_run, 3)
 
   together = jax.jit(jax.vmap(with_value))(jnp.asarray(values, jnp.float32))
@@ -308,14 +309,14 @@ def test_vmap_over_hyperparams_equals_runs_with_those_configs(
 def test_entropy_sweep_converges_to_the_entropy_regularised_optimum(bandit, linear_policy):
   # Maximising E[r] + c H(pi) in each context gives pi = softmax(r / c); on the
   # seed's 0/1 task the right action's probability is sigmoid(1 / c). One program
-  # trains all three coefficients (vmap over Hyperparams).
+  # trains all three coefficients (vmap over the traced hyperparameters).
   config = rj.TrainConfig(num_envs=1024, num_steps=400)
   init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.02), config)
   run = rj.make_run(train_step, config.num_steps)
 
   def train(coef):
     state = init_fn(jax.random.key(0))
-    state = state._replace(hyperparams=rj.Hyperparams.from_config(config, entropy_coef=coef))
+    state = state._replace(hyperparams=rj.algorithms.traced(config.algorithm, entropy_coef=coef))
     return run(state, jax.random.key(1), config.num_steps).state.params
 
   coefs = np.array([0.5, 1.0, 2.0], np.float32)
@@ -332,17 +333,17 @@ def test_changing_hyperparams_between_steps_does_not_recompile(bandit, linear_po
   counted, traces = _counting_traces(train_step)
   step = jax.jit(counted)
   state = init_fn(jax.random.key(0))
-  hp = rj.Hyperparams.from_config(SMALL)
+  hp = rj.algorithms.traced(SMALL.algorithm)
   for coef in (0.0, 0.1, 0.2):  # an annealing schedule for the entropy bonus
-    state = state._replace(hyperparams=hp._replace(entropy_coef=jnp.float32(coef)))
+    state = state._replace(hyperparams=hp.replace(entropy_coef=jnp.float32(coef)))
     state, metrics = step(state, jax.random.key(1))
   assert len(traces) == 1 and np.isfinite(float(metrics["loss"]))
 
 
-def test_hyperparams_from_config_rejects_unknown_names():
-  with pytest.raises(ValueError, match="unknown hyperparameters \\['entropy'\\]"):
-    rj.Hyperparams.from_config(SMALL, entropy=0.1)
-  hp = rj.Hyperparams.from_config(SMALL, entropy_coef=0.25)
+def test_traced_hyperparams_reject_unknown_names():
+  with pytest.raises(ValueError, match="entropy: not a hyperparameter of algo='reinforce'"):
+    rj.algorithms.traced(SMALL.algorithm, entropy=0.1)
+  hp = rj.algorithms.traced(SMALL.algorithm, entropy_coef=0.25)
   assert hp.entropy_coef.dtype == jnp.float32 and float(hp.entropy_coef) == 0.25
   assert float(hp.gamma) == np.float32(SMALL.gamma)
 
@@ -351,8 +352,9 @@ def test_hyperparams_from_config_rejects_unknown_names():
 def test_fused_step_metrics_equal_the_public_losses(baseline):
   """The one-pass step's loss terms are `reinforce_loss`, `entropy_bonus`, `value_loss`."""
   env = CartPole()
+  coef = {"value_coef": 0.7} if baseline == "value" else {}
   config = rj.TrainConfig(num_envs=8, rollout_length=16, baseline=baseline,
-                          entropy_coef=0.05, value_coef=0.7, gamma=0.9)
+                          entropy_coef=0.05, gamma=0.9, **coef)
   policy = CategoricalPolicy(2, hidden=(8,), value="shared" if baseline == "value" else None)
   init_fn, train_step = rj.make_train_step(env, policy, optax.sgd(0.1), config)
   state = init_fn(jax.random.key(0))
@@ -423,14 +425,15 @@ def test_ppo_value_clipping_is_on_by_default_and_changes_the_critic_update():
       jax.tree.leaves(params[True][k]), jax.tree.leaves(params[False][k]), strict=True))
   chex.assert_trees_all_close(params[True]["trunk"], params[False]["trunk"])
   with pytest.raises(ValueError, match="clip_value must be a bool"):
-    rj.TrainConfig(clip_value=1)
+    rj.TrainConfig(algo="ppo", clip_value=1)
 
 
 @pytest.mark.parametrize("algo, per_step", [("reinforce", 1), ("ppo", 6)])
 def test_linear_anneal_follows_purejaxrls_schedule(algo, per_step):
   from reinforce_jax.train import linear_anneal, updates_per_step
 
-  config = rj.TrainConfig(algo=algo, num_envs=6, num_steps=5, num_epochs=2, num_minibatches=3)
+  epochs = {"num_epochs": 2, "num_minibatches": 3} if algo == "ppo" else {}
+  config = rj.TrainConfig(algo=algo, num_envs=6, num_steps=5, **epochs)
   assert updates_per_step(config) == per_step
   anneal = linear_anneal(config)
   state = anneal.init(jnp.zeros(()))
@@ -453,8 +456,8 @@ def test_linear_anneal_follows_purejaxrls_schedule(algo, per_step):
 def test_unroll_changes_speed_not_values(algo):
   env = CartPole()
   policy = CategoricalPolicy(2, hidden=(8,), value="separate" if algo == "ppo" else None)
-  config = rj.TrainConfig(algo=algo, num_envs=4, rollout_length=16, num_minibatches=2,
-                          num_epochs=2, num_steps=3)
+  epochs = {"num_epochs": 2, "num_minibatches": 2} if algo == "ppo" else {}
+  config = rj.TrainConfig(algo=algo, num_envs=4, rollout_length=16, num_steps=3, **epochs)
   outs = [jax.jit(rj.make_train(env, policy, optax.adam(1e-2), config, unroll=u))(
       jax.random.key(0)) for u in (1, 4)]
   chex.assert_trees_all_close(outs[0].state.params, outs[1].state.params, rtol=1e-5, atol=1e-6)
