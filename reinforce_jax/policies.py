@@ -172,7 +172,8 @@ def as_policy(policy) -> Policy:
     return from_nnx(policy)
   if callable(policy):
     raise ValueError(
-        f"{policy!r} is a plain function: a policy needs its parameters too; pass "
+        f"{policy!r} is a plain function: a policy needs its parameters too; pass them as "
+        "make_train_step(..., init_params=params), or the policy as "
         "reinforce_jax.policies.from_function(apply, params)")
   raise ValueError(f"not a policy: {policy!r} (a flax module, an NNX module, a Policy, or "
                    "policies.from_function(apply, params))")
