@@ -11,18 +11,26 @@ from reinforce_jax.envs.base import Environment
 from reinforce_jax.envs.cartpole import CartPole, CartPoleParams, CartPoleState
 from reinforce_jax.envs.gymnax_env import GymnaxEnv
 from reinforce_jax.envs.pendulum import Pendulum, PendulumParams, PendulumState
-from reinforce_jax.envs.wrappers import EpisodeStatistics, NormalizeObservation, Wrapper
+from reinforce_jax.envs.wrappers import (
+    EpisodeStatistics,
+    NormalizeObservation,
+    ObservationMask,
+    Wrapper,
+    hide_velocities,
+)
 
 REGISTRY = {
     "ContextualBandit-v0": ContextualBandit,
     "CartPole-v1": CartPole,
+    "MaskedCartPole-v1": hide_velocities,  # CartPole without its velocities
     "Pendulum-v1": Pendulum,
 }
 
 
 def make(name: str, **kwargs) -> Environment:
   """An environment by name: ours (`"CartPole-v1"`, `"Pendulum-v1"`,
-  `"ContextualBandit-v0"`) or any gymnax 1.x one as `"gymnax:<name>"` (keyword
+  `"ContextualBandit-v0"`, `"MaskedCartPole-v1"`: CartPole without its
+  velocities) or any gymnax 1.x one as `"gymnax:<name>"` (keyword
   arguments go to the constructor, or to `gymnax.make`)."""
   if name.startswith("gymnax:"):
     try:
@@ -48,8 +56,10 @@ __all__ = [
     "EpisodeStatistics",
     "GymnaxEnv",
     "NormalizeObservation",
+    "ObservationMask",
     "REGISTRY",
     "Wrapper",
+    "hide_velocities",
     "make",
     "Pendulum",
     "PendulumParams",

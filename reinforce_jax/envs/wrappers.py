@@ -1,4 +1,4 @@
-"""Environment wrappers: episode statistics and observation normalisation.
+"""Environment wrappers: episode statistics, observation normalisation and masking.
 
 A wrapper is itself an environment with the gymnax 1.x interface; its state is
 a pytree holding the inner state plus its own, so it vmaps and jits like any
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from reinforce_jax.envs.base import Environment
+from reinforce_jax.envs.cartpole import CartPole
 
 
 class Wrapper(Environment):
@@ -126,3 +127,72 @@ class NormalizeObservation(Wrapper):
     if "final_observation" in info:
       info = {**info, "final_observation": self._normalize(stats, info["final_observation"])}
     return self._normalize(stats, obs), stats, reward, terminated, truncated, info
+
+
+class ObservationMask(Wrapper):
+  """Keeps only the chosen entries of a flat observation: a partially observed task.
+
+  The environment's dynamics, rewards, `terminated` and `truncated` are
+  unchanged; every observation it emits, `info["final_observation"]` included,
+  becomes `obs[..., keep]` (`[D] -> [len(keep)]`). The state is the wrapped
+  environment's, so the batched fast paths (`reset_batch`, `step_batch`) of the
+  wrapped environment are kept.
+
+  `hide_velocities(CartPole())` keeps CartPole's position and angle (indices 0
+  and 2): a policy then has to infer the velocities from the history of its
+  observations, which a recurrent policy can do and a feedforward one cannot.
+
+  Args:
+    env: an environment with a flat observation `[D]`.
+    keep: the indices in `[0, D)` to keep, in the order given; no repeats.
+
+  Raises:
+    ValueError: for an empty `keep`, a repeated index or one outside `[0, D)`.
+  """
+
+  def __init__(self, env, keep):
+    super().__init__(env)
+    keep = tuple(int(i) for i in keep)
+    (size,) = env.observation_shape
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < size for i in keep):
+      raise ValueError(f"keep must hold distinct indices in [0, {size}) of "
+                       f"{env.name}'s observation, got {keep}")
+    self.keep = keep
+
+  @property
+  def observation_shape(self) -> tuple[int, ...]:
+    return (len(self.keep),)
+
+  def _mask(self, obs: jax.Array) -> jax.Array:
+    # Static slices rather than a gather: XLA fuses them into the step's loop.
+    return jnp.concatenate([obs[..., i:i + 1] for i in self.keep], axis=-1)
+
+  def _masked(self, stepped):
+    obs, state, reward, terminated, truncated, info = stepped
+    if "final_observation" in info:
+      info = {**info, "final_observation": self._mask(info["final_observation"])}
+    return self._mask(obs), state, reward, terminated, truncated, info
+
+  def reset(self, key, params=None):
+    obs, state = self.env.reset(key, params)
+    return self._mask(obs), state
+
+  def step(self, key, state, action, params=None):
+    return self._masked(self.env.step(key, state, action, params))
+
+  def reset_batch(self, key, params, num_envs):
+    obs, state = self.env.reset_batch(key, params, num_envs)
+    return self._mask(obs), state
+
+  def step_batch(self, key, state, action, params=None):
+    return self._masked(self.env.step_batch(key, state, action, params))
+
+
+def hide_velocities(env=None) -> ObservationMask:
+  """CartPole (`env`, default `CartPole()`) observing only position and angle (indices 0, 2).
+
+  A partially observed CartPole for recurrent policies (the velocities at
+  indices 1 and 3 are hidden), as in the memory tasks of POPGym's
+  `StatelessCartPole` (Morad et al., 2023).
+  """
+  return ObservationMask(CartPole() if env is None else env, keep=(0, 2))
