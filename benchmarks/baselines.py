@@ -28,7 +28,8 @@ from reinforce_jax.policies import CategoricalPolicy
 def replicate(baseline: str, num_envs: int, replicates: int):
   env = ContextualBandit()
   policy = CategoricalPolicy(2, hidden=(), value="separate" if baseline == "value" else None)
-  config = rj.TrainConfig(num_envs=num_envs, baseline=baseline, baseline_constant=0.5)
+  constant = {"baseline_constant": 0.5} if baseline == "constant" else {}
+  config = rj.TrainConfig(num_envs=num_envs, baseline=baseline, **constant)
   init_fn, train_step = rj.make_train_step(env, policy, optax.sgd(1.0), config)
   state = init_fn(jax.random.key(0))
   k1, k2 = jax.random.split(jax.random.key(21))
@@ -37,7 +38,7 @@ def replicate(baseline: str, num_envs: int, replicates: int):
                                 "bias": jax.random.normal(k2, (2,))}
   state = state._replace(params=params)
   if baseline == "ema":
-    state = state._replace(baseline=jnp.float32(0.5))
+    state = state._replace(algo_state=jnp.float32(0.5))
   env_keys, keys = jax.random.split(jax.random.key(1), (2, replicates))
   carries = jax.vmap(lambda k: init_fn(k).env)(env_keys)
   new = jax.jit(jax.vmap(lambda c, k: train_step(state._replace(env=c), k)[0]))(carries, keys)
