@@ -424,12 +424,17 @@ def _one_pass_step(learner: Learner, state, key):
 
 
 class _Transitions(NamedTuple):
+  """What a minibatch carries of the rollout: the inputs to evaluate, and the constants."""
+
   obs: jax.Array
   sample: jax.Array
   done: jax.Array
-  traj: Any          # the rollout's record of these transitions
+  old_log_prob: jax.Array
+  old_value: jax.Array
   advantage: jax.Array
   target: jax.Array
+  episode_return: jax.Array
+  episode_length: jax.Array
 
 
 def _minibatch_step(self: Minibatches, learner: Learner, state, key):
@@ -441,8 +446,9 @@ def _minibatch_step(self: Minibatches, learner: Learner, state, key):
   traj = jax.lax.stop_gradient(traj)
   advantage, target = algo.advantages(hp, state.algo_state, traj,
                                       learner.last_value(state.params, env_carry))
-  done = jnp.logical_or(traj.terminated, traj.truncated)
-  data = _Transitions(traj.obs, traj.sample, done, traj, advantage, target)
+  data = _Transitions(traj.obs, traj.sample, jnp.logical_or(traj.terminated, traj.truncated),
+                      traj.log_prob, traj.value, advantage, target, traj.episode_return,
+                      traj.episode_length)
   num = self.num_minibatches
   if learner.recurrent:
     # Whole environments per minibatch: each sequence is replayed from its first carry.
@@ -460,8 +466,11 @@ def _minibatch_step(self: Minibatches, learner: Learner, state, key):
                                                 batch.done)
     else:
       log_prob, entropy, value = learner.evaluate(params, batch.obs, batch.sample)
-    return algo.loss(hp, state.algo_state, _batch(
-        batch.traj, log_prob, entropy, value, batch.advantage, batch.target))
+    return algo.loss(hp, state.algo_state, Batch(
+        log_prob=log_prob, entropy=entropy, value=value, old_log_prob=batch.old_log_prob,
+        old_value=batch.old_value, advantage=batch.advantage, target=batch.target,
+        done=batch.done, episode_return=batch.episode_return,
+        episode_length=batch.episode_length))
 
   def update(carry, minibatch):
     params, opt_state = carry
