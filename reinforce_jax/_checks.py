@@ -42,7 +42,7 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
                   low_open: bool = False, high_open: bool = False) -> None:
   """Raises `ValueError` unless `value` is real and every entry is finite and in range.
 
-  A traced value (under `jit`, `vmap`, `grad`: `Hyperparams` carries traced
+  A traced value (under `jit`, `vmap`, `grad`: `algorithms.traced` makes traced
   discounts in sweeps) is unknown at trace time and passes unchecked.
   """
   if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):

@@ -60,7 +60,7 @@ def ema_update(average: jax.Array, values: jax.Array, *, decay: float) -> jax.Ar
 
   Raises:
     ValueError: if a concrete `decay` is not in [0, 1] (a traced one, as in a
-      sweep over `Hyperparams.ema_decay`, cannot be checked).
+      sweep over `ema_decay`, cannot be checked).
   """
   _checks.check_number("decay", decay, low=0.0, high=1.0)
   return decay * average + (1.0 - decay) * jnp.mean(values)
