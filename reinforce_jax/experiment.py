@@ -1,5 +1,6 @@
 """Runs a preset from the command line: several seeds in one program, trained in
-jitted chunks between progress-bar updates, with outputs written to a folder.
+jitted chunks between progress-bar updates (`reinforce_jax.loop.run_loop` and its
+callbacks), with outputs written to a folder.
 
 The chunked run is the same computation as `jax.vmap(make_train(...))` over the
 seed keys (bit for bit): keys depend only on the seed and the step count.
@@ -7,7 +8,6 @@ seed keys (bit for bit): keys depend only on the seed and the step count.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import io
 import json
@@ -16,15 +16,13 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from reinforce_jax import checkpoints, plotting
+from reinforce_jax import checkpoints, loop, plotting
 from reinforce_jax.checkpoints import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -35,9 +33,12 @@ from reinforce_jax.checkpoints import (
 )
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.distributed import make_mesh, shard_state
-from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.loop import (  # noqa: F401 (the first two lived here before loop.py)
+    SOLVED_EPISODES,
+    RecentEpisodes,
+    _last_finite,
+)
 from reinforce_jax.presets import PRESETS
-from reinforce_jax.rollout import split_output
 from reinforce_jax.train import make_optimizer, make_run, make_train_step
 
 
@@ -70,9 +71,16 @@ def _seed_keys(seed: int, num_seeds: int):
   return split[:, 0], split[:, 1]
 
 
-def _last_finite(values: np.ndarray) -> float | None:
-  finite = values[np.isfinite(values)]
-  return float(finite[-1]) if finite.size else None
+class _LatestReturns(loop.Callback):
+  """Per seed, the latest finite mean return (the summary's where no metrics file is written)."""
+
+  def __init__(self, num_seeds: int):
+    self.values = np.full(num_seeds, np.nan)
+
+  def after_chunk(self, ctx: loop.LoopContext) -> None:
+    for seed_index, curve in enumerate(ctx.output.metrics["mean_return"][:, :ctx.new_steps]):
+      last = _last_finite(curve)
+      self.values[seed_index] = self.values[seed_index] if last is None else last
 
 
 def _read_metrics(path: pathlib.Path) -> list[dict]:
@@ -128,60 +136,6 @@ def _remove(created: list[pathlib.Path], files: list[pathlib.Path]) -> None:
       path.rmdir()
     except OSError:  # not empty: something else wrote there meanwhile
       break
-
-
-def _alive(state) -> bool:
-  """Whether no buffer of `state` was donated to a computation (and so deleted)."""
-  return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
-
-
-SOLVED_EPISODES = 100  # gymnasium's reward threshold is a mean over 100 consecutive episodes
-
-
-class RecentEpisodes:
-  """Per seed, the mean return of the last `SOLVED_EPISODES` finished episodes.
-
-  Fed one train step at a time with each seed's mean return and episode count
-  of that step; a step's episodes are kept or dropped together, so the window
-  holds at least `SOLVED_EPISODES` episodes once that many have finished.
-  """
-
-  def __init__(self, num_seeds: int, episodes: int = SOLVED_EPISODES):
-    self.episodes = episodes
-    self.windows = [collections.deque() for _ in range(num_seeds)]
-
-  def add(self, mean_return: np.ndarray, num_episodes: np.ndarray) -> None:
-    """`[num_seeds, steps]` arrays of one chunk, oldest step first."""
-    for window, means, counts in zip(self.windows, mean_return, num_episodes, strict=True):
-      for mean, count in zip(means, counts, strict=True):
-        if count > 0 and np.isfinite(mean):
-          window.append((float(mean) * int(count), int(count)))
-          while sum(c for _, c in window) - window[0][1] >= self.episodes:
-            window.popleft()
-
-  def means(self) -> np.ndarray:
-    """`[num_seeds]`: the window's mean return, NaN until `episodes` have finished."""
-    out = np.full(len(self.windows), np.nan)
-    for i, window in enumerate(self.windows):
-      count = sum(c for _, c in window)
-      if count >= self.episodes:
-        out[i] = sum(total for total, _ in window) / count
-    return out
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-  """Mean over seeds, NaN (without a warning) where no seed finished an episode."""
-  finite = np.isfinite(values)
-  total = np.where(finite, values, 0.0).sum(axis=0)
-  count = finite.sum(axis=0)
-  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _jsonable(x: Any):
-  x = x.item() if hasattr(x, "item") else x
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
 
 
 def run_experiment(
@@ -258,7 +212,6 @@ def run_experiment(
     if done > config.num_steps:
       raise CheckpointError(f"the latest checkpoint in {out / CHECKPOINTS_DIR} is of step "
                             f"{done}, past num_steps={config.num_steps}")
-  first_step = done
   if should_stop is not None and should_stop():
     raise KeyboardInterrupt("before the first train step; nothing written")
 
@@ -272,7 +225,7 @@ def run_experiment(
       (out / CONFIG_FILE).write_text(json.dumps(
           {"env": env_name, "seed": seed, "num_seeds": num_seeds,
            "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
-           "hidden": list(preset.hidden), **dataclasses.asdict(config)}, indent=2) + "\n")
+           "hidden": list(preset.hidden), **config.to_dict()}, indent=2) + "\n")
       if not resume:
         written.append(out / METRICS_FILE)
       sink = (out / METRICS_FILE).open("a" if resume else "w")
@@ -280,74 +233,38 @@ def run_experiment(
       _remove(created, [] if resume else written)
       raise
 
-  status = "completed"
+  latest = _LatestReturns(num_seeds)
+  recent = loop.EarlyStop(stop_at_return)
+  callbacks = [loop.ProfileFirstChunk(profile_dir)] if profile_dir is not None else []
+  if writer:
+    callbacks.append(loop.WriteMetrics(sink))
+  # In the order the checks ran before the loop existed: a Ctrl-C raised from the bar
+  # leaves the chunk out of the episode means, as it did.
+  callbacks += [
+      loop.ProgressBar(desc=env_name, disable=not progress, tqdm_class=tqdm),
+      recent, latest,
+      loop.Checkpoint(out / CHECKPOINTS_DIR, every=checkpoint_every, saved_step=saved)]
+  with sink:
+    outcome = loop.run_loop(runner, state, run_keys, num_steps=config.num_steps, chunk=chunk,
+                            start_step=done, callbacks=callbacks, should_stop=should_stop)
+  state, done, status = outcome.state, outcome.step, outcome.status
   solved_at, solved_after = None, None
-  latest = np.full(num_seeds, np.nan)
-  recent_episodes = RecentEpisodes(num_seeds)
-  bar = tqdm(total=config.num_steps, initial=done, desc=f"{env_name}", unit="step",
-             disable=not progress, file=sys.stderr, dynamic_ncols=True)
-  try:
-    with sink as log:
-      while done < config.num_steps:
-        n = min(chunk, config.num_steps - done)
-        if checkpoint_every:  # end the chunk on the next checkpoint's step
-          n = min(n, checkpoint_every - done % checkpoint_every)
-        if profile_dir is not None and done == first_step:
-          with jax.profiler.trace(str(profile_dir), create_perfetto_trace=True):
-            result = jax.block_until_ready(runner(state, run_keys, jnp.int32(n)))
-        else:
-          result = runner(state, run_keys, jnp.int32(n))
-        steps_done = np.asarray(result.steps_done)
-        metrics = jax.tree.map(np.asarray, result.metrics)
-        for i in range(int(steps_done.max())):
-          for s in range(num_seeds):
-            if i < steps_done[s]:
-              row = {"step": done + i + 1, "seed": s}
-              row.update({k: _jsonable(v[s, i]) for k, v in metrics.items()})
-              log.write(json.dumps(row) + "\n")
-        good = int(steps_done.min())
-        state, done = result.state, done + good  # together: a checkpoint pairs them
-        bar.update(good)
-        if good:
-          recent_episodes.add(metrics["mean_return"][:, :good], metrics["num_episodes"][:, :good])
-          for seed_index, curve in enumerate(metrics["mean_return"][:, :good]):
-            last = _last_finite(curve)
-            latest[seed_index] = latest[seed_index] if last is None else last
-          recent = _last_finite(_nanmean(metrics["mean_return"][:, :good]))
-          if recent is not None:
-            bar.set_postfix(mean_return=f"{recent:.3g}")
-        if checkpoint_every and done % checkpoint_every == 0 and done < config.num_steps:
-          log.flush()
-          checkpoints.save(out / CHECKPOINTS_DIR, done, state)
-          saved = done
-        if not np.asarray(result.finite).all():
-          status = "non-finite"
-          bad = np.flatnonzero(~np.asarray(result.finite)).tolist()
-          tqdm.write(
-              f"reinforce-jax: loss or parameters became non-finite at step {done + 1} "
-              f"(seeds {bad}); stopped and kept each seed's last finite parameters",
-              file=sys.stderr)
-          break
-        if stop_at_return is not None and np.all(recent_episodes.means() >= stop_at_return):
-          status, solved_at = "solved", done
-          solved_after = time.perf_counter() - start
-          break
-        if should_stop is not None and should_stop():
-          raise KeyboardInterrupt
-  except KeyboardInterrupt:
-    if not _alive(state):  # stopped between a chunk's start and its result: nothing to save
-      raise
-    status = "interrupted"
+  if status == "solved":
+    solved_at = recent.stopped_at[0]
+    solved_after = recent.stopped_at[1] - start
+  elif status == "non-finite":
+    bad = np.flatnonzero(~outcome.output.finite).tolist()
+    tqdm.write(
+        f"reinforce-jax: loss or parameters became non-finite at step {done + 1} "
+        f"(seeds {bad}); stopped and kept each seed's last finite parameters",
+        file=sys.stderr)
+  elif status == "interrupted":
     tqdm.write(f"reinforce-jax: interrupted; saved the state of step {done} "
                f"(continue with --resume {out})", file=sys.stderr)
-  finally:
-    bar.close()
-  if saved != done:  # the final (or last good) state: every run can be resumed
-    checkpoints.save(out / CHECKPOINTS_DIR, done, state)
 
   wall = time.perf_counter() - start
   files = []  # the files this process wrote
-  final_mean_return = [None if np.isnan(r) else float(r) for r in latest]
+  final_mean_return = [None if np.isnan(r) else float(r) for r in latest.values]
   if writer:
     files = [METRICS_FILE, CONFIG_FILE, PARAMS_FILE, "learning_curve.png", SUMMARY_FILE,
              CHECKPOINTS_DIR]
@@ -357,23 +274,20 @@ def run_experiment(
     plotting.plot_learning_curve(
         mean_return, out / "learning_curve.png",
         title=f"{config.algo.upper()} on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
-  expected = None
-  if isinstance(env, ContextualBandit):
-    contexts = env.default_params.contexts
-    probs = jax.vmap(lambda p: split_output(policy.apply(p, contexts))[0].probs)(state.params)
-    expected = [float(env.expected_reward(p, env.default_params)) for p in probs]
-    if writer:
-      plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out / "policy.png",
-                                  title=f"Learned policy after {done} steps")
-      files.append("policy.png")
+  extra = {}
+  if preset.report is not None:  # the preset's own outputs (the bandit's exact reward)
+    report = preset.report(env, policy, state.params, out if writer else None, done)
+    extra = report.summary
+    files += list(report.files) if writer else []
   result = Result(
       env=env_name, steps_done=done, num_seeds=num_seeds, status=status,
       final_mean_return=final_mean_return,
       wall_time_s=round(wall, 3), compile_time_s=round(compile_time, 3),
-      out_dir=str(out), expected_reward=expected, files=sorted(files),
+      out_dir=str(out), files=sorted(files),
       solved_at_step=solved_at,
       solved_after_s=None if solved_after is None else round(solved_after, 3),
-      recent_mean_return=[None if np.isnan(r) else float(r) for r in recent_episodes.means()])
+      recent_mean_return=[None if np.isnan(r) else float(r) for r in recent.means(num_seeds)],
+      **extra)
   if writer:
     (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result

@@ -10,14 +10,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reinforce_jax.config import TrainConfig
 
 if TYPE_CHECKING:
+  import pathlib
+
   import flax.linen as nn
 
   from reinforce_jax.envs import Environment
+
+
+class Report(NamedTuple):
+  """What a preset's `report` adds to a finished run."""
+
+  summary: dict[str, Any]    # extra `summary.json` fields (fields of `experiment.Result`)
+  files: tuple[str, ...] = ()  # the files it wrote into the run folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +49,10 @@ class Preset:
   # The CLI stops once every seed's latest mean return reaches this (None: it
   # trains all steps); `--stop-at-return` overrides it.
   solved_return: float | None = None
+  # Called by `run_experiment` once training ends, with the env, the policy, the final
+  # params (every leaf `[num_seeds, ...]`), the run folder (None in a process that
+  # writes no files) and the steps done: the task's own outputs and summary fields.
+  report: Callable[[Environment, nn.Module, Any, pathlib.Path | None, int], Report] | None = None
 
   def policy(self, env, config: TrainConfig) -> nn.Module:
     """The preset's policy for `env`, with a separate value network when `config` needs one."""
@@ -64,6 +77,24 @@ def make_policy(env, hidden: tuple[int, ...], *, value: str | None = None) -> nn
   return CategoricalPolicy(env.num_actions, hidden=hidden, value=value)
 
 
+def _bandit_report(env, policy, params, out_dir: pathlib.Path | None, steps: int) -> Report:
+  """Each seed's exact expected reward; `policy.png`: its action probabilities per context."""
+  import jax
+  import numpy as np
+
+  from reinforce_jax import plotting
+  from reinforce_jax.rollout import split_output
+
+  contexts = env.default_params.contexts
+  probs = jax.vmap(lambda p: split_output(policy.apply(p, contexts))[0].probs)(params)
+  expected = [float(env.expected_reward(p, env.default_params)) for p in probs]
+  if out_dir is None:
+    return Report({"expected_reward": expected})
+  plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out_dir / "policy.png",
+                              title=f"Learned policy after {steps} steps")
+  return Report({"expected_reward": expected}, ("policy.png",))
+
+
 _CARTPOLE_REINFORCE = TrainConfig(
     num_envs=64, rollout_length=200, gamma=0.99, baseline="leave_one_out",
     num_steps=150, learning_rate=3e-3, max_grad_norm=1.0)
@@ -81,6 +112,7 @@ PRESETS: dict[str, Preset] = {
         description="the seed's two-action contextual bandit (one-step episodes)",
         obs_size=1,
         action_size=2,
+        report=_bandit_report,
     ),
     "cartpole": Preset(
         make_env=functools.partial(_make_env, "CartPole"),
