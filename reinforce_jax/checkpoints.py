@@ -74,14 +74,46 @@ def restore(directory: str | pathlib.Path, like: Any) -> tuple[int, Any]:
   step = latest_step(directory)
   if step is None:
     raise CheckpointError(f"no checkpoint in {directory}")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   manager = _manager(directory, create=False)
   try:
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as error:  # orbax raises many types for unreadable or mismatched data
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(
+          jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
+    except Exception:  # orbax raises many types for unreadable or mismatched data
+      legacy = _legacy_layout(like)
+      if legacy is None:
+        raise
+      restored = manager.restore(step, args=ocp.args.StandardRestore(
+          jax.tree.map(ocp.utils.to_shape_dtype_struct, legacy)))
+      state = _from_legacy(like, restored)
+  except Exception as error:
     raise CheckpointError(
         f"checkpoint {directory / str(step)} cannot be restored into this run's state "
         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
   finally:
     manager.close()
   return step, state
+
+
+def _legacy_layout(like: Any) -> dict | None:
+  """`like` (a `TrainState`) as checkpoints before the open-core layout held it, or None.
+
+  Those had `baseline` where `TrainState` now has `algo_state`, and no recurrent
+  carry in the environment's state; a run recorded then resumes into today's state.
+  """
+  import jax
+
+  env = getattr(like, "env", None)
+  if not (hasattr(like, "algo_state") and hasattr(env, "policy_carry")):
+    return None
+  if jax.tree.leaves(env.policy_carry):  # a recurrent policy: there were none then
+    return None
+  return {"params": like.params, "opt_state": like.opt_state,
+          "env": {k: v for k, v in env._asdict().items() if k != "policy_carry"},
+          "step": like.step, "baseline": like.algo_state, "hyperparams": like.hyperparams}
+
+
+def _from_legacy(like: Any, restored: dict) -> Any:
+  return like._replace(params=restored["params"], opt_state=restored["opt_state"],
+                       env=like.env._replace(**restored["env"]), step=restored["step"],
+                       algo_state=restored["baseline"], hyperparams=restored["hyperparams"])

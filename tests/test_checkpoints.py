@@ -154,3 +154,38 @@ def test_resume_refuses_options_that_contradict_the_stored_run(tmp_path, capsys)
   assert cli.main(["train", "bandit", "--resume", str(out), "--steps", "12", "--num-envs", "16",
                    "--num-seeds", "2", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
   assert json.loads((out / "config.json").read_text())["num_steps"] == 12
+
+
+def test_a_checkpoint_of_the_earlier_state_layout_resumes_bit_identically(tmp_path):
+  """Runs recorded before the open-core layout (`baseline` where `TrainState` now has
+  `algo_state`, no recurrent carry) resume into today's state, losing nothing."""
+  import jax
+  import numpy as np
+
+  from reinforce_jax import checkpoints, train
+  from reinforce_jax.checkpoints import _legacy_layout
+  from reinforce_jax.config import TrainConfig
+  from reinforce_jax.presets import PRESETS
+
+  ema = ["--baseline", "ema", "--num-envs", "16", "--no-progress"]
+  full, half = tmp_path / "full", tmp_path / "half"
+  assert cli.main(["train", "bandit", "--steps", "8", "--out", str(full), *ema]) == 0
+  assert cli.main(["train", "bandit", "--steps", "4", "--out", str(half), *ema]) == 0
+  # Rewrite the step-4 checkpoint in the old layout, as earlier versions saved it.
+  step = checkpoints.latest_step(half / "checkpoints")
+  config = TrainConfig.from_dict(json.loads((half / "config.json").read_text()))
+  preset = PRESETS["bandit"]
+  env = preset.make_env()
+  init_fn, _ = train.make_train_step(env, preset.policy(env, config),
+                                     train.make_optimizer(config), config)
+  like = jax.vmap(init_fn)(jax.random.split(jax.random.key(0), 1))
+  _, state = checkpoints.restore(half / "checkpoints", like)
+  assert float(np.asarray(state.algo_state)[0]) != 0.0  # the EMA has moved: a real value
+  shutil.rmtree(half / "checkpoints")
+  checkpoints.save(half / "checkpoints", step, _legacy_layout(state))
+  with pytest.raises(checkpoints.CheckpointError):  # the new layout alone cannot read it
+    checkpoints.restore(half / "checkpoints", {"algo_state": like.algo_state})
+  _, restored = checkpoints.restore(half / "checkpoints", like)
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  assert cli.main(["train", "bandit", "--steps", "8", "--resume", str(half), "--no-progress"]) == 0
+  _assert_same_run(full, half)
