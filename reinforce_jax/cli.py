@@ -26,9 +26,18 @@ import socket
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+from reinforce_jax import hparams
 from reinforce_jax.checkpoints import CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, SWEEP_FILES
-from reinforce_jax.config import ALGOS, BASELINES, TrainConfig, sweep_grid
+from reinforce_jax.config import (
+    ALGOS,
+    BASELINE_KINDS,
+    RUN_RANGES,
+    TrainConfig,
+    sweep_grid,
+)
 from reinforce_jax.presets import PRESETS, Preset
 
 _INT32_MAX = 2**31 - 1  # step counters and array sizes are int32 in the compiled program
@@ -66,21 +75,26 @@ def _float32(value: float) -> float:
 
 
 def _number(valid, requirement: str):
-  """A float parser; `valid` sees the value rounded to float32, so 1e300 is not finite."""
+  """A float parser; `valid` sees the value as given and rounded to float32 (1e300 is not
+  finite in float32, the dtype training uses)."""
   def parse(text: str) -> float:
     try:
       value = float(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not valid(value):
+      raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
     if not valid(_float32(value)):
       raise argparse.ArgumentTypeError(f"must be {requirement} (in float32), got {text}")
     return value
   return parse
 
 
-_positive_float = _number(lambda v: math.isfinite(v) and v > 0, "finite and positive")
-_unit_float = _number(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
-_non_negative_float = _number(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
+def _in_range(where: hparams.Range):
+  """The parser of a float declared with `where` (`reinforce_jax.hparams.Range`)."""
+  return _number(where.contains, where.describe())
+
+
 _finite_float = _number(math.isfinite, "finite")
 
 
@@ -128,21 +142,67 @@ def _list_of(parse):
   return parse_list
 
 
-# Options that take one value in `train` and a comma-separated list in `sweep`:
-# (flag, TrainConfig field, parser, help).
-_SWEEPABLE_OPTIONS = (
-    ("--lr", "learning_rate", _positive_float, "Adam learning rate"),
-    ("--gamma", "gamma", _unit_float, "discount in [0, 1]"),
-    ("--gae-lambda", "gae_lambda", _unit_float, "GAE lambda in [0, 1] (a2c, ppo)"),
-    ("--entropy-coef", "entropy_coef", _non_negative_float, "entropy bonus weight"),
-    ("--value-coef", "value_coef", _non_negative_float, "value loss weight"),
-    ("--clip-eps", "clip_eps", _non_negative_float, "PPO clipping range"),
-)
+class _Option(NamedTuple):
+  """A command-line flag for a field of the config."""
+
+  flag: str
+  field: str  # the flat name (`TrainConfig`'s keyword, the key in config.json)
+  parse: Callable[[str], Any] | None  # None: a bool flag (--x / --no-x)
+  help: str
+
+
+def _flag(name: str) -> str:
+  return "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+
+
+def _users(name: str) -> str:
+  """`; for ...`: the algorithms (and REINFORCE baselines) that have the setting `name`,
+  unless every algorithm has it."""
+  algos = [algo for algo, cls in hparams.ALGORITHMS.items()
+           if name in hparams.hparam_ranges(cls) or name in hparams.static_fields(cls)]
+  if len(algos) == len(hparams.ALGORITHMS):
+    return ""
+  algos += [f"reinforce --baseline {kind}" for kind, cls in hparams.BASELINES.items()
+            if cls is not None and name in hparams.hparam_ranges(cls)]
+  return f"; for {', '.join(algos)}"
+
+
+def _help(text: str, name: str) -> str:
+  return (text + _users(name)).replace("%", "%%")  # argparse formats help with %
+
+
+def _float_options() -> tuple[_Option, ...]:
+  """A flag per sweepable float: the learning rate and every declared hyperparameter."""
+  ranges = {"learning_rate": RUN_RANGES["learning_rate"], **hparams.all_hparam_ranges()}
+  return tuple(_Option(_flag(name), name, _in_range(where),
+                       where.help if name == "learning_rate" else _help(where.help, name))
+               for name, where in ranges.items())
+
+
+def _static_options() -> tuple[_Option, ...]:
+  """A flag per structural setting that is an int or a bool (PPO's epochs, minibatches...)."""
+  fields = {}
+  for cls in hparams.ALGORITHMS.values():
+    fields.update(hparams.static_fields(cls))
+  options = []
+  for name, field in fields.items():
+    text = _help(hparams.static_help(field), name)
+    if isinstance(field.default, bool):
+      options.append(_Option(_flag(name), name, None, text))
+    elif isinstance(field.default, int):  # the declared ints count things: at least 1
+      options.append(_Option(_flag(name), name, _int_in(1), text))
+  return tuple(options)
+
+
+# Floats take one value in `train` and a comma-separated list in `sweep`; structural
+# settings take one value in both (they shape the compiled program).
+_SWEEPABLE_OPTIONS = _float_options()
+_STATIC_OPTIONS = _static_options()
 # The options of a run's config, as (flag, key in config.json): `--resume` refuses
 # any of them with another value than the stored run's.
 _RUN_OPTIONS = (
     ("--algo", "algo"), ("--num-envs", "num_envs"), ("--rollout-length", "rollout_length"),
-    *((flag, field) for flag, field, _, _ in _SWEEPABLE_OPTIONS),
+    *((o.flag, o.field) for o in (*_SWEEPABLE_OPTIONS, *_STATIC_OPTIONS)),
     ("--max-grad-norm", "max_grad_norm"), ("--baseline", "baseline"), ("--seed", "seed"),
     ("--num-seeds", "num_seeds"),
 )
@@ -159,14 +219,22 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
   command.add_argument("--num-envs", type=_int_in(1), help="parallel environments")
   command.add_argument("--rollout-length", type=_int_in(1),
                        help="environment steps per environment per train step")
-  for flag, field, parse, text in _SWEEPABLE_OPTIONS:
+  for option in _SWEEPABLE_OPTIONS:
     if sweep:
-      command.add_argument(flag, type=_list_of(parse), dest=field, metavar="V[,V...]",
-                           help=f"{text}: comma-separated values to sweep")
+      command.add_argument(option.flag, type=_list_of(option.parse), dest=option.field,
+                           metavar="V[,V...]",
+                           help=f"{option.help} (comma-separated values to sweep)")
     else:
-      command.add_argument(flag, type=parse, dest=field, help=text)
-  command.add_argument("--max-grad-norm", type=_positive_float, help="clip the gradient norm")
-  command.add_argument("--baseline", choices=list(BASELINES), help="REINFORCE's baseline")
+      command.add_argument(option.flag, type=option.parse, dest=option.field, help=option.help)
+  for option in _STATIC_OPTIONS:
+    if option.parse is None:
+      command.add_argument(option.flag, action=argparse.BooleanOptionalAction,
+                           dest=option.field, help=option.help)
+    else:
+      command.add_argument(option.flag, type=option.parse, dest=option.field, help=option.help)
+  command.add_argument("--max-grad-norm", type=_in_range(RUN_RANGES["max_grad_norm"]),
+                       help="clip the gradient norm")
+  command.add_argument("--baseline", choices=list(BASELINE_KINDS), help="REINFORCE's baseline")
   command.add_argument("--seed", type=_int_in(0, _UINT32_MAX),
                        help=f"random seed in [0, {_UINT32_MAX}] (default 0)")
   command.add_argument("--num-seeds", type=_int_in(1),
@@ -262,27 +330,54 @@ class _Interrupts:
 
 
 def _config(args, preset, *, exclude=()):
-  overrides = {
-      "num_steps": args.steps, "num_envs": args.num_envs,
-      "rollout_length": args.rollout_length, "max_grad_norm": args.max_grad_norm,
-      "baseline": args.baseline,
-      **{field: getattr(args, field) for _, field, _, _ in _SWEEPABLE_OPTIONS},
-  }
-  algo = args.algo or preset.default_algo
-  return preset.configs[algo].replace(
+  """The preset's config for `--algo` and `--baseline`, with the other options given.
+
+  Raises:
+    ValueError: for an option of a setting that this algorithm (and baseline)
+      does not have: it would change nothing (`--clip-eps` for REINFORCE).
+  """
+  config = preset.configs[args.algo or preset.default_algo]
+  if args.baseline is not None:
+    config = config.replace(baseline=args.baseline)
+  _check_options_apply(args, config)
+  overrides = {"num_steps": args.steps, **{key: getattr(args, key) for _, key in _RUN_OPTIONS
+                                           if key not in ("algo", "baseline", "seed",
+                                                          "num_seeds")}}
+  return config.replace(
       **{k: v for k, v in overrides.items() if v is not None and k not in exclude})
 
 
-# TrainConfig fields newer than some recorded runs, with the behaviour those runs had.
+def _check_options_apply(args, config: TrainConfig, where: str = "") -> None:
+  """Raises ValueError naming the first hyperparameter option `config` has no use for."""
+  settings = config.to_dict()
+  options = (*_SWEEPABLE_OPTIONS, *_STATIC_OPTIONS)
+  for option in options:
+    if getattr(args, option.field) is not None and option.field not in settings:
+      flags = ", ".join(o.flag for o in options if o.field in settings)
+      raise ValueError(f"{option.flag}: {option.field} is not a hyperparameter of "
+                       f"{where}{_describe(config)} (its options: {flags})")
+
+
+def _describe(config: TrainConfig) -> str:
+  if config.algo == "reinforce":
+    return f"algo='reinforce' with baseline={config.baseline!r}"
+  return f"algo={config.algo!r}"
+
+
+# Settings newer than some recorded runs, with the behaviour those runs had.
 _ADDED_FIELDS = {"clip_value": False, "anneal_lr": False}
 
 
 def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
   """The config, seed, seed count, checkpoint interval and stop setting of `--resume DIR`.
 
+  A `config.json` holds `TrainConfig.to_dict()` and the run's own keys; one written
+  before hyperparameters were declared per algorithm holds every algorithm's
+  settings (those the run's algorithm lacks are ignored).
+
   Raises:
     ValueError: no readable, complete `config.json`, another environment, or an
-      option that contradicts the stored run.
+      option that contradicts the stored run or that its algorithm does not have.
   """
   folder = pathlib.Path(args.resume)
   where = f"--resume {args.resume}"
@@ -290,12 +385,17 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
     stored = json.loads((folder / CONFIG_FILE).read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{where}: no readable {CONFIG_FILE} ({e})") from None
-  fields = [*TrainConfig().run_settings(), "algo", "baseline"]
   if not isinstance(stored, dict):
     raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
   # Fields added after a run was recorded take the value that reproduces it.
   stored = {**_ADDED_FIELDS, **stored}
-  missing = [k for k in ("env", "seed", "num_seeds", *fields) if k not in stored]
+  missing = [k for k in ("env", "seed", "num_seeds", "algo", "baseline") if k not in stored]
+  try:
+    if not missing:  # the settings a complete record of this algorithm holds
+      expected = TrainConfig.from_dict({"algo": stored["algo"], "baseline": stored["baseline"]})
+      missing = [k for k in expected.to_dict() if k not in stored]
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
   if missing:
     raise ValueError(f"{where}: {CONFIG_FILE} lacks {', '.join(map(repr, missing))}; "
                      "it is not the record of a complete run")
@@ -305,15 +405,19 @@ def _stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
     raise ValueError("--overwrite and --resume contradict each other")
   if args.out is not None and pathlib.Path(args.out).resolve() != folder.resolve():
     raise ValueError(f"--out {args.out} contradicts {where}: a resumed run stays in its folder")
-  for flag, key in _RUN_OPTIONS:
-    value = getattr(args, key)
-    if value is not None and value != stored.get(key):
-      raise ValueError(f"{flag} {value} contradicts the run in {args.resume} ({key} "
-                       f"{stored[key]}); a resumed run keeps its settings")
   try:
     config = TrainConfig.from_dict(stored)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
+  # Compared with the config read back, not the raw record: an old record's value
+  # of a setting the run's algorithm lacks must not let that option through.
+  _check_options_apply(args, config, where=f"the run in {args.resume}: ")
+  recorded = {**config.to_dict(), "seed": stored["seed"], "num_seeds": stored["num_seeds"]}
+  for flag, key in _RUN_OPTIONS:
+    value = getattr(args, key)
+    if value is not None and value != recorded[key]:
+      raise ValueError(f"{flag} {value} contradicts the run in {args.resume} ({key} "
+                       f"{recorded[key]}); a resumed run keeps its settings")
   if args.steps is not None:
     if config.anneal_lr and args.steps != config.num_steps:
       raise ValueError(f"--steps {args.steps} contradicts the run in {args.resume}: its "
@@ -375,8 +479,8 @@ def run_bytes(preset: Preset, config: TrainConfig, *, steps_per_call: int) -> in
   trajectory = 2 * preset.obs_size + preset.action_size + 8
   networks = 2 if config.uses_value else 1
   activations = networks * (sum(preset.hidden) + preset.action_size + 1)
-  if config.algo == "ppo":
-    activations = math.ceil(activations / config.num_minibatches)
+  # An algorithm that splits the batch into minibatches back-propagates one at a time.
+  activations = math.ceil(activations / getattr(config.algorithm, "num_minibatches", 1))
   return 4 * (transitions * (trajectory + activations) + 16 * steps_per_call)
 
 
@@ -430,11 +534,11 @@ def _join_cluster(args, parser) -> None:
 
 
 def _sweep(args, parser, interrupts: _Interrupts) -> int:
-  grid = {field: getattr(args, field) for _, field, _, _ in _SWEEPABLE_OPTIONS
-          if getattr(args, field) is not None}
+  grid = {o.field: getattr(args, o.field) for o in _SWEEPABLE_OPTIONS
+          if getattr(args, o.field) is not None}
   if not grid:
     parser.error("nothing to sweep: give comma-separated values to at least one of "
-                 + ", ".join(flag for flag, *_ in _SWEEPABLE_OPTIONS))
+                 + ", ".join(o.flag for o in _SWEEPABLE_OPTIONS))
   seed = 0 if args.seed is None else args.seed
   num_seeds = args.num_seeds or 1
   out = pathlib.Path(args.out or f"runs/{args.env}-sweep")

@@ -102,7 +102,9 @@ def _build_algorithm(algo: str, baseline: Any, settings: dict) -> AlgorithmParam
   for name, value in floats.items():
     if name in known:
       _check_scalar(name, value, all_hparam_ranges()[name])
-  algorithm = algorithm.replace_flat(**floats)
+      floats[name] = float(np.asarray(value))  # a JAX scalar too: the config stays hashable
+  # Names the algorithm lacks are left to the caller, which names its baseline too.
+  algorithm = algorithm.replace_flat(**{k: v for k, v in floats.items() if k in known})
   return algorithm.replace(**{k: v for k, v in settings.items() if k in statics})
 
 

@@ -451,3 +451,8 @@ def all_hparam_ranges() -> dict[str, Range]:
 
 def static_fields(cls) -> dict[str, dataclasses.Field]:
   return {f.name: f for f in dataclasses.fields(cls) if _STATIC in f.metadata}
+
+
+def static_help(field: dataclasses.Field) -> str:
+  """The help text a `static` field was declared with (the command line's)."""
+  return field.metadata[_STATIC]

@@ -202,22 +202,59 @@ def test_solved_means_the_last_100_episodes_not_one_lucky_step():
   np.testing.assert_allclose(fresh.means(), [490.0])
 
 
-def test_resume_keeps_the_stop_setting_fills_new_fields_and_guards_the_schedule(tmp_path):
+# Every algorithm's fields, with their defaults, as a run folder's config.json held
+# them before hyperparameters were declared per algorithm (whatever the run used).
+_LEGACY_FIELDS = {
+    "num_epochs": 4, "num_minibatches": 4, "gamma": 0.99, "gae_lambda": 0.95,
+    "ema_decay": 0.9, "baseline_constant": 0.0, "entropy_coef": 0.0, "value_coef": 0.5,
+    "clip_eps": 0.2, "normalize_advantages": False, "clip_value": True, "anneal_lr": False}
+
+
+def _as_legacy_record(config_file, *, before=("clip_value", "anneal_lr")):
+  """Rewrites `config_file` as the old layout wrote it, recorded before `before` existed."""
+  stored = {**_LEGACY_FIELDS, **json.loads(config_file.read_text())}
+  for key in before:
+    del stored[key]
+  config_file.write_text(json.dumps(stored))
+  return stored
+
+
+def test_resume_keeps_the_stop_setting_fills_new_fields_and_guards_the_schedule(tmp_path, capsys):
   tiny = ["--num-envs", "8", "--rollout-length", "8", "--no-progress"]
   run = tmp_path / "run"
   assert cli.main(["train", "cartpole", "--steps", "2", *tiny, "--stop-at-return", "none",
                    "--out", str(run)]) == 0
   config_file = run / "config.json"
-  stored = json.loads(config_file.read_text())
-  for key in ("clip_value", "anneal_lr"):  # a run recorded before these fields existed
-    del stored[key]
-  config_file.write_text(json.dumps(stored))
-  assert cli.main(["train", "cartpole", "--steps", "3", *tiny[4:], "--resume", str(run)]) == 0
+  assert "clip_eps" not in json.loads(config_file.read_text())  # reinforce has none
+  legacy = _as_legacy_record(config_file)
+  # The old record holds clip_eps 0.2, but the run (reinforce) has no use for it.
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", "cartpole", "--clip-eps", "0.2", "--no-progress", "--resume", str(run)])
+  assert exit_info.value.code == 2
+  assert ("--clip-eps: clip_eps is not a hyperparameter of the run in "
+          in capsys.readouterr().err)
+  assert cli.main(["train", "cartpole", "--steps", "3", "--gamma", "0.99", *tiny[4:],
+                   "--resume", str(run)]) == 0
   resumed = json.loads(config_file.read_text())
   assert resumed["stop_at_return"] is None and resumed["num_steps"] == 3
+  assert resumed["baseline"] == legacy["baseline"] == "leave_one_out"
+  assert "clip_eps" not in resumed and "anneal_lr" in resumed  # written in the new layout
   ppo = tmp_path / "ppo"
   assert cli.main(["train", "cartpole", "--algo", "ppo", "--steps", "2", *tiny,
                    "--out", str(ppo)]) == 0
-  with pytest.raises(SystemExit) as exit_info:
+  with pytest.raises(SystemExit) as exit_info:  # its learning rate anneals over 2 steps
     cli.main(["train", "cartpole", "--steps", "4", "--no-progress", "--resume", str(ppo)])
   assert exit_info.value.code == 2
+  assert "anneals to 0 over num_steps 2" in capsys.readouterr().err
+  # Recorded before clip_value existed: the run did not clip its value loss.
+  _as_legacy_record(ppo / "config.json", before=("clip_value",))
+  assert cli.main(["train", "cartpole", "--no-progress", "--no-clip-value", "--num-epochs", "4",
+                   "--resume", str(ppo)]) == 0
+  resumed = json.loads((ppo / "config.json").read_text())
+  assert resumed["clip_value"] is False and resumed["anneal_lr"] is True
+  assert resumed["num_steps"] == 2 and resumed["num_minibatches"] == 4
+  assert "baseline_constant" not in resumed
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", "cartpole", "--clip-value", "--resume", str(ppo)])
+  assert exit_info.value.code == 2
+  assert "--clip-value True contradicts the run" in capsys.readouterr().err

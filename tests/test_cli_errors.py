@@ -49,6 +49,32 @@ def test_bad_values_exit_2_with_one_line(argv, fragment, capsys):
   _exit_2_one_line(argv, capsys, fragment)
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "bandit", "--clip-eps", "0.1"],
+     "--clip-eps: clip_eps is not a hyperparameter of algo='reinforce' with baseline='none' "
+     "(its options: --lr, --gamma, --entropy-coef, --normalize-advantages)"),
+    (["train", "bandit", "--ema-decay", "0.5"], "ema_decay is not a hyperparameter"),
+    (["train", "bandit", "--baseline", "constant", "--ema-decay", "0.5"],
+     "with baseline='constant'"),
+    (["train", "bandit", "--algo", "a2c", "--num-minibatches", "2"],
+     "--num-minibatches: num_minibatches is not a hyperparameter of algo='a2c'"),
+    (["train", "bandit", "--algo", "a2c", "--no-clip-value"], "--clip-value: clip_value"),
+    (["train", "bandit", "--algo", "ppo", "--baseline", "ema"], "applies to algo='reinforce'"),
+    (["train", "bandit", "--algo", "ppo", "--num-epochs", "0"], "--num-epochs"),
+    (["train", "bandit", "--algo", "ppo", "--num-minibatches", "3", "--num-envs", "16"],
+     "num_minibatches=3 must divide"),
+    (["train", "bandit", "--baseline", "ema", "--ema-decay", "1.5"],
+     "argument --ema-decay: must be in [0, 1], got 1.5"),
+    (["train", "bandit", "--gamma", "1.0000000001"], "argument --gamma: must be in [0, 1], got"),
+    (["train", "bandit", "--baseline", "constant", "--baseline-constant", "1e39"],
+     "argument --baseline-constant: must be finite (in float32)"),
+    (["train", "bandit", "--algo", "ppo", "--clip-eps", "-0.1"],
+     "argument --clip-eps: must be finite and non-negative"),
+])
+def test_options_the_algorithm_lacks_or_rejects_exit_2_with_one_line(argv, fragment, capsys):
+  _exit_2_one_line(argv, capsys, fragment)
+
+
 def test_the_float32_check_keeps_representable_values():
   assert cli._number(lambda v: v > 0, "positive")("3e38") == 3e38
   assert cli._float32(1e300) == float("inf") and cli._float32(-1e300) == float("-inf")
@@ -56,12 +82,10 @@ def test_the_float32_check_keeps_representable_values():
 
 def _stored_config(folder, **changes):
   """A config.json as `reinforce-jax train bandit` writes it."""
-  import dataclasses
-
   folder.mkdir(parents=True, exist_ok=True)
   config = {"env": "bandit", "seed": 0, "num_seeds": 1, "stop_at_return": None,
             "checkpoint_every": None, "hidden": [],
-            **dataclasses.asdict(TrainConfig(num_steps=200)), **changes}
+            **TrainConfig(num_steps=200).to_dict(), **changes}
   (folder / "config.json").write_text(json.dumps(config))
   return config
 
@@ -71,6 +95,9 @@ def test_bad_arguments_are_reported_without_importing_jax(tmp_path):
   JAX (or flax, optax, orbax) is imported: in milliseconds, not the ~2 s an import takes."""
   stored = tmp_path / "stored"
   _stored_config(stored)
+  complete = _stored_config(tmp_path / "incomplete")
+  del complete["gamma"]
+  (tmp_path / "incomplete" / "config.json").write_text(json.dumps(complete))
   (tmp_path / "file").write_text("")
   bad = [
       ["train", "bandit", "--num-envs", "0"],
@@ -81,10 +108,16 @@ def test_bad_arguments_are_reported_without_importing_jax(tmp_path):
       ["train", "bandit", "--out", str(tmp_path / "file")],
       ["train", "bandit", "--profile", str(tmp_path / "file")],
       ["train", "bandit", "--resume", str(stored), "--lr", "0.5"],
+      ["train", "bandit", "--resume", str(stored), "--clip-eps", "0.2"],  # not reinforce's
+      ["train", "bandit", "--resume", str(tmp_path / "incomplete")],
+      ["train", "bandit", "--clip-eps", "0.1"],
+      ["train", "bandit", "--baseline", "ema", "--baseline-constant", "1"],
+      ["train", "bandit", "--algo", "ppo", "--num-epochs", "0"],
       ["train", "bandit", "--num-envs", "1", "--baseline", "leave_one_out"],
       ["train", "bandit", "--num-processes", "2"],
       ["sweep", "bandit", "--lr", "0.1,0.2", "--out", str(tmp_path / "file")],
       ["sweep", "bandit", "--clip-eps", "0.1,0.2"],
+      ["sweep", "bandit", "--ema-decay", "0.5,0.9"],
   ]
   script = textwrap.dedent("""
       import json, runpy, sys

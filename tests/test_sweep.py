@@ -1,28 +1,27 @@
+import argparse
 import csv
 import json
+import re
 import warnings
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax import cli
-from reinforce_jax.config import sweep_grid
-from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax import cli, hparams
+from reinforce_jax.config import RUN_RANGES, SWEEPABLE, sweep_grid
+from reinforce_jax.presets import PRESETS
 from reinforce_jax.sweep import run_sweep
 
 
 def _standalone_curve(config, keys):
   """Mean over seeds of `mean_return` from separate, ordinary runs of `config`."""
-  policy = CategoricalPolicy(2, hidden=())
-  curves = []
-  for key in keys:
-    train = rj.make_train(ContextualBandit(), policy, optax.adam(config.learning_rate), config)
-    curves.append(np.asarray(jax.jit(train)(key).metrics["mean_return"]))
-  return np.mean(curves, axis=0)
+  preset = PRESETS["bandit"]
+  env = preset.make_env()
+  train = rj.make_train(env, preset.policy(env, config), rj.make_optimizer(config), config)
+  return np.mean([np.asarray(jax.jit(train)(key).metrics["mean_return"]) for key in keys],
+                 axis=0)
 
 
 def test_each_run_of_a_sweep_is_the_standalone_run(tmp_path):
@@ -51,25 +50,112 @@ def test_each_run_of_a_sweep_is_the_standalone_run(tmp_path):
                              [row["final_return_mean"] for row in result["rows"]])
 
 
+# A sweep of each traced hyperparameter kind: the algorithm's own, PPO's, and a
+# REINFORCE baseline's (nested in the algorithm's pytree).
+BASELINE_SWEEPS = [
+    (dict(baseline="ema"), {"ema_decay": [0.0, 0.9]}),
+    (dict(baseline="constant"), {"baseline_constant": [-1.0, 1.0]}),
+    (dict(baseline="value", learning_rate=0.5), {"value_coef": [0.0, 4.0]}),
+    (dict(algo="ppo", num_minibatches=2, learning_rate=0.5), {"clip_eps": [0.01, 0.5]}),
+    (dict(algo="a2c", learning_rate=0.5), {"value_coef": [0.0, 4.0], "entropy_coef": [0.0]}),
+]
+
+
+@pytest.mark.parametrize("settings, grid", BASELINE_SWEEPS,
+                         ids=[next(iter(g)) for _, g in BASELINE_SWEEPS])
+def test_every_kind_of_hyperparameter_sweeps_like_standalone_runs(settings, grid, tmp_path):
+  config = rj.TrainConfig(num_envs=16, num_steps=6, **settings)
+  result = run_sweep("bandit", config, grid, seed=2, out_dir=tmp_path)
+  keys = jax.random.split(jax.random.key(2), 1)
+  curves = []
+  for row in result["rows"]:
+    alone = config.replace(**{name: row[name] for name in grid})
+    np.testing.assert_allclose(row["curve_mean"], _standalone_curve(alone, keys), rtol=1e-4)
+    curves.append(row["curve_mean"])
+  # The swept value reaches the step: the grid points train differently.
+  assert np.max(np.abs(np.subtract(curves[0], curves[-1]))) > 1e-4, curves
+
+
 def test_sweep_grid_rejects_what_would_not_change_the_run():
   reinforce = rj.TrainConfig()
-  with pytest.raises(ValueError, match="clip_eps applies to algo='ppo'"):
+  with pytest.raises(ValueError, match="sweeping clip_eps would change nothing: it is not a "
+                                       "hyperparameter of algo='reinforce'"):
     sweep_grid(reinforce, {"clip_eps": [0.1, 0.2]})
-  with pytest.raises(ValueError, match="gae_lambda"):
+  with pytest.raises(ValueError, match="sweeping gae_lambda would change nothing"):
     sweep_grid(reinforce, {"gae_lambda": [0.9]})
+  with pytest.raises(ValueError, match="sweeping ema_decay would change nothing.*"
+                                       "baseline='constant'"):
+    sweep_grid(reinforce.replace(baseline="constant"), {"ema_decay": [0.5]})
   with pytest.raises(ValueError, match="cannot sweep 'num_envs'"):
     sweep_grid(reinforce, {"num_envs": [2, 4]})
-  with pytest.raises(ValueError, match="gamma must lie in"):
+  with pytest.raises(ValueError, match="cannot sweep 'num_epochs'"):  # structure: recompiles
+    sweep_grid(rj.TrainConfig(algo="ppo"), {"num_epochs": [2, 4]})
+  with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\], got 1.5"):
     sweep_grid(reinforce, {"gamma": [0.9, 1.5]})
+  with pytest.raises(ValueError, match="no values to sweep for gamma"):
+    sweep_grid(reinforce, {"gamma": []})
   with pytest.raises(ValueError, match="nothing to sweep"):
     sweep_grid(reinforce, {})
   ppo = rj.TrainConfig(algo="ppo", num_envs=8, num_minibatches=2)
   assert len(sweep_grid(ppo, {"clip_eps": [0.1, 0.2], "value_coef": [0.5, 1.0, 2.0]})) == 6
+  ema = reinforce.replace(baseline="ema")
+  assert sweep_grid(ema, {"ema_decay": [0.5, 0.9], "learning_rate": [0.1]}) == [
+      {"ema_decay": 0.5, "learning_rate": 0.1}, {"ema_decay": 0.9, "learning_rate": 0.1}]
 
 
-def test_hyperparams_and_sweepable_names_match_the_config():
-  fields = {f for f in rj.TrainConfig.__dataclass_fields__}
-  assert set(rj.Hyperparams._fields) <= fields
+def test_every_sweepable_name_is_accepted_exactly_where_it_is_used():
+  configs = [rj.TrainConfig(algo="a2c"), rj.TrainConfig(algo="ppo"),
+             *(rj.TrainConfig(baseline=kind) for kind in hparams.BASELINES)]
+  for name in SWEEPABLE:
+    users = [c for c in configs if name == "learning_rate" or name in c.algorithm.flat()]
+    assert users, name
+    for config in configs:
+      if config in users:
+        assert len(sweep_grid(config, {name: [0.5, 0.25]})) == 2
+      else:
+        with pytest.raises(ValueError, match=f"sweeping {name} would change nothing"):
+          sweep_grid(config, {name: [0.5, 0.25]})
+
+
+def test_cli_flags_sweepable_names_and_declarations_agree():
+  """One declaration per hyperparameter: the flags and the sweepable names follow from it."""
+  declared = {"learning_rate": RUN_RANGES["learning_rate"], **hparams.all_hparam_ranges()}
+  assert set(SWEEPABLE) == set(declared)
+  assert tuple(o.field for o in cli._SWEEPABLE_OPTIONS) == SWEEPABLE
+  flags = {o.field: o.flag for o in cli._SWEEPABLE_OPTIONS}
+  assert flags == {
+      "learning_rate": "--lr", "gamma": "--gamma", "gae_lambda": "--gae-lambda",
+      "entropy_coef": "--entropy-coef", "value_coef": "--value-coef", "clip_eps": "--clip-eps",
+      "baseline_constant": "--baseline-constant", "ema_decay": "--ema-decay"}
+  statics = {}
+  for cls in hparams.ALGORITHMS.values():
+    statics.update(hparams.static_fields(cls))
+  assert {o.field: o.flag for o in cli._STATIC_OPTIONS} == {
+      "normalize_advantages": "--normalize-advantages", "clip_value": "--clip-value",
+      "num_epochs": "--num-epochs", "num_minibatches": "--num-minibatches"}
+  assert {o.field for o in cli._STATIC_OPTIONS} == set(statics)
+  resumed = {key for _, key in cli._RUN_OPTIONS}
+  assert set(SWEEPABLE) | set(statics) <= resumed
+  for option in cli._SWEEPABLE_OPTIONS:
+    where = declared[option.field]
+    assert where.help in option.help
+    for value in (where.low, where.high, where.low - 1e-3, where.high + 1e-3, 0.0, 0.5, 1e39):
+      if not np.isfinite(value):
+        continue
+      if where.contains(value) and abs(value) < 3e38:
+        assert option.parse(repr(value)) == value
+      else:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(where.describe())):
+          option.parse(repr(value))
+  parser = cli.build_parser()
+  for option in cli._SWEEPABLE_OPTIONS:  # `train` takes one value, `sweep` a list
+    assert getattr(parser.parse_args(["train", "bandit", option.flag, "0.5"]),
+                   option.field) == 0.5
+    assert getattr(parser.parse_args(["sweep", "bandit", option.flag, "0.5,0.25"]),
+                   option.field) == [0.5, 0.25]
+  for command in ("train", "sweep"):
+    args = parser.parse_args([command, "bandit", "--num-epochs", "3", "--no-clip-value"])
+    assert args.num_epochs == 3 and args.clip_value is False
 
 
 def test_sweep_cli(tmp_path, capsys):
@@ -83,18 +169,38 @@ def test_sweep_cli(tmp_path, capsys):
   assert {p.name for p in tmp_path.iterdir()} >= {"sweep.csv", "sweep.json", "sweep.png"}
 
 
+def test_sweep_cli_sweeps_a_baselines_hyperparameter(tmp_path, capsys):
+  code = cli.main(["sweep", "bandit", "--baseline", "ema", "--ema-decay", "0.5,0.9",
+                   "--steps", "3", "--num-envs", "8", "--out", str(tmp_path)])
+  assert code == 0
+  assert "2 runs (2 ema_decay x 1 seeds)" in capsys.readouterr().out
+  result = json.loads((tmp_path / "sweep.json").read_text())
+  assert [row["ema_decay"] for row in result["rows"]] == [0.5, 0.9]
+  assert result["config"]["baseline"] == "ema" and "ema_decay" not in result["config"]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["sweep", "bandit"], "nothing to sweep"),
-    (["sweep", "bandit", "--clip-eps", "0.1,0.2"], "clip_eps applies to algo='ppo'"),
+    (["sweep", "bandit", "--clip-eps", "0.1,0.2"],
+     "--clip-eps: clip_eps is not a hyperparameter of algo='reinforce' with baseline='none'"),
+    (["sweep", "bandit", "--ema-decay", "0.5,0.9"],
+     "--ema-decay: ema_decay is not a hyperparameter of algo='reinforce' with baseline='none'"),
+    (["sweep", "bandit", "--baseline", "ema", "--baseline-constant", "0,1"],
+     "baseline_constant is not a hyperparameter of algo='reinforce' with baseline='ema'"),
+    (["sweep", "bandit", "--algo", "a2c", "--lr", "0.1", "--num-epochs", "2"],
+     "--num-epochs: num_epochs is not a hyperparameter of algo='a2c'"),
     (["sweep", "bandit", "--lr", "0.1,-1"], "must be finite and positive"),
-    (["sweep", "cartpole", "--algo", "reinforce", "--gae-lambda", "0.9,0.95"], "GAE's lambda"),
+    (["sweep", "bandit", "--baseline", "ema", "--ema-decay", "0.5,1.5"],
+     "argument --ema-decay: must be in [0, 1]"),
+    (["sweep", "cartpole", "--algo", "reinforce", "--gae-lambda", "0.9,0.95"],
+     "gae_lambda is not a hyperparameter of algo='reinforce' with baseline='leave_one_out'"),
 ])
 def test_sweep_cli_errors_exit_2_with_one_line(argv, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(argv)
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_sweep_warns_when_the_cpu_hang_workaround_is_missing(tmp_path, monkeypatch):
