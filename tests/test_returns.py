@@ -193,7 +193,7 @@ def test_gae_and_lambda_returns_refuse_gamma_and_lambda_outside_the_unit_interva
 
 
 def test_traced_gamma_and_lambda_still_work_under_jit_and_vmap():
-  """In sweeps `Hyperparams` carries traced discounts: no check, same numbers."""
+  """In sweeps `algorithms.traced` carries traced discounts: no check, same numbers."""
   reward, value, terminated, truncated, bootstrap, last = _random_rollout(5)
   gammas, lams = jnp.array([0.9, 0.99]), jnp.array([0.0, 0.95])
 
