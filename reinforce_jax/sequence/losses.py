@@ -1,0 +1,328 @@
+"""Group advantages, the sequence policy-gradient surrogate, and KL estimators.
+
+A prompt's group of `G` sampled completions `y_1..y_G` with rewards `r_1..r_G` gives each
+completion an advantage `A_i` (`group_advantages`); the surrogate (`policy_gradient_loss`) then
+weights each completion's token log-probs `log pi(y_{i,t} | y_{i,<t})` by `A_i`. The score
+function (log-derivative trick) says
+
+    grad E[R] = E[(R(y) - b) sum_t grad log pi(y_t | y_<t)]
+
+for any baseline `b` that does not depend on `y`. Which of the popular variants keep this
+identity (and so estimate `grad E[R]` without bias) is measured exactly, by enumerating every
+sequence of a tabular policy, in `benchmarks/sequence_audit.py`; in short:
+
+* advantages: `"none"` and `"rloo"` (the leave-one-out mean does not depend on `y_i`) are
+  unbiased; `"dr_grpo"` (the group mean includes `r_i`) is unbiased for `(G - 1) / G` times
+  the gradient, a known scale; `"grpo"` divides by a standard deviation that depends on `y_i`,
+  and is biased in direction as well as scale.
+* aggregation: `"sequence_sum"` is the estimator above; `"constant"` is it divided by the
+  padded length `L`, a known scale; `"sequence_mean"` (weight `1 / |y_i|`) and `"token_mean"`
+  (weight `1 / sum_j |y_j|`, which depends on every length in the batch) are not gradients of
+  `E[R]` times any constant when lengths vary (Liu et al., 2025).
+
+The names follow TRL and tunix where they fit: TRL's `loss_type="grpo"` is `"sequence_mean"`,
+`"dapo"`/`"bnpo"` are `"token_mean"` and `"dr_grpo"` is `"constant"`; tunix's
+`"sequence-mean-token-mean"` is `"sequence_mean"` and `"token-mean"` is `"token_mean"`.
+
+References:
+  Williams, R. J. (1992). Simple statistical gradient-following algorithms for connectionist
+  reinforcement learning. Machine Learning, 8.
+  Kool, W., van Hoof, H., Welling, M. (2019). Buy 4 REINFORCE samples, get a baseline for
+  free! ICLR Deep RL Meets Structured Prediction workshop. (RLOO)
+  Ahmadian, A. et al. (2024). Back to basics: revisiting REINFORCE style optimization for
+  learning from human feedback in LLMs. arXiv:2402.14740.
+  Shao, Z. et al. (2024). DeepSeekMath. arXiv:2402.03300. (GRPO, k3 as a loss term)
+  Yu, Q. et al. (2025). DAPO: an open-source LLM reinforcement learning system at scale.
+  arXiv:2503.14476. (token-mean aggregation, clip-higher)
+  Liu, Z. et al. (2025). Understanding R1-Zero-like training: a critical perspective.
+  arXiv:2503.20783. (Dr. GRPO: no std, constant normaliser)
+  Zheng, C. et al. (2025). Group sequence policy optimization. arXiv:2507.18071. (GSPO)
+  Schulman, J. (2020). Approximating KL divergence. http://joschu.net/blog/kl-approx.html
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from reinforce_jax import _checks
+
+ESTIMATORS = ("none", "rloo", "grpo", "dr_grpo")
+AGGREGATIONS = ("sequence_sum", "token_mean", "sequence_mean", "constant")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+RATIO_LEVELS = ("token", "sequence")
+
+AdvantageFn = Callable[[jax.Array], jax.Array]
+AggregationFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_name(kind: str, value, names: tuple[str, ...]) -> None:
+  if value not in names:
+    raise ValueError(f"{kind} must be one of {names} or a function, got {value!r}")
+
+
+def group_advantages(
+    rewards: jax.Array,
+    *,
+    estimator: str | AdvantageFn,
+    eps: float = 1e-6,
+) -> jax.Array:
+  """Per-completion advantages from the rewards of each prompt's group.
+
+  With `r_i` the reward of completion `i` of a group of `G` (one row of `rewards`):
+
+  * `"none"`: `r_i` (plain REINFORCE, unbiased).
+  * `"rloo"`: `r_i - mean_{j != i} r_j` (leave-one-out baseline, unbiased; needs `G >= 2`).
+  * `"grpo"`: `(r_i - mean_j r_j) / (std_j r_j + eps)`, the population standard deviation
+    (`ddof=0`, as tunix; TRL uses `ddof=1` and `eps=1e-4`). Biased: the divisor depends on `r_i`.
+  * `"dr_grpo"`: `r_i - mean_j r_j`, which is `(G - 1) / G` times the RLOO advantage, so its
+    gradient is unbiased for `(G - 1) / G` times `grad E[R]`.
+
+  Args:
+    rewards: `[B, G]` float array, `B` prompts with `G` completions each.
+    estimator: one of the names above, or a function `[B, G] -> [B, G]`.
+    eps: added to the standard deviation by `"grpo"` so that a group of equal rewards
+      gets advantages of 0 instead of 0/0.
+
+  Returns:
+    `[B, G]` advantages, same dtype as `rewards`. Gradients are not stopped here;
+    `policy_gradient_loss` stops them.
+
+  Raises:
+    ValueError: at trace time, if `rewards` is not a floating `[B, G]` array, the estimator
+      is unknown, `"rloo"` gets `G < 2`, or `eps` is negative.
+  """
+  _checks.check_floating(rewards=rewards)
+  if jnp.ndim(rewards) != 2:
+    raise ValueError(f"rewards must have shape [B, G], got shape {_checks.shape_of(rewards)}")
+  if callable(estimator):
+    advantages = estimator(rewards)
+    _checks.check_same_shape(rewards=rewards, advantages=advantages)
+    return advantages
+  _check_name("estimator", estimator, ESTIMATORS)
+  _checks.check_number("eps", eps, low=0.0)
+  num = rewards.shape[1]
+  if estimator == "none":
+    return rewards
+  mean = jnp.mean(rewards, axis=1, keepdims=True)
+  if estimator == "dr_grpo":
+    return rewards - mean
+  if estimator == "grpo":
+    return (rewards - mean) / (jnp.std(rewards, axis=1, keepdims=True) + eps)
+  if num < 2:
+    raise ValueError(
+        f"estimator='rloo' needs at least 2 completions per group, got rewards of shape "
+        f"{_checks.shape_of(rewards)}")
+  # r_i - (sum_j r_j - r_i) / (G - 1), written without the sum of the others so that no
+  # large total cancels.
+  return (rewards - mean) * (num / (num - 1))
+
+
+def aggregate(
+    values: jax.Array,
+    mask: jax.Array,
+    *,
+    aggregation: str | AggregationFn,
+) -> jax.Array:
+  """Reduces per-token values `[N, L]` to a scalar, counting only tokens where `mask` is set.
+
+  With `m` the mask, `|y_n| = sum_t m_{n,t}`:
+
+  * `"sequence_sum"`: `mean_n sum_t m v` (the unbiased REINFORCE sum over each sequence).
+  * `"token_mean"`: `sum_{n,t} m v / sum_{n,t} m` (DAPO; TRL's `"dapo"`/`"bnpo"`).
+  * `"sequence_mean"`: `mean_n (sum_t m v) / |y_n|` (GRPO as published; TRL's `"grpo"`).
+  * `"constant"`: `sum_{n,t} m v / (N * L)` with `L` the padded length (Dr. GRPO).
+
+  An empty row (or batch) contributes 0 rather than 0/0.
+
+  Args:
+    values: `[N, L]` float array.
+    mask: `[N, L]` bool or 0/1 float array; 1 marks a real token.
+    aggregation: one of the names above, or a function `(values, mask) -> scalar`.
+
+  Returns:
+    A float scalar.
+
+  Raises:
+    ValueError: at trace time, if the shapes differ or are not rank 2, or the name is unknown.
+  """
+  _checks.check_floating(values=values)
+  _checks.check_same_shape(values=values, mask=mask)
+  if jnp.ndim(values) != 2:
+    raise ValueError(f"values must have shape [N, L], got shape {_checks.shape_of(values)}")
+  if callable(aggregation):
+    return aggregation(values, mask)
+  _check_name("aggregation", aggregation, AGGREGATIONS)
+  mask = jax.lax.stop_gradient(mask).astype(values.dtype)
+  # `where`, not a product: a padded position may hold -inf or nan, and 0 * inf is nan.
+  masked = jnp.where(mask > 0, values, 0.0) * mask
+  num, length = values.shape
+  if aggregation == "sequence_sum":
+    return jnp.sum(masked) / num
+  if aggregation == "constant":
+    return jnp.sum(masked) / (num * length)
+  if aggregation == "token_mean":
+    return jnp.sum(masked) / jnp.maximum(jnp.sum(mask), 1.0)
+  per_sequence = jnp.sum(masked, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+  return jnp.mean(per_sequence)
+
+
+def policy_gradient_loss(
+    log_probs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    aggregation: str | AggregationFn,
+    old_log_probs: jax.Array | None = None,
+    clip_eps: float | None = None,
+    clip_eps_high: float | None = None,
+    ratio_level: str = "token",
+) -> jax.Array:
+  """The sequence score-function surrogate, optionally importance-weighted and PPO-clipped.
+
+  Each token of completion `n` gets the objective `o_{n,t}` below and the loss is
+  `-aggregate(o, mask, aggregation=aggregation)`:
+
+  * without `old_log_probs` or `clip_eps`: `o_{n,t} = A_n log pi_{n,t}`, whose gradient is
+    `A_n grad log pi_{n,t}` (REINFORCE; with `"sequence_sum"` the unbiased estimator);
+  * otherwise `o_{n,t} = min(rho A_n, clip(rho, 1 - clip_eps, 1 + clip_eps_high) A_n)`
+    (PPO; Schulman et al., 2017), with `rho` the importance ratio against `old_log_probs`:
+    per token, `rho_{n,t} = pi_{n,t} / pi_old_{n,t}`; or with `ratio_level="sequence"`,
+    GSPO's length-normalised sequence ratio `s_n = exp(sum_t m (log pi - log pi_old) / |y_n|)`,
+    used as `rho_{n,t} = sg(s_n) pi_{n,t} / sg(pi_{n,t})` (GSPO-token: its value is `s_n` so
+    clipping is decided per sequence, its gradient is `s_n grad log pi_{n,t}`; with
+    `"sequence_mean"` this is exactly GSPO's gradient). `clip_eps=None` with `old_log_probs`
+    gives the unclipped importance-weighted surrogate.
+
+  `advantages` pass through `jax.lax.stop_gradient`, as do `old_log_probs`; `jax.grad` reaches
+  the parameters only through `log_probs`. At `old_log_probs == log_probs` every ratio is 1,
+  clipping does not bind, and the gradient equals the plain surrogate's.
+
+  Args:
+    log_probs: `[N, L]` float array, `log pi(y_{n,t} | y_{n,<t})` under the parameters being
+      differentiated (`N = B * G` completions, `L` the padded length).
+    advantages: `[N]` float array, one advantage per completion (e.g. `group_advantages(...)`
+      reshaped from `[B, G]`).
+    mask: `[N, L]` bool or 0/1 float array, 1 for the completion's tokens (its EOS included).
+    aggregation: how tokens are summed and normalised, see `aggregate`.
+    old_log_probs: `[N, L]` log-probs under the sampling policy, or `None` (on-policy).
+    clip_eps: PPO's clip range `epsilon`, or `None` for no clipping.
+    clip_eps_high: the upper clip range (DAPO's clip-higher, e.g. 0.28 with `clip_eps=0.2`);
+      `None` means `clip_eps`. Needs `clip_eps`.
+    ratio_level: `"token"` or `"sequence"` (GSPO).
+
+  Returns:
+    A float scalar; minimise it.
+
+  Raises:
+    ValueError: at trace time, naming the shapes, if `log_probs`, `mask` and `old_log_probs`
+      are not all `[N, L]` or `advantages` is not `[N]`; if a name is unknown; if a clip range
+      is not in `[0, inf)` (`clip_eps` also below 1), or `clip_eps_high` comes without
+      `clip_eps`.
+  """
+  _checks.check_floating(log_probs=log_probs, advantages=advantages)
+  if jnp.ndim(log_probs) != 2:
+    raise ValueError(
+        f"log_probs must have shape [N, L], got shape {_checks.shape_of(log_probs)}")
+  _checks.check_same_shape(log_probs=log_probs, mask=mask)
+  if _checks.shape_of(advantages) != _checks.shape_of(log_probs)[:1]:
+    raise ValueError(
+        f"advantages must have shape [N] = {_checks.shape_of(log_probs)[:1]} for log_probs of "
+        f"shape {_checks.shape_of(log_probs)}, got shape {_checks.shape_of(advantages)}")
+  if ratio_level not in RATIO_LEVELS:
+    raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
+  if clip_eps_high is not None and clip_eps is None:
+    raise ValueError("clip_eps_high needs clip_eps (the lower clip range)")
+  if clip_eps is not None:
+    _checks.check_number("clip_eps", clip_eps, low=0.0, high=1.0, high_open=True)
+  if clip_eps_high is not None:
+    _checks.check_number("clip_eps_high", clip_eps_high, low=0.0)
+  advantages = jax.lax.stop_gradient(advantages).astype(log_probs.dtype)[:, None]
+  if old_log_probs is None and clip_eps is None:
+    return -aggregate(advantages * log_probs, mask, aggregation=aggregation)
+
+  if old_log_probs is None:
+    old_log_probs = log_probs
+  _checks.check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
+  old_log_probs = jax.lax.stop_gradient(old_log_probs).astype(log_probs.dtype)
+  on = jnp.asarray(mask) > 0
+  log_ratio = jnp.where(on, log_probs - old_log_probs, 0.0)
+  if ratio_level == "sequence":
+    lengths = jnp.maximum(jnp.sum(on, axis=1, keepdims=True), 1).astype(log_probs.dtype)
+    sequence_log_ratio = jnp.sum(log_ratio, axis=1, keepdims=True) / lengths
+    log_ratio = jax.lax.stop_gradient(sequence_log_ratio) + (
+        log_ratio - jax.lax.stop_gradient(log_ratio))
+  ratio = jnp.exp(log_ratio)
+  objective = ratio * advantages
+  if clip_eps is not None:
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
+    objective = jnp.minimum(objective, clipped)
+  return -aggregate(objective, mask, aggregation=aggregation)
+
+
+def kl_penalty(
+    log_probs: jax.Array,
+    ref_log_probs: jax.Array,
+    mask: jax.Array,
+    *,
+    estimator: str,
+) -> jax.Array:
+  """Per-token estimates of `KL(pi || pi_ref)` from tokens sampled from `pi`.
+
+  With `d = log pi - log pi_ref` at the sampled token (Schulman, 2020):
+  `"k1"`: `d`; `"k2"`: `d^2 / 2`; `"k3"`: `exp(-d) + d - 1`. k1 and k3 are unbiased for the
+  per-token KL's value (k3 is never negative); k2 is biased for it.
+
+  Their gradients are a different matter. The exact gradient of the sequence KL is
+  `E[sum_t grad log pi_t * sum_{s >= t} d_s]` (the score function applied to
+  `log pi(y) - log pi_ref(y)`, plus `E[grad log pi(y)] = 0`):
+
+  * as a reward (`r_n - beta * stop_gradient(sum_t k_{n,t})` before `group_advantages`), only
+    `"k1"` gives that gradient without bias: its own derivative has mean zero. k2 and k3 miss
+    the mean of their own derivative, which is not zero.
+  * as a loss term (`loss + beta * aggregate(kl_penalty(...), mask, ...)`), `"k1"`'s gradient
+    `grad log pi_t` has mean zero (it penalises nothing, adding only noise); `"k2"`'s,
+    `d_t grad log pi_t`, is the gradient of each token's KL with the prefixes held fixed:
+    exact for one token, biased for sequences (it drops `sum_{s > t} d_s`); `"k3"`'s,
+    `(1 - pi_ref / pi) grad log pi_t`, is in expectation the gradient of the *forward*
+    per-token KL(pi_ref || pi) (DeepSeekMath's GRPO penalty): biased.
+
+  `benchmarks/sequence_audit.py` measures all six exactly.
+
+  Args:
+    log_probs: `[N, L]` float array, log-probs of the sampled tokens under `pi`.
+    ref_log_probs: `[N, L]` float array, the same tokens under `pi_ref` (gradient stopped).
+    mask: `[N, L]` bool or 0/1 float array; masked positions give 0.
+    estimator: `"k1"`, `"k2"` or `"k3"`.
+
+  Returns:
+    `[N, L]` per-token estimates, zero where `mask` is not set.
+
+  Raises:
+    ValueError: at trace time, if the three shapes differ or are not rank 2, or the estimator
+      is unknown.
+
+  References:
+    Tang, Y., Munos, R. (2025). On a few pitfalls in KL divergence gradient estimation for
+    RL. arXiv:2506.09477.
+  """
+  _checks.check_floating(log_probs=log_probs, ref_log_probs=ref_log_probs)
+  _checks.check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs, mask=mask)
+  if jnp.ndim(log_probs) != 2:
+    raise ValueError(
+        f"log_probs must have shape [N, L], got shape {_checks.shape_of(log_probs)}")
+  if estimator not in KL_ESTIMATORS:
+    raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+  on = jnp.asarray(mask) > 0
+  # Padded positions may hold anything; zero d there so exp(-d) cannot overflow.
+  d = jnp.where(on, log_probs - jax.lax.stop_gradient(ref_log_probs), 0.0)
+  if estimator == "k1":
+    kl = d
+  elif estimator == "k2":
+    kl = 0.5 * d**2
+  else:
+    kl = jnp.expm1(-d) + d  # exp(-d) - 1 + d, accurate near d = 0
+  return jnp.where(on, kl, 0.0)
