@@ -19,12 +19,15 @@ from reinforce_jax.sequence.losses import (
     kl_penalty,
     policy_gradient_loss,
 )
+from reinforce_jax.sequence.tabular import SequenceTable, enumerate_sequences
 
 __all__ = [
     "AGGREGATIONS",
     "ESTIMATORS",
     "KL_ESTIMATORS",
+    "SequenceTable",
     "aggregate",
+    "enumerate_sequences",
     "group_advantages",
     "kl_penalty",
     "policy_gradient_loss",

@@ -1,0 +1,277 @@
+"""A tabular autoregressive policy small enough to enumerate, for exact gradient audits.
+
+Every prefix of non-EOS tokens shorter than `max_length` is a state with its own row of logits
+over the vocabulary; a sequence ends at EOS or is truncated at `max_length` tokens (as a
+`max_new_tokens` limit truncates a language model's completion). With two tokens plus EOS and
+`max_length=4` there are 15 states (45 logits) and 31 sequences, so `E[R]`, `KL(pi || pi_ref)`
+and their exact gradients are finite sums, and so is the exact expectation of any
+score-function estimator over every group of `G = 2` or `4` completions.
+
+Since every sequence is enumerated, sampling a sequence index from the exact sequence
+probabilities draws from the same distribution as sampling token by token.
+
+References:
+  Liu, Z. et al. (2025). Understanding R1-Zero-like training: a critical perspective.
+  arXiv:2503.20783.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reinforce_jax.sequence import losses
+
+
+class SequenceTable(NamedTuple):
+  """Every sequence of a tabular policy, padded to `max_length` (`S` sequences, `L` long).
+
+  Attributes:
+    tokens: `[S, L]` int32 tokens, 0 after the end.
+    mask: `[S, L]` bool, True for the sequence's tokens (its EOS included).
+    states: `[S, L]` int32, the state (prefix) each token is drawn in; 0 after the end.
+    lengths: `[S]` int32 number of tokens, EOS included.
+    terminated: `[S]` bool, True if the sequence ends with EOS (False: truncated).
+    counts: `[S, V]` int32 occurrences of each token (EOS included).
+  """
+
+  tokens: jax.Array
+  mask: jax.Array
+  states: jax.Array
+  lengths: jax.Array
+  terminated: jax.Array
+  counts: jax.Array
+
+
+def enumerate_sequences(*, vocab_size: int = 3, max_length: int = 4,
+                        eos_id: int = 0) -> tuple[SequenceTable, int]:
+  """All sequences and the number of states of a tabular policy.
+
+  Args:
+    vocab_size: `V`, EOS included (at least 2).
+    max_length: `L`, the most tokens a sequence has (at least 1).
+    eos_id: the EOS token.
+
+  Returns:
+    `(table, num_states)`: the `SequenceTable` with `S = sum_{l=1}^{L} (V-1)^(l-1) + (V-1)^L`
+    sequences, and `sum_{k<L} (V-1)^k` states (prefix `()` is state 0).
+
+  Raises:
+    ValueError: if `vocab_size < 2`, `max_length < 1` or `eos_id` is not a token.
+  """
+  if vocab_size < 2 or max_length < 1 or not 0 <= eos_id < vocab_size:
+    raise ValueError(
+        f"need vocab_size >= 2, max_length >= 1 and 0 <= eos_id < vocab_size, got "
+        f"vocab_size={vocab_size}, max_length={max_length}, eos_id={eos_id}")
+  words = [t for t in range(vocab_size) if t != eos_id]
+  state_of = {}
+  for k in range(max_length):
+    for prefix in itertools.product(words, repeat=k):
+      state_of[prefix] = len(state_of)
+  sequences = []
+  for k in range(max_length):
+    sequences += [(*p, eos_id) for p in itertools.product(words, repeat=k)]
+  sequences += list(itertools.product(words, repeat=max_length))
+  num = len(sequences)
+  tokens = np.zeros((num, max_length), np.int32)
+  mask = np.zeros((num, max_length), bool)
+  states = np.zeros((num, max_length), np.int32)
+  for i, seq in enumerate(sequences):
+    tokens[i, :len(seq)] = seq
+    mask[i, :len(seq)] = True
+    states[i, :len(seq)] = [state_of[tuple(seq[:t])] for t in range(len(seq))]
+  counts = np.stack([np.sum(mask & (tokens == v), axis=1) for v in range(vocab_size)], axis=1)
+  table = SequenceTable(
+      tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), states=jnp.asarray(states),
+      lengths=jnp.asarray(mask.sum(1), jnp.int32),
+      terminated=jnp.asarray(tokens[np.arange(num), mask.sum(1) - 1] == eos_id),
+      counts=jnp.asarray(counts, jnp.int32))
+  return table, len(state_of)
+
+
+def token_log_probs(logits: jax.Array, table: SequenceTable) -> jax.Array:
+  """`[S, L]` log-probs `log pi(y_t | y_<t)` of every sequence's tokens, 0 after the end.
+
+  Args:
+    logits: `[num_states, V]` float array, one row of logits per prefix.
+    table: from `enumerate_sequences`.
+  """
+  log_pi = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.where(table.mask, log_pi[table.states, table.tokens], 0.0)
+
+
+def sequence_log_probs(logits: jax.Array, table: SequenceTable) -> jax.Array:
+  """`[S]` log-probability of every sequence; they sum (in probability) to 1."""
+  return jnp.sum(token_log_probs(logits, table), axis=1)
+
+
+def sample(key: jax.Array, logits: jax.Array, table: SequenceTable,
+           shape: tuple[int, ...]) -> jax.Array:
+  """Indices into `table` of sequences drawn i.i.d. from the policy, shape `shape`."""
+  return jax.random.categorical(key, sequence_log_probs(logits, table), shape=shape)
+
+
+def content_and_length_reward(table: SequenceTable) -> jax.Array:
+  """`[S]` rewards that depend on what a sequence says and on how long it is.
+
+  `R(y) = #1(y) - 0.5 #2(y) + 0.5 [y ends with EOS]` for tokens 1 and 2 (EOS = 0): more
+  1s pay, 2s cost, and stopping pays, so long sequences are both the best and the worst and
+  a per-sequence `1 / |y|` weight changes which way the gradient points.
+  """
+  counts = table.counts.astype(jnp.float32)
+  return counts[:, 1] - 0.5 * counts[:, 2] + 0.5 * table.terminated.astype(jnp.float32)
+
+
+def objective(logits: jax.Array, table: SequenceTable, rewards: jax.Array, *,
+              beta: float = 0.0, ref_logits: jax.Array | None = None) -> jax.Array:
+  """Exact `E_pi[R] - beta KL(pi || pi_ref)`, a sum over every sequence.
+
+  Args:
+    logits: `[num_states, V]` policy logits.
+    table: from `enumerate_sequences`.
+    rewards: `[S]` reward of each sequence.
+    beta: KL coefficient; 0 drops the KL (and `ref_logits` may be `None`).
+    ref_logits: `[num_states, V]` reference policy logits.
+
+  Returns:
+    A float scalar. `jax.grad` of it is the exact gradient the estimators aim at.
+  """
+  log_p = sequence_log_probs(logits, table)
+  p = jnp.exp(log_p)
+  value = jnp.sum(p * rewards)
+  if ref_logits is None:
+    return value
+  kl = jnp.sum(p * (log_p - sequence_log_probs(ref_logits, table)))
+  return value - beta * kl
+
+
+class EstimatorConfig(NamedTuple):
+  """One cell of the audit: how a group of completions becomes a gradient.
+
+  Attributes:
+    estimator: `group_advantages` estimator.
+    aggregation: `policy_gradient_loss` aggregation.
+    kl: `None`, or a `kl_penalty` estimator (`"k1"`, `"k2"`, `"k3"`).
+    kl_as: `"loss"` (added to the loss with the same aggregation) or `"reward"` (its
+      sequence total, gradient stopped, subtracted from the reward).
+  """
+
+  estimator: str
+  aggregation: str
+  kl: str | None = None
+  kl_as: str = "loss"
+
+
+def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
+               ref_log_probs: jax.Array | None, config: EstimatorConfig,
+               beta: float = 0.0) -> jax.Array:
+  """The loss one group of `G` completions of one prompt gives.
+
+  Args:
+    log_probs: `[G, L]` token log-probs (differentiable).
+    mask: `[G, L]` token mask.
+    rewards: `[G]` rewards.
+    ref_log_probs: `[G, L]` reference log-probs, or `None` without a KL.
+    config: the estimator.
+    beta: KL coefficient.
+
+  Returns:
+    A scalar whose negated gradient estimates that of `E[R] - beta KL`.
+  """
+  kl_loss = 0.0
+  if config.kl is not None:
+    kl = losses.kl_penalty(log_probs, ref_log_probs, mask, estimator=config.kl)
+    if config.kl_as == "reward":
+      rewards = rewards - beta * jax.lax.stop_gradient(jnp.sum(kl, axis=1))
+    elif config.kl_as == "loss":
+      kl_loss = beta * losses.aggregate(kl, mask, aggregation=config.aggregation)
+    else:
+      raise ValueError(f"kl_as must be 'loss' or 'reward', got {config.kl_as!r}")
+  advantages = losses.group_advantages(rewards[None], estimator=config.estimator)[0]
+  return losses.policy_gradient_loss(
+      log_probs, advantages, mask, aggregation=config.aggregation) + kl_loss
+
+
+def group_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
+                    indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
+                    ref_logits: jax.Array | None = None) -> jax.Array:
+  """Gradient estimates of `E[R] - beta KL` (ascent direction), one per group.
+
+  Args:
+    logits: `[num_states, V]` policy logits.
+    table: from `enumerate_sequences`.
+    rewards: `[S]` reward of each sequence.
+    indices: `[K, G]` int sequence indices, `K` groups of `G` completions.
+    config: the estimator.
+    beta: KL coefficient.
+    ref_logits: reference logits (needed when `config.kl` is set).
+
+  Returns:
+    `[K, num_states, V]`: `-grad group_loss` for each group.
+  """
+  ref_all = None if ref_logits is None else token_log_probs(ref_logits, table)
+
+  def one(idx):
+    def loss(theta):
+      lp = token_log_probs(theta, table)[idx]
+      ref = None if ref_all is None else ref_all[idx]
+      return group_loss(lp, table.mask[idx], rewards[idx], ref, config, beta)
+    return -jax.grad(loss)(logits)
+
+  return jax.vmap(one)(indices)
+
+
+def exact_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
+                      group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
+                      ref_logits: jax.Array | None = None,
+                      chunk: int = 8192) -> jax.Array:
+  """The exact mean of `group_gradients` over every one of the `S^G` ordered groups.
+
+  The loss depends on the logits only through the group's token log-probs, so its gradient
+  is `sum_{g,t} W_{g,t} grad log pi(y_{g,t})` with `W = d loss / d log_probs`; the mean
+  accumulates `W`, weighted by each group's probability, per (sequence, position), and
+  contracts it with the fixed per-token Jacobian once at the end.
+
+  Args:
+    logits, table, rewards, config, beta, ref_logits: as in `group_gradients`.
+    group_size: `G`; `S^G` groups are enumerated (31^4 = 923521 for the default table).
+    chunk: groups per vectorised step.
+
+  Returns:
+    `[num_states, V]`, `E[-grad group_loss]`.
+  """
+  num, length = table.tokens.shape
+  lp_all = token_log_probs(logits, table)
+  seq_lp = jnp.sum(lp_all, axis=1)
+  ref_all = None if ref_logits is None else token_log_probs(ref_logits, table)
+
+  def weights(idx):
+    ref = None if ref_all is None else ref_all[idx]
+    w = jax.grad(group_loss)(lp_all[idx], table.mask[idx], rewards[idx], ref, config, beta)
+    prob = jnp.exp(jnp.sum(seq_lp[idx]))
+    return -prob * w  # [G, L]
+
+  @jax.jit
+  def chunk_total(idx, valid):
+    w = jax.vmap(weights)(idx) * valid[:, None, None]  # [C, G, L]
+    return jnp.zeros((num, length), w.dtype).at[idx.reshape(-1)].add(w.reshape(-1, length))
+
+  # Chunks add up on the host in float64: a million float32 terms would lose ~1e-4.
+  total = np.zeros((num, length), np.float64)
+  count = num**group_size
+  chunk = min(chunk, count)
+  digits = num ** np.arange(group_size - 1, -1, -1)
+  for start in range(0, count, chunk):
+    flat = np.arange(start, start + chunk)  # one shape for every step: the tail is masked
+    idx = (np.minimum(flat, count - 1)[:, None] // digits) % num
+    total += np.asarray(chunk_total(jnp.asarray(idx, jnp.int32),
+                                    jnp.asarray(flat < count, lp_all.dtype)), np.float64)
+  total = jnp.asarray(total, lp_all.dtype)
+  # d/dtheta of sum_{s,t} total[s,t] * lp_all[s,t] (total held fixed) contracts W with the
+  # per-token Jacobian.
+  return jax.grad(lambda theta: jnp.sum(jax.lax.stop_gradient(total)
+                                        * token_log_probs(theta, table)))(logits)
