@@ -2,10 +2,13 @@
 
 `grad_estimate` estimates `grad_params E_{x ~ p(params)}[f(x)]` for a params
 pytree with the score-function, pathwise or measure-valued estimator and a
-choice of baseline; the result has the structure of `params` and feeds
-`optimizer.update` directly. Also here: DiCE's magic box (correct higher-order
-derivatives), VIMCO for multi-sample objectives, and the Gumbel-softmax and
-straight-through relaxations for comparison.
+choice of baseline, or, for discrete variables, ARM, DisARM, REBAR, RELAX and
+the unordered-set estimator (`reinforce_jax/discrete.py`); the result has the
+structure of `params` and feeds `optimizer.update` directly. `relax_gradients`
+also returns the gradient of the estimator's variance with respect to RELAX's
+control-variate parameters, for an optax optimizer of their own. Also here:
+DiCE's magic box (correct higher-order derivatives), VIMCO for multi-sample
+objectives, and the Gumbel-softmax and straight-through relaxations for comparison.
 
 References:
   Mohamed, S. et al. (2020). Monte Carlo gradient estimation in machine learning. JMLR.
@@ -16,6 +19,10 @@ References:
   Jang, E., Gu, S. and Poole, B. (2017). Categorical reparameterization with Gumbel-softmax.
   Bengio, Y., Leonard, N. and Courville, A. (2013). Estimating or propagating gradients
     through stochastic neurons (straight-through).
+  Yin, M. and Zhou, M. (2019). ARM. ICLR. Dong, Z., Mnih, A. and Tucker, G. (2020).
+    DisARM. NeurIPS. Tucker, G. et al. (2017). REBAR. NeurIPS. Grathwohl, W. et al.
+    (2018). RELAX. ICLR. Kool, W., van Hoof, H. and Welling, M. (2020). Estimating
+    gradients for discrete random variables by sampling without replacement. ICLR.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax import _checks
+from reinforce_jax import _checks, discrete
+from reinforce_jax.discrete import (
+    ControlVariate,
+    rebar_control_variate,
+)
 from reinforce_jax.monte_carlo import (
     _check_num_samples,
     _check_reparameterised,
@@ -36,7 +47,8 @@ from reinforce_jax.monte_carlo import (
 )
 from reinforce_jax.monte_carlo import _sample as _sample_with_key
 
-ESTIMATORS = ("score_function", "pathwise", "measure_valued")
+ESTIMATORS = ("score_function", "pathwise", "measure_valued", "arm", "disarm", "rebar", "relax",
+              "unordered_set")
 
 
 class GradStats(NamedTuple):
@@ -141,6 +153,21 @@ def _measure_valued_per_sample(f, dist_builder, params, key, num_samples):
   return per_sample, values
 
 
+def _rebar_or_relax(estimator, f, dist_builder, params, control_variate, cv_params):
+  """The control variate and its parameters for `"rebar"` / `"relax"`."""
+  if estimator == "relax" and control_variate is None:
+    raise ValueError("estimator='relax' needs control_variate= (a ControlVariate, e.g. "
+                     "relax_control_variate(f)) and cv_params= (its trained parameters)")
+  if control_variate is None:
+    control_variate = rebar_control_variate(f)
+  if cv_params is None:
+    if not isinstance(control_variate, ControlVariate):
+      raise ValueError("cv_params= is needed when control_variate is a plain function")
+    logits = discrete.bernoulli_of(estimator, dist_builder(params)).logits
+    cv_params = control_variate.init(jax.random.key(0), tuple(logits.shape))
+  return control_variate, cv_params
+
+
 def grad_estimate(
     f: Callable[[jax.Array], jax.Array],
     dist_builder: Callable[[Any], Any],
@@ -151,6 +178,8 @@ def grad_estimate(
     estimator: str = "score_function",
     baseline: str | float | jax.Array | None = None,
     optimal_baseline_samples: int = 64,
+    control_variate: ControlVariate | Callable[[Any, jax.Array], jax.Array] | None = None,
+    cv_params: Any = None,
     return_stats: bool = False,
 ):
   """Estimates `grad_params E_{x ~ dist_builder(params)}[f(x)]`.
@@ -163,9 +192,16 @@ def grad_estimate(
     params: pytree of arrays.
     key: PRNG key.
     num_samples: Monte Carlo samples `N`, a Python int >= 1 (>= 2 for `"rloo"`).
+      For `"arm"` and `"disarm"` each sample costs two evaluations of `f`; for
+      `"unordered_set"` it is the size `k` of the set drawn without replacement.
     estimator: `"score_function"` (any distribution, any `f`), `"pathwise"`
-      (reparameterised sampler, differentiable `f`) or `"measure_valued"`
-      (Gaussian `distrax.Normal` / `MultivariateNormalDiag`).
+      (reparameterised sampler, differentiable `f`), `"measure_valued"`
+      (Gaussian `distrax.Normal` / `MultivariateNormalDiag`); for a
+      `distrax.Bernoulli` of any batch shape `S` (or `Independent` of one),
+      `"arm"`, `"disarm"`, `"rebar"` (control variate `eta f(sigmoid(z /
+      lambda))`, so `f` must accept relaxed samples in `[0, 1]^S`) and `"relax"`
+      (a learned `control_variate`); for one `distrax.Categorical`,
+      `"unordered_set"` (`k` distinct samples, built-in baseline).
     baseline: score function only: `None`, a number (a constant or an EMA you
       keep, see `baselines.ema_update`), `"rloo"` (leave-one-out: each sample's
       baseline is the mean of the other samples' `f`) or `"optimal"` (the
@@ -173,8 +209,13 @@ def grad_estimate(
       coordinate, estimated from `optimal_baseline_samples` independent draws).
       All keep the estimate unbiased.
     optimal_baseline_samples: draws for the `"optimal"` coefficient, an int >= 2.
+    control_variate: `"rebar"` / `"relax"`: a `ControlVariate` (or a bare
+      `apply(phi, z)`); defaults to `rebar_control_variate(f)` for `"rebar"`.
+    cv_params: its parameters `phi` (train them with `relax_gradients`);
+      defaults to `control_variate.init`.
     return_stats: also return `GradStats` (per-sample gradients, the variance
-      of the mean estimate, the values of `f`).
+      of the mean estimate, the values of `f`). Not for `"unordered_set"`,
+      whose k draws are not independent.
 
   Returns:
     A pytree like `params` (the mean of the per-sample gradients), or
@@ -185,8 +226,10 @@ def grad_estimate(
   Raises:
     ValueError: for an unknown estimator or baseline, a sample count that is
       not an int in range, a non-finite constant baseline, `"pathwise"` on a
-      distribution without a reparameterised sampler (discrete, mixtures), or
-      `"measure_valued"` on anything but a distrax Gaussian.
+      distribution without a reparameterised sampler (discrete, mixtures),
+      `"measure_valued"` on anything but a distrax Gaussian, a discrete
+      estimator on a distribution it is not defined for, or `"unordered_set"`
+      with more samples than categories.
   """
   _check_num_samples("num_samples", num_samples)
   if _is_rloo(baseline) and num_samples < 2:
@@ -196,18 +239,86 @@ def grad_estimate(
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   if baseline is not None and estimator != "score_function":
     raise ValueError(f"baselines apply to the score-function estimator, not {estimator!r}")
+  if (control_variate is not None or cv_params is not None) and estimator not in (
+      "rebar", "relax"):
+    raise ValueError(f"control_variate applies to 'rebar' and 'relax', not {estimator!r}")
+  if estimator == "unordered_set":
+    if return_stats:
+      raise ValueError("return_stats needs independent samples; the unordered set's k draws "
+                       "are without replacement: compare keys with check_estimator instead")
+    return discrete.unordered_set_gradient(f, dist_builder, params, key, num_samples)[0]
   if estimator == "score_function":
     per_sample, values = _score_per_sample(
         f, dist_builder, params, key, num_samples, baseline, optimal_baseline_samples)
   elif estimator == "pathwise":
     per_sample, values = _pathwise_per_sample(f, dist_builder, params, key, num_samples)
-  else:
+  elif estimator == "measure_valued":
     per_sample, values = _measure_valued_per_sample(f, dist_builder, params, key, num_samples)
+  elif estimator == "arm":
+    per_sample, values = discrete.arm_per_sample(f, dist_builder, params, key, num_samples)
+  elif estimator == "disarm":
+    per_sample, values = discrete.disarm_per_sample(f, dist_builder, params, key, num_samples)
+  else:
+    control_variate, cv_params = _rebar_or_relax(
+        estimator, f, dist_builder, params, control_variate, cv_params)
+    per_sample, values = discrete.relax_per_sample(
+        f, dist_builder, params, key, num_samples, control_variate, cv_params)
   gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), per_sample)
   if not return_stats:
     return gradient
   variance = jax.tree.map(lambda g: jnp.var(g, axis=0) / num_samples, per_sample)
   return gradient, GradStats(per_sample, variance, values)
+
+
+def relax_gradients(
+    f: Callable[[jax.Array], jax.Array],
+    dist_builder: Callable[[Any], Any],
+    params: Any,
+    cv_params: Any,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    control_variate: ControlVariate | Callable[[Any, jax.Array], jax.Array],
+):
+  """RELAX's gradient estimate and the gradient of its variance w.r.t. `cv_params`.
+
+  The estimate `g_phi` is unbiased for every `phi`, so `E |g_phi|^2` differs
+  from its total variance by a constant and
+  `grad_phi Var = E[2 g_phi . d g_phi / d phi]`: one differentiation of the
+  (second-order) estimate itself. Both outputs are plain pytrees; train `phi`
+  with any optax optimizer, separate from the one for `params`:
+
+      grads, cv_grads = rj.relax_gradients(f, dist, params, phi, key, num_samples=1,
+                                           control_variate=cv)
+      updates, opt_state = opt.update(grads, opt_state, params)         # minimises E f
+      cv_updates, cv_state = cv_opt.update(cv_grads, cv_state, phi)     # minimises Var
+      phi = optax.apply_updates(phi, cv_updates)
+
+  Args:
+    f, dist_builder, params, key, num_samples: as in `grad_estimate` (a
+      Bernoulli of any batch shape).
+    cv_params: the control variate's parameters `phi`, a pytree.
+    control_variate: a `ControlVariate` (`rebar_control_variate`,
+      `relax_control_variate` or your own) or a bare `apply(phi, z)`.
+
+  Returns:
+    `(gradient, cv_gradient)`: like `params`, and like `cv_params` (the
+    gradient of the summed squared estimate, whose descent lowers the variance).
+
+  References:
+    Grathwohl, W. et al. (2018). Backpropagation through the void: optimizing
+    control variates for black-box gradient estimation. ICLR.
+  """
+  _check_num_samples("num_samples", num_samples)
+
+  def estimate(phi):
+    per_sample, _ = discrete.relax_per_sample(
+        f, dist_builder, params, key, num_samples, control_variate, phi)
+    gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), per_sample)
+    return sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient)), gradient
+
+  cv_gradient, gradient = jax.grad(estimate, has_aux=True)(cv_params)
+  return gradient, cv_gradient
 
 
 # --- DiCE ---------------------------------------------------------------------
