@@ -208,6 +208,35 @@ _RUN_OPTIONS = (
 )
 
 
+# `--log` backends: the module each needs and the extra that installs it
+# (`reinforce_jax.loggers.BACKENDS`, repeated here because that module imports JAX).
+_LOG_EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def _check_log_extras(backends) -> None:
+  """Raises ValueError naming the extra to install for a `--log` backend that is missing."""
+  import importlib.util
+
+  for backend in dict.fromkeys(backends):
+    module, extra = _LOG_EXTRAS[backend]
+    if importlib.util.find_spec(module) is None:
+      raise ValueError(f"--log {backend} needs {module}: pip install 'reinforce_jax[{extra}]'")
+
+
+def _make_loggers(args, out: pathlib.Path, hparams: dict, **names) -> list:
+  """The `--log` loggers of a run (or sweep) in `out`, with `hparams` as its config."""
+  from reinforce_jax import loggers
+
+  made = []
+  for backend in dict.fromkeys(args.log):
+    if backend == "tensorboard":
+      made.append(loggers.TensorBoardLogger(out / "tensorboard", hparams=hparams, **names))
+    else:
+      made.append(loggers.WandbLogger(out, config=hparams, name=out.name,
+                                      run_names=names.get("run_names")))
+  return made
+
+
 def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   """Options shared by `train` and `sweep`: the task and its config."""
   command.add_argument("env", choices=sorted(PRESETS), metavar="ENV",
@@ -246,6 +275,10 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
                        help="JAX's persistent compilation cache, so a repeated run skips "
                             "compiling (default: $REINFORCE_JAX_CACHE_DIR, else "
                             "~/.cache/reinforce_jax/xla; 'none' turns it off)")
+  command.add_argument("--log", action="append", choices=list(_LOG_EXTRAS), default=[],
+                       help="also log to TensorBoard (event files in OUT/tensorboard/) or "
+                            "Weights & Biases (OUT/wandb/; WANDB_MODE=offline keeps it local); "
+                            "repeat for both. metrics.jsonl is always written")
   command.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out: delete its files (checkpoints "
                             "included; other files stay) before writing the new ones")
@@ -547,6 +580,7 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
     config = _config(args, preset, exclude=grid)
     combos = sweep_grid(config, grid)
     _check_new_folder(out, "--out", overwrite=args.overwrite)
+    _check_log_extras(args.log)
   except ValueError as e:
     parser.error(str(e))
   interrupts.check()
@@ -566,8 +600,14 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
   interrupts.check()
   if args.overwrite:
     _clear(out)
+  sweep_loggers = _make_loggers(
+      args, out, {"env": args.env, "seed": seed, "num_seeds": num_seeds, **config.to_dict()},
+      run_names=[f"{'-'.join(f'{k}_{v:g}' for k, v in combo.items())}-seed_{s}"
+                 for combo in combos for s in range(num_seeds)],
+      per_run_hparams=[{**combo, "seed_index": s} for combo in combos for s in range(num_seeds)])
   result = run_sweep(args.env, config, grid, seed=seed, num_seeds=num_seeds,
-                     devices=args.devices, out_dir=out, should_stop=interrupts)
+                     devices=args.devices, out_dir=out, should_stop=interrupts,
+                     loggers=sweep_loggers)
   axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
   print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {num_seeds} seeds) "
         f"of {config.num_steps} steps in one program on {result['devices']} device(s), "
@@ -600,6 +640,7 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
       _check_new_folder(out, "--out", overwrite=args.overwrite)
     if args.profile:
       _check_writable(pathlib.Path(args.profile), "--profile")
+    _check_log_extras(args.log)
   except ValueError as e:
     parser.error(str(e))
   interrupts.check()
@@ -643,7 +684,10 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
                             num_chunks=_PROGRESS_CHUNKS,
                             stop_at_return=stop_at_return, devices=devices,
                             profile_dir=args.profile, checkpoint_every=checkpoint_every,
-                            resume=bool(args.resume), should_stop=interrupts)
+                            resume=bool(args.resume), should_stop=interrupts,
+                            callbacks=_make_loggers(args, out, {
+                                "env": args.env, "seed": seed, "num_seeds": num_seeds,
+                                **config.to_dict()}) if jax.process_index() == 0 else ())
   except CheckpointError as e:
     parser.error(str(e))
   returns = [r for r in result.final_mean_return if r is not None]

@@ -15,7 +15,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -153,6 +153,7 @@ def run_experiment(
     checkpoint_every: int | None = None,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    callbacks: Sequence[loop.Callback] = (),
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
 
@@ -182,6 +183,9 @@ def run_experiment(
   every chunk: true before the first chunk raises `KeyboardInterrupt` with
   nothing written; later it ends the run as "interrupted". A
   `KeyboardInterrupt` during training also ends it as "interrupted".
+
+  `callbacks` (such as `reinforce_jax.loggers`' TensorBoard and W&B loggers)
+  run after the metrics file is written, in process 0 only.
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
@@ -235,9 +239,10 @@ def run_experiment(
 
   latest = _LatestReturns(num_seeds)
   recent = loop.EarlyStop(stop_at_return)
+  extra_callbacks = list(callbacks)
   callbacks = [loop.ProfileFirstChunk(profile_dir)] if profile_dir is not None else []
   if writer:
-    callbacks.append(loop.WriteMetrics(sink))
+    callbacks += [loop.WriteMetrics(sink), *extra_callbacks]
   # In the order the checks ran before the loop existed: a Ctrl-C raised from the bar
   # leaves the chunk out of the episode means, as it did.
   callbacks += [

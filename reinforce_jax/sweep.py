@@ -17,6 +17,7 @@ import pathlib
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,8 @@ def _label(combo: Mapping[str, float]) -> str:
 def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[float]], *,
               seed: int = 0, num_seeds: int = 1, devices: int | None = None,
               out_dir: str | pathlib.Path,
-              should_stop: Callable[[], bool] | None = None) -> dict:
+              should_stop: Callable[[], bool] | None = None,
+              loggers: Sequence[Any] = ()) -> dict:
   """Trains every (grid point, seed) pair in one jit and writes a table and a plot.
 
   Args:
@@ -83,6 +85,14 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     should_stop: polled once the program has compiled and once it has run; when
       true, `KeyboardInterrupt` is raised and nothing is written (the CLI passes
       its Ctrl-C flag).
+    loggers: `reinforce_jax.loggers` loggers (anything with `log_curves`): each
+      is given every run's `mean_return` curve, `[runs, steps]` in the order of
+      `metrics.jsonl`'s `run`.
+
+  `metrics.jsonl` holds one JSON object per train step and run: `step`
+  (1-based), `run` (grid point major: run `r` is grid point `r // num_seeds`,
+  seed `r % num_seeds`), `seed`, the grid point's values and `mean_return`
+  (null where no episode finished).
 
   Each run equals the standalone run with `config.replace(**grid_point)`.
   """
@@ -158,6 +168,15 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
             "config": {k: v for k, v in config.to_dict().items() if k not in names},
             "rows": rows}
   (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+  with open(out / "metrics.jsonl", "w") as f:
+    for step in range(returns.shape[-1]):
+      for run in range(num_runs):
+        value = float(returns[run // num_seeds, run % num_seeds, step])
+        f.write(json.dumps({"step": step + 1, "run": run, "seed": run % num_seeds,
+                            **combos[run // num_seeds],
+                            "mean_return": value if np.isfinite(value) else None}) + "\n")
+  for logger in loggers:
+    logger.log_curves({"mean_return": returns.reshape(num_runs, -1)})
   with open(out / "sweep.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow([*names, "final_return_mean", "final_return_std",
