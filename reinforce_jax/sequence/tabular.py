@@ -169,109 +169,150 @@ class EstimatorConfig(NamedTuple):
 def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
                ref_log_probs: jax.Array | None, config: EstimatorConfig,
                beta: float = 0.0) -> jax.Array:
-  """The loss one group of `G` completions of one prompt gives.
+  """The loss a batch of `B` prompts' groups of `G` completions gives.
 
   Args:
-    log_probs: `[G, L]` token log-probs (differentiable).
-    mask: `[G, L]` token mask.
-    rewards: `[G]` rewards.
-    ref_log_probs: `[G, L]` reference log-probs, or `None` without a KL.
+    log_probs: `[N, L]` token log-probs (differentiable), `N = B * G`, prompt-major.
+    mask: `[N, L]` token mask.
+    rewards: `[B, G]` rewards (or `[G]` for one prompt).
+    ref_log_probs: `[N, L]` reference log-probs, or `None` without a KL.
     config: the estimator.
     beta: KL coefficient.
 
   Returns:
-    A scalar whose negated gradient estimates that of `E[R] - beta KL`.
+    A scalar whose negated gradient estimates that of `E[R] - beta KL` (summed over prompts
+    for `"sequence_sum"`, which averages over all `N` completions: divided by `B`).
   """
+  rewards = jnp.reshape(rewards, (-1, rewards.shape[-1]))
   kl_loss = 0.0
   if config.kl is not None:
     kl = losses.kl_penalty(log_probs, ref_log_probs, mask, estimator=config.kl)
     if config.kl_as == "reward":
-      rewards = rewards - beta * jax.lax.stop_gradient(jnp.sum(kl, axis=1))
+      rewards = rewards - beta * jax.lax.stop_gradient(jnp.sum(kl, axis=1)).reshape(
+          rewards.shape)
     elif config.kl_as == "loss":
       kl_loss = beta * losses.aggregate(kl, mask, aggregation=config.aggregation)
     else:
       raise ValueError(f"kl_as must be 'loss' or 'reward', got {config.kl_as!r}")
-  advantages = losses.group_advantages(rewards[None], estimator=config.estimator)[0]
+  advantages = losses.group_advantages(rewards, estimator=config.estimator).reshape(-1)
   return losses.policy_gradient_loss(
       log_probs, advantages, mask, aggregation=config.aggregation) + kl_loss
+
+
+def _per_prompt(fn, logits, table):
+  return jax.vmap(fn, (0, None))(logits, table)
+
+
+def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
+                    indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
+                    ref_logits: jax.Array | None = None) -> jax.Array:
+  """Gradient estimates (ascent direction), one per batch of `B` prompts x `G` completions.
+
+  Each prompt is its own tabular policy; the objective is the mean over prompts of
+  `E[R_b] - beta KL_b`, which `"sequence_sum"` estimates without bias.
+
+  Args:
+    logits: `[B, num_states, V]` policy logits, one table per prompt.
+    table: from `enumerate_sequences`.
+    rewards: `[B, S]` reward of each sequence for each prompt.
+    indices: `[K, B, G]` int sequence indices: `K` batches.
+    config: the estimator.
+    beta: KL coefficient.
+    ref_logits: `[B, num_states, V]` reference logits (needed when `config.kl` is set).
+
+  Returns:
+    `[K, B, num_states, V]`: `-grad group_loss` for each batch.
+  """
+  length = table.tokens.shape[1]
+  ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
+  take = jax.vmap(lambda a, i: a[i])  # [B, S, ...], [B, G] -> [B, G, ...]
+
+  def one(idx):
+    def loss(theta):
+      lp = take(_per_prompt(token_log_probs, theta, table), idx).reshape(-1, length)
+      ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
+      mask = table.mask[idx].reshape(-1, length)
+      return group_loss(lp, mask, take(rewards, idx), ref, config, beta)
+    return -jax.grad(loss)(logits)
+
+  return jax.vmap(one)(indices)
 
 
 def group_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                     indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
                     ref_logits: jax.Array | None = None) -> jax.Array:
-  """Gradient estimates of `E[R] - beta KL` (ascent direction), one per group.
+  """`batch_gradients` for one prompt: `[num_states, V]` logits, `[S]` rewards, `[K, G]`
+  indices; returns `[K, num_states, V]`."""
+  ref = None if ref_logits is None else ref_logits[None]
+  return batch_gradients(logits[None], table, rewards[None], indices[:, None], config,
+                         beta=beta, ref_logits=ref)[:, 0]
+
+
+def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
+                            group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
+                            ref_logits: jax.Array | None = None,
+                            chunk: int = 8192) -> jax.Array:
+  """The exact mean of `batch_gradients` over every one of the `S^(B G)` ordered batches.
+
+  The loss depends on the logits only through the batch's token log-probs, so its gradient
+  is `sum_{n,t} W_{n,t} grad log pi(y_{n,t})` with `W = d loss / d log_probs`; the mean
+  accumulates `W`, weighted by each batch's probability, per (prompt, sequence, position),
+  and contracts it with the fixed per-token Jacobian once at the end.
 
   Args:
-    logits: `[num_states, V]` policy logits.
-    table: from `enumerate_sequences`.
-    rewards: `[S]` reward of each sequence.
-    indices: `[K, G]` int sequence indices, `K` groups of `G` completions.
-    config: the estimator.
-    beta: KL coefficient.
-    ref_logits: reference logits (needed when `config.kl` is set).
+    logits, table, rewards, config, beta, ref_logits: as in `batch_gradients`.
+    group_size: `G`; `S^(B G)` batches are enumerated (31^4 = 923521 for the default table
+      at `B G = 4`).
+    chunk: batches per vectorised step.
 
   Returns:
-    `[K, num_states, V]`: `-grad group_loss` for each group.
+    `[B, num_states, V]`, `E[-grad group_loss]`.
   """
-  ref_all = None if ref_logits is None else token_log_probs(ref_logits, table)
+  prompts = logits.shape[0]
+  num, length = table.tokens.shape
+  lp_all = _per_prompt(token_log_probs, logits, table)  # [B, S, L]
+  seq_lp = jnp.sum(lp_all, axis=2)  # [B, S]
+  ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
+  take = jax.vmap(lambda a, i: a[i])
 
-  def one(idx):
-    def loss(theta):
-      lp = token_log_probs(theta, table)[idx]
-      ref = None if ref_all is None else ref_all[idx]
-      return group_loss(lp, table.mask[idx], rewards[idx], ref, config, beta)
-    return -jax.grad(loss)(logits)
+  def weights(idx):  # [B, G] -> [B, G, L]
+    ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
+    w = jax.grad(group_loss)(take(lp_all, idx).reshape(-1, length),
+                             table.mask[idx].reshape(-1, length), take(rewards, idx), ref,
+                             config, beta)
+    prob = jnp.exp(jnp.sum(take(seq_lp, idx)))
+    return -prob * w.reshape(prompts, group_size, length)
 
-  return jax.vmap(one)(indices)
+  @jax.jit
+  def chunk_total(idx, valid):  # idx [C, B, G]
+    w = jax.vmap(weights)(idx) * valid[:, None, None, None]  # [C, B, G, L]
+    rows = (jnp.arange(prompts)[None, :, None] * num + idx).reshape(-1)
+    total = jnp.zeros((prompts * num, length), w.dtype).at[rows].add(w.reshape(-1, length))
+    return total.reshape(prompts, num, length)
+
+  # Chunks add up on the host in float64: a million float32 terms would lose ~1e-4.
+  total = np.zeros((prompts, num, length), np.float64)
+  width = prompts * group_size
+  count = num**width
+  chunk = min(chunk, count)
+  digits = num ** np.arange(width - 1, -1, -1)
+  for start in range(0, count, chunk):
+    flat = np.arange(start, start + chunk)  # one shape for every step: the tail is masked
+    idx = ((np.minimum(flat, count - 1)[:, None] // digits) % num).reshape(
+        chunk, prompts, group_size)
+    total += np.asarray(chunk_total(jnp.asarray(idx, jnp.int32),
+                                    jnp.asarray(flat < count, lp_all.dtype)), np.float64)
+  total = jax.lax.stop_gradient(jnp.asarray(total, lp_all.dtype))
+  # d/dtheta of sum total * log_probs (total held fixed) contracts W with the Jacobian.
+  return jax.grad(lambda theta: jnp.sum(
+      total * _per_prompt(token_log_probs, theta, table)))(logits)
 
 
 def exact_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                       group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
                       ref_logits: jax.Array | None = None,
                       chunk: int = 8192) -> jax.Array:
-  """The exact mean of `group_gradients` over every one of the `S^G` ordered groups.
-
-  The loss depends on the logits only through the group's token log-probs, so its gradient
-  is `sum_{g,t} W_{g,t} grad log pi(y_{g,t})` with `W = d loss / d log_probs`; the mean
-  accumulates `W`, weighted by each group's probability, per (sequence, position), and
-  contracts it with the fixed per-token Jacobian once at the end.
-
-  Args:
-    logits, table, rewards, config, beta, ref_logits: as in `group_gradients`.
-    group_size: `G`; `S^G` groups are enumerated (31^4 = 923521 for the default table).
-    chunk: groups per vectorised step.
-
-  Returns:
-    `[num_states, V]`, `E[-grad group_loss]`.
-  """
-  num, length = table.tokens.shape
-  lp_all = token_log_probs(logits, table)
-  seq_lp = jnp.sum(lp_all, axis=1)
-  ref_all = None if ref_logits is None else token_log_probs(ref_logits, table)
-
-  def weights(idx):
-    ref = None if ref_all is None else ref_all[idx]
-    w = jax.grad(group_loss)(lp_all[idx], table.mask[idx], rewards[idx], ref, config, beta)
-    prob = jnp.exp(jnp.sum(seq_lp[idx]))
-    return -prob * w  # [G, L]
-
-  @jax.jit
-  def chunk_total(idx, valid):
-    w = jax.vmap(weights)(idx) * valid[:, None, None]  # [C, G, L]
-    return jnp.zeros((num, length), w.dtype).at[idx.reshape(-1)].add(w.reshape(-1, length))
-
-  # Chunks add up on the host in float64: a million float32 terms would lose ~1e-4.
-  total = np.zeros((num, length), np.float64)
-  count = num**group_size
-  chunk = min(chunk, count)
-  digits = num ** np.arange(group_size - 1, -1, -1)
-  for start in range(0, count, chunk):
-    flat = np.arange(start, start + chunk)  # one shape for every step: the tail is masked
-    idx = (np.minimum(flat, count - 1)[:, None] // digits) % num
-    total += np.asarray(chunk_total(jnp.asarray(idx, jnp.int32),
-                                    jnp.asarray(flat < count, lp_all.dtype)), np.float64)
-  total = jnp.asarray(total, lp_all.dtype)
-  # d/dtheta of sum_{s,t} total[s,t] * lp_all[s,t] (total held fixed) contracts W with the
-  # per-token Jacobian.
-  return jax.grad(lambda theta: jnp.sum(jax.lax.stop_gradient(total)
-                                        * token_log_probs(theta, table)))(logits)
+  """`exact_batch_expectation` for one prompt (`S^G` groups): `[num_states, V]`."""
+  ref = None if ref_logits is None else ref_logits[None]
+  return exact_batch_expectation(logits[None], table, rewards[None], group_size, config,
+                                 beta=beta, ref_logits=ref, chunk=chunk)[0]
