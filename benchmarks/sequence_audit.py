@@ -16,6 +16,10 @@ gradient estimate at G = 2, 4, 16:
   mean of `z^2`, about 1 without bias), the relative bias, the cosine, and the relative
   standard deviation `sqrt(tr Cov[g_hat]) / ||c g||` of one group's estimate.
 
+Then the same 16 cells against `E[R]` for a batch of two prompts (each its own table; the
+second pays a quarter of the first's rewards), exact at G = 2 (31^4 batches): GRPO's
+per-prompt std now reweights prompts.
+
 `c` is the scale theory expects: `(G - 1) / G` for `"dr_grpo"` advantages, `1 / L` for the
 `"constant"` aggregation, 1 otherwise; a cell is unbiased when `E g_hat = c g` (a known scale
 only rescales the learning rate), biased when no constant makes it so.
@@ -33,6 +37,7 @@ import time
 
 import common
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
@@ -135,60 +140,104 @@ def _direction_error(mean, truth) -> float:
   return float(np.linalg.norm(mean - along) / np.linalg.norm(along))
 
 
-def audit(num_groups: int) -> list[dict]:
-  table, logits, ref_logits, rewards, grad_reward, grad_kl = problem()
+def two_prompts():
+  """Two prompts, each its own table: the second pays a quarter of the first's rewards.
+
+  Per-prompt reward scales are what GRPO's std divides out (Liu et al.'s difficulty bias);
+  only the exact gradient of the mean objective says whether that is a bias.
+  """
+  table, num_states = tabular.enumerate_sequences(vocab_size=3, max_length=4)
+  logits = jnp.stack([jax.random.normal(jax.random.key(0), (num_states, 3)),
+                      jax.random.normal(jax.random.key(3), (num_states, 3))])
+  base = tabular.content_and_length_reward(table)
+  rewards = jnp.stack([base, 0.25 * base])
+  grad = jax.grad(lambda th: jnp.mean(jax.vmap(tabular.objective, (0, None, 0))(
+      th, table, rewards)))(logits)
+  return table, logits, rewards, grad
+
+
+def _measure(est, truth, c, exact=None) -> dict:
+  """Bias and spread of `est` ([K, D] estimates) against `c * truth`."""
+  num_groups = est.shape[0]
+  target = c * truth
+  mean = est.mean(0)
+  se = est.std(0, ddof=1) / np.sqrt(num_groups)
+  z = (mean - target) / se
+  per_draw_cos = np.sum(est * truth, 1) / (
+      np.linalg.norm(est, axis=1) * np.linalg.norm(truth) + 1e-30)
+  result = {
+      "scale": c,
+      "mc_max_abs_z": float(np.max(np.abs(z))),
+      "mc_mean_z2": float(np.mean(z**2)),
+      "mc_relative_bias": float(np.linalg.norm(mean - target) / np.linalg.norm(target)),
+      "mc_noise_floor": float(np.linalg.norm(se) / np.linalg.norm(target)),
+      "mc_cosine": _cos(mean, truth),
+      "mc_direction_error": _direction_error(mean, truth),
+      "mean_per_draw_cosine": float(np.mean(per_draw_cos)),
+      "relative_std": float(np.sqrt(np.sum(est.var(0, ddof=1))) / np.linalg.norm(target)),
+  }
+  if exact is not None:
+    result["exact_relative_bias"] = float(
+        np.linalg.norm(exact - target) / np.linalg.norm(target))
+    result["exact_cosine"] = _cos(exact, truth)
+    result["exact_direction_error"] = _direction_error(exact, truth)
+    result["exact_norm_ratio"] = float(np.linalg.norm(exact) / np.linalg.norm(truth))
+    # The samples against the enumeration: a check on both.
+    result["mc_vs_exact_max_abs_z"] = float(np.max(np.abs((mean - exact) / se)))
+  return result
+
+
+def _run(configs, table, logits, rewards, truths, exact_sizes, num_groups, ref_logits=None):
+  """Every config at every G; `logits` `[B, states, V]`, `truths` (reward, kl) alike."""
   length = table.tokens.shape[1]
-  samples = {g: tabular.sample(jax.random.fold_in(jax.random.key(2), g), logits, table,
-                               (num_groups, g)) for g in GROUP_SIZES}
+  prompts = logits.shape[0]
+
+  def draw(g):
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(2), g), prompts)
+    return jnp.stack([tabular.sample(k, lg, table, (num_groups, g))
+                      for k, lg in zip(keys, logits, strict=True)], axis=1)  # [K, B, G]
+
+  samples = {g: draw(g) for g in GROUP_SIZES}
   rows = []
-  for config in cells():
-    truth = np.asarray(grad_reward if config.kl is None else grad_kl, np.float64).ravel()
+  for config in configs:
+    truth = np.asarray(truths[0] if config.kl is None else truths[1], np.float64).ravel()
     row = {"cell": name(config), "estimator": config.estimator,
            "aggregation": config.aggregation, "kl": config.kl,
            "kl_as": config.kl_as if config.kl else None, "expected": expected(config),
            "by_group_size": {}}
     start = time.perf_counter()
     for g in GROUP_SIZES:
-      c = scale(config, g, length)
-      target = c * truth
-      estimates = tabular.group_gradients(logits, table, rewards, samples[g], config,
-                                          beta=BETA, ref_logits=ref_logits)
-      est = np.asarray(estimates, np.float64).reshape(num_groups, -1)
-      mean = est.mean(0)
-      se = est.std(0, ddof=1) / np.sqrt(num_groups)
-      z = (mean - target) / se
-      per_draw_cos = np.sum(est * truth, 1) / (
-          np.linalg.norm(est, axis=1) * np.linalg.norm(truth) + 1e-30)
-      result = {
-          "scale": c,
-          "mc_max_abs_z": float(np.max(np.abs(z))),
-          "mc_mean_z2": float(np.mean(z**2)),
-          "mc_relative_bias": float(np.linalg.norm(mean - target) / np.linalg.norm(target)),
-          "mc_noise_floor": float(np.linalg.norm(se) / np.linalg.norm(target)),
-          "mc_cosine": _cos(mean, truth),
-          "mc_direction_error": _direction_error(mean, truth),
-          "mean_per_draw_cosine": float(np.mean(per_draw_cos)),
-          "relative_std": float(np.sqrt(np.sum(est.var(0, ddof=1))) / np.linalg.norm(target)),
-      }
-      if g in EXACT_GROUP_SIZES:
-        exact = np.asarray(tabular.exact_expectation(
+      est = tabular.batch_gradients(logits, table, rewards, samples[g], config, beta=BETA,
+                                    ref_logits=ref_logits)
+      exact = None
+      if g in exact_sizes:
+        exact = np.asarray(tabular.exact_batch_expectation(
             logits, table, rewards, g, config, beta=BETA, ref_logits=ref_logits),
             np.float64).ravel()
-        result["exact_relative_bias"] = float(
-            np.linalg.norm(exact - target) / np.linalg.norm(target))
-        result["exact_cosine"] = _cos(exact, truth)
-        result["exact_direction_error"] = _direction_error(exact, truth)
-        result["exact_norm_ratio"] = float(np.linalg.norm(exact) / np.linalg.norm(truth))
-        # The samples against the enumeration: a check on both.
-        result["mc_vs_exact_max_abs_z"] = float(np.max(np.abs((mean - exact) / se)))
-      row["by_group_size"][str(g)] = result
+      row["by_group_size"][str(g)] = _measure(
+          np.asarray(est, np.float64).reshape(num_groups, -1), truth,
+          scale(config, g, length), exact)
     row["seconds"] = time.perf_counter() - start
     rows.append(row)
     summary = " ".join(
-        f"G={g}: {r.get('exact_relative_bias', r['mc_relative_bias']):.3g} "
-        f"(z {r['mc_max_abs_z']:.1f})" for g, r in row["by_group_size"].items())
+        f"G={g}: {bias(r):.3g} (z {r['mc_max_abs_z']:.1f})"
+        for g, r in row["by_group_size"].items())
     print(f"{row['cell']:<40} {summary}  [{row['seconds']:.1f}s]", flush=True)
   return rows
+
+
+def audit(num_groups: int) -> list[dict]:
+  """One prompt: every cell, exact at G = 2, 4."""
+  table, logits, ref_logits, rewards, grad_reward, grad_kl = problem()
+  return _run(cells(), table, logits[None], rewards[None], (grad_reward[None], grad_kl[None]),
+              EXACT_GROUP_SIZES, num_groups, ref_logits[None])
+
+
+def audit_two_prompts(num_groups: int) -> list[dict]:
+  """Two prompts in one batch: the 16 cells against E[R], exact at G = 2 (31^4 batches)."""
+  table, logits, rewards, grad = two_prompts()
+  configs = [tabular.EstimatorConfig(e, a) for e in ESTIMATORS for a in AGGREGATIONS]
+  return _run(configs, table, logits, rewards, (grad, None), (2,), num_groups)
 
 
 def bias(result: dict, kind: str = "relative_bias") -> float:
@@ -196,7 +245,14 @@ def bias(result: dict, kind: str = "relative_bias") -> float:
   return result.get(f"exact_{kind}", result[f"mc_{kind}"])
 
 
-def plot(rows: list[dict], figure: pathlib.Path) -> None:
+# The two-prompt rows the figure shows beside the one-prompt ones.
+FIGURE_TWO_PROMPTS = ("rloo / sequence_sum", "rloo / token_mean", "rloo / sequence_mean",
+                      "grpo / sequence_sum", "grpo / sequence_mean", "dr_grpo / constant")
+
+
+def plot(rows: list[dict], figure: pathlib.Path, two_prompt_rows=()) -> None:
+  shown = [r for r in two_prompt_rows if r["cell"] in FIGURE_TWO_PROMPTS]
+  rows = list(rows) + [{**r, "cell": "2 prompts: " + r["cell"]} for r in shown]
   labels = [r["cell"] for r in rows]
   sizes = [str(g) for g in GROUP_SIZES]
   rel = np.array([[bias(r["by_group_size"][g]) for g in sizes] for r in rows])
@@ -224,7 +280,8 @@ def plot(rows: list[dict], figure: pathlib.Path) -> None:
     if r["expected"].startswith("unbiased"):
       axes[0].get_yticklabels()[i].set_color("darkgreen")
   fig.suptitle("Sequence score-function estimators on an enumerable policy: G = 2, 4 exact "
-               "(all 31^G groups), G = 16 Monte Carlo; green rows: unbiased in theory",
+               "(all 31^G groups; 2 prompts: G = 2), else Monte Carlo; green: unbiased in "
+               "theory", 
                fontsize=10)
   fig.tight_layout()
   fig.savefig(figure, dpi=120)
@@ -241,18 +298,25 @@ def main() -> None:
   if args.replot:
     import json
 
-    rows = json.loads(pathlib.Path(args.replot).read_text())["cells"]
-    plot(rows, pathlib.Path(args.replot).with_suffix(".png"))
+    result = json.loads(pathlib.Path(args.replot).read_text())
+    plot(result["cells"], pathlib.Path(args.replot).with_suffix(".png"),
+         result["two_prompts"]["cells"])
     return
   rows = audit(args.groups)
+  print("two prompts, rewards R and R / 4:")
+  batch_rows = audit_two_prompts(args.groups)
   path = common.write("sequence_audit", {
       "num_groups": args.groups, "group_sizes": list(GROUP_SIZES),
       "exact_group_sizes": list(EXACT_GROUP_SIZES), "beta": BETA,
       "problem": "2 tokens + EOS, at most 4 tokens (15 states, 31 sequences); "
                  "R = #1 - 0.5 #2 + 0.5 [ends with EOS]; logits ~ N(0, 1) (key 0), "
                  "reference logits ~ N(0, 1) (key 1)",
-      "cells": rows}, args.out)
-  plot(rows, path.with_suffix(".png"))
+      "cells": rows,
+      "two_prompts": {
+          "problem": "two prompts in one batch, each its own table (logits keys 0 and 3), "
+                     "rewards R and R / 4; G completions each; exact at G = 2",
+          "cells": batch_rows}}, args.out)
+  plot(rows, path.with_suffix(".png"), batch_rows)
   print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
