@@ -1,5 +1,7 @@
 """Functional environments (gymnax 1.x interface), one file each, and `make`."""
 
+from reinforce_jax.envs import adapters
+from reinforce_jax.envs.adapters import BraxEnv, JumanjiEnv, LegacyGymnaxEnv
 from reinforce_jax.envs.bandit import (
     BanditParams,
     BanditState,
@@ -30,24 +32,49 @@ REGISTRY = {
 def make(name: str, **kwargs) -> Environment:
   """An environment by name: ours (`"CartPole-v1"`, `"Pendulum-v1"`,
   `"ContextualBandit-v0"`, `"MaskedCartPole-v1"`: CartPole without its
-  velocities) or any gymnax 1.x one as `"gymnax:<name>"` (keyword
-  arguments go to the constructor, or to `gymnax.make`)."""
+  velocities), any gymnax one as `"gymnax:<name>"` (keyword arguments go to
+  the constructor, or to `gymnax.make`; the 5-value API of gymnax 0.0.x is
+  adapted by `LegacyGymnaxEnv`), a Brax one as `"brax:<name>"` (`BraxEnv`;
+  `episode_length` and `action_repeat` go to Brax's `EpisodeWrapper`, the rest
+  to `brax.envs.get_environment`) or a Jumanji one as `"jumanji:<name>"`
+  (`JumanjiEnv`; `flatten`, the rest to `jumanji.make`)."""
   if name.startswith("gymnax:"):
     try:
       import gymnax
     except ImportError:
       raise ImportError(
           f"{name!r} needs gymnax: pip install 'reinforce_jax[gymnax]'") from None
-    return GymnaxEnv(*gymnax.make(name.removeprefix("gymnax:"), **kwargs))
+    env, params = gymnax.make(name.removeprefix("gymnax:"), **kwargs)
+    if adapters.is_legacy_gymnax(env, params):  # gymnax 0.0.x: `done` only
+      return adapters.LegacyGymnaxEnv(env, params)
+    return GymnaxEnv(env, params)
+  if name.startswith("brax:"):
+    try:
+      from brax import envs as brax_envs
+    except ImportError:
+      raise ImportError(f"{name!r} needs brax: pip install 'reinforce_jax[brax]'") from None
+    wrap = {k: kwargs.pop(k) for k in ("episode_length", "action_repeat") if k in kwargs}
+    return adapters.BraxEnv(brax_envs.get_environment(name.removeprefix("brax:"), **kwargs),
+                            name=name, **wrap)
+  if name.startswith("jumanji:"):
+    try:
+      import jumanji
+    except ImportError:
+      raise ImportError(f"{name!r} needs jumanji: pip install 'reinforce_jax[jumanji]'") from None
+    flatten = kwargs.pop("flatten", True)
+    return adapters.JumanjiEnv(jumanji.make(name.removeprefix("jumanji:"), **kwargs),
+                               flatten=flatten, name=name)
   if name not in REGISTRY:
     raise ValueError(
-        f"unknown environment {name!r}; known: {sorted(REGISTRY)} or 'gymnax:<name>'")
+        f"unknown environment {name!r}; known: {sorted(REGISTRY)}, 'gymnax:<name>', "
+        "'brax:<name>' or 'jumanji:<name>'")
   return REGISTRY[name](**kwargs)
 
 
 __all__ = [
     "BanditParams",
     "BanditState",
+    "BraxEnv",
     "CartPole",
     "CartPoleParams",
     "CartPoleState",
@@ -55,6 +82,8 @@ __all__ = [
     "Environment",
     "EpisodeStatistics",
     "GymnaxEnv",
+    "JumanjiEnv",
+    "LegacyGymnaxEnv",
     "NormalizeObservation",
     "ObservationMask",
     "REGISTRY",
