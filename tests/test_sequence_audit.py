@@ -163,3 +163,23 @@ def test_monte_carlo_finds_no_bias_where_there_is_none(config):
 ], ids=lambda c: f"{c.estimator}/{c.aggregation}/{c.kl}")
 def test_monte_carlo_finds_the_bias_where_there_is(config):
   assert _z(config) > Z_BIASED
+
+
+def test_across_prompts_grpo_reweights_and_rloo_does_not():
+  # Two prompts in a batch, the second paying a quarter of the first's rewards: GRPO divides
+  # each prompt's scale out (Liu et al.'s difficulty bias), RLOO keeps it.
+  table, num_states = tabular.enumerate_sequences(vocab_size=3, max_length=LENGTH)
+  logits = jnp.stack([jax.random.normal(jax.random.key(0), (num_states, 3)),
+                      jax.random.normal(jax.random.key(3), (num_states, 3))])
+  base = tabular.content_and_length_reward(table)
+  rewards = jnp.stack([base, 0.25 * base])
+  grad = jax.grad(lambda th: jnp.mean(jax.vmap(tabular.objective, (0, None, 0))(
+      th, table, rewards)))(logits)
+
+  def exact(estimator):
+    return tabular.exact_batch_expectation(logits, table, rewards, 2,
+                                           EstimatorConfig(estimator, "sequence_sum"))
+
+  assert _relative_error(exact("rloo"), grad) < 1e-5
+  one_prompt = _direction_error(_exact(EstimatorConfig("grpo", "sequence_sum")), _problem()[4])
+  assert _direction_error(exact("grpo"), grad) > 2 * one_prompt
