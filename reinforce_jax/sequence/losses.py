@@ -13,12 +13,14 @@ sequence of a tabular policy, in `benchmarks/sequence_audit.py`; in short:
 
 * advantages: `"none"` and `"rloo"` (the leave-one-out mean does not depend on `y_i`) are
   unbiased; `"dr_grpo"` (the group mean includes `r_i`) is unbiased for `(G - 1) / G` times
-  the gradient, a known scale; `"grpo"` divides by a standard deviation that depends on `y_i`,
-  and is biased in direction as well as scale.
+  the gradient, a known scale; `"grpo"` divides by a standard deviation that depends on `y_i`:
+  biased in direction at small `G`, and across prompts of different reward scales at every
+  `G` (it gives each prompt's gradient the same size).
 * aggregation: `"sequence_sum"` is the estimator above; `"constant"` is it divided by the
-  padded length `L`, a known scale; `"sequence_mean"` (weight `1 / |y_i|`) and `"token_mean"`
-  (weight `1 / sum_j |y_j|`, which depends on every length in the batch) are not gradients of
-  `E[R]` times any constant when lengths vary (Liu et al., 2025).
+  padded length `L`, a known scale; `"sequence_mean"` (weight `1 / |y_i|`) is biased in
+  direction at every `G` (Liu et al., 2025); `"token_mean"` (weight `1 / sum_j |y_j|`, which
+  holds the sequence's own length) is biased, less so as the batch grows, tending to the
+  gradient times `1 / E|y|`, a scale that changes with the policy.
 
 The names follow TRL and tunix where they fit: TRL's `loss_type="grpo"` is `"sequence_mean"`,
 `"dapo"`/`"bnpo"` are `"token_mean"` and `"dr_grpo"` is `"constant"`; tunix's
