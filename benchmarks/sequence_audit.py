@@ -16,7 +16,10 @@ gradient estimate at G = 2, 4, 16:
   mean of `z^2`, about 1 without bias), the relative bias, the cosine, and the relative
   standard deviation `sqrt(tr Cov[g_hat]) / ||c g||` of one group's estimate.
 
-Then the same 16 cells against `E[R]` for a batch of two prompts (each its own table; the
+Then completions drawn from a stale policy (`logits + 0.5 N(0, 1)`), the gradient wanted at
+`logits`: no correction, each sequence's exact weight `pi(y) / pi_old(y)`, PPO's per-token
+and GSPO's per-sequence ratios, clipped or not (exact at G = 2, 4). And the same 16 cells
+against `E[R]` for a batch of two prompts (each its own table; the
 second pays a quarter of the first's rewards), exact at G = 2 (31^4 batches): GRPO's
 per-prompt std now reweights prompts.
 
@@ -48,6 +51,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 GROUP_SIZES = (2, 4, 16)
+OFF_POLICY_NOISE = 0.5
 EXACT_GROUP_SIZES = (2, 4)
 BETA = 0.5
 KL_FORMS = tuple((k, a) for k in ("k1", "k2", "k3") for a in ("reward", "loss"))
@@ -99,10 +103,18 @@ def cells():
 
 def name(config) -> str:
   kl = "" if config.kl is None else f" + {config.kl} as {config.kl_as}"
-  return f"{config.estimator} / {config.aggregation}{kl}"
+  ratio = ""
+  if config.ratio_level is not None:
+    ratio = f", {config.ratio_level} ratio"
+    ratio += "" if config.clip_eps is None else f" clipped at {config.clip_eps:g}"
+  return f"{config.estimator} / {config.aggregation}{kl}{ratio}"
 
 
 def expected(config) -> str:
+  if config.ratio_level == "full" and config.aggregation == "sequence_sum":
+    return "unbiased"
+  if config.ratio_level is not None or config.clip_eps is not None:
+    return "biased: ratios other than pi(y) / pi_old(y)"
   if config.kl is not None and config.estimator in ("none", "rloo") and (
       config.aggregation == "sequence_sum"):
     return EXPECTED_KL[(config.kl, config.kl_as)]
@@ -187,15 +199,20 @@ def _measure(est, truth, c, exact=None) -> dict:
   return result
 
 
-def _run(configs, table, logits, rewards, truths, exact_sizes, num_groups, ref_logits=None):
-  """Every config at every G; `logits` `[B, states, V]`, `truths` (reward, kl) alike."""
+def _run(configs, table, logits, rewards, truths, exact_sizes, num_groups, ref_logits=None,
+         old_logits=None):
+  """Every config at every G; `logits` `[B, states, V]`, `truths` (reward, kl) alike.
+
+  With `old_logits`, completions are drawn from that policy instead of `logits`'.
+  """
   length = table.tokens.shape[1]
   prompts = logits.shape[0]
+  sampler = logits if old_logits is None else old_logits
 
   def draw(g):
     keys = jax.random.split(jax.random.fold_in(jax.random.key(2), g), prompts)
     return jnp.stack([tabular.sample(k, lg, table, (num_groups, g))
-                      for k, lg in zip(keys, logits, strict=True)], axis=1)  # [K, B, G]
+                      for k, lg in zip(keys, sampler, strict=True)], axis=1)  # [K, B, G]
 
   samples = {g: draw(g) for g in GROUP_SIZES}
   rows = []
@@ -208,12 +225,12 @@ def _run(configs, table, logits, rewards, truths, exact_sizes, num_groups, ref_l
     start = time.perf_counter()
     for g in GROUP_SIZES:
       est = tabular.batch_gradients(logits, table, rewards, samples[g], config, beta=BETA,
-                                    ref_logits=ref_logits)
+                                    ref_logits=ref_logits, old_logits=old_logits)
       exact = None
       if g in exact_sizes:
         exact = np.asarray(tabular.exact_batch_expectation(
-            logits, table, rewards, g, config, beta=BETA, ref_logits=ref_logits),
-            np.float64).ravel()
+            logits, table, rewards, g, config, beta=BETA, ref_logits=ref_logits,
+            old_logits=old_logits), np.float64).ravel()
       row["by_group_size"][str(g)] = _measure(
           np.asarray(est, np.float64).reshape(num_groups, -1), truth,
           scale(config, g, length), exact)
@@ -233,6 +250,18 @@ def audit(num_groups: int) -> list[dict]:
               EXACT_GROUP_SIZES, num_groups, ref_logits[None])
 
 
+def audit_off_policy(num_groups: int) -> list[dict]:
+  """Completions from a stale policy (logits + 0.5 N(0, 1), key 4), ratios against it."""
+  table, logits, _, rewards, grad_reward, _ = problem()
+  old = logits + OFF_POLICY_NOISE * jax.random.normal(jax.random.key(4), logits.shape)
+  configs = [tabular.EstimatorConfig("rloo", a, ratio_level=r, clip_eps=c)
+             for a in ("sequence_sum", "sequence_mean")
+             for r, c in ((None, None), ("full", None), ("token", None), ("token", 0.2),
+                          ("sequence", None), ("sequence", 0.2))]
+  return _run(configs, table, logits[None], rewards[None], (grad_reward[None], None),
+              EXACT_GROUP_SIZES, num_groups, old_logits=old[None])
+
+
 def audit_two_prompts(num_groups: int) -> list[dict]:
   """Two prompts in one batch: the 16 cells against E[R], exact at G = 2 (31^4 batches)."""
   table, logits, rewards, grad = two_prompts()
@@ -250,9 +279,11 @@ FIGURE_TWO_PROMPTS = ("rloo / sequence_sum", "rloo / token_mean", "rloo / sequen
                       "grpo / sequence_sum", "grpo / sequence_mean", "dr_grpo / constant")
 
 
-def plot(rows: list[dict], figure: pathlib.Path, two_prompt_rows=()) -> None:
+def plot(rows: list[dict], figure: pathlib.Path, two_prompt_rows=(), off_policy_rows=()) -> None:
   shown = [r for r in two_prompt_rows if r["cell"] in FIGURE_TWO_PROMPTS]
   rows = list(rows) + [{**r, "cell": "2 prompts: " + r["cell"]} for r in shown]
+  rows += [{**r, "cell": "stale: " + r["cell"]} for r in off_policy_rows
+           if r["aggregation"] == "sequence_sum"]
   labels = [r["cell"] for r in rows]
   sizes = [str(g) for g in GROUP_SIZES]
   rel = np.array([[bias(r["by_group_size"][g]) for g in sizes] for r in rows])
@@ -281,7 +312,7 @@ def plot(rows: list[dict], figure: pathlib.Path, two_prompt_rows=()) -> None:
       axes[0].get_yticklabels()[i].set_color("darkgreen")
   fig.suptitle("Sequence score-function estimators on an enumerable policy: G = 2, 4 exact "
                "(all 31^G groups; 2 prompts: G = 2), else Monte Carlo; green: unbiased in "
-               "theory", 
+               "theory; stale: sampled from an older policy", 
                fontsize=10)
   fig.tight_layout()
   fig.savefig(figure, dpi=120)
@@ -300,11 +331,13 @@ def main() -> None:
 
     result = json.loads(pathlib.Path(args.replot).read_text())
     plot(result["cells"], pathlib.Path(args.replot).with_suffix(".png"),
-         result["two_prompts"]["cells"])
+         result["two_prompts"]["cells"], result["off_policy"]["cells"])
     return
   rows = audit(args.groups)
   print("two prompts, rewards R and R / 4:")
   batch_rows = audit_two_prompts(args.groups)
+  print("off-policy, sampled from logits + 0.5 N(0, 1):")
+  off_rows = audit_off_policy(args.groups)
   path = common.write("sequence_audit", {
       "num_groups": args.groups, "group_sizes": list(GROUP_SIZES),
       "exact_group_sizes": list(EXACT_GROUP_SIZES), "beta": BETA,
@@ -315,8 +348,14 @@ def main() -> None:
       "two_prompts": {
           "problem": "two prompts in one batch, each its own table (logits keys 0 and 3), "
                      "rewards R and R / 4; G completions each; exact at G = 2",
-          "cells": batch_rows}}, args.out)
-  plot(rows, path.with_suffix(".png"), batch_rows)
+          "cells": batch_rows},
+      "off_policy": {
+          "problem": "completions drawn from old logits = logits + 0.5 N(0, 1) (key 4), "
+                     "the gradient at logits; RLOO advantages; 'full' weighs each sequence "
+                     "by pi(y) / pi_old(y), 'token' and 'sequence' are policy_gradient_loss's "
+                     "ratios (PPO, GSPO), optionally clipped at 0.2; exact at G = 2, 4",
+          "cells": off_rows}}, args.out)
+  plot(rows, path.with_suffix(".png"), batch_rows, off_rows)
   print(f"wrote {path} and {path.with_suffix('.png')}")
 
 

@@ -158,17 +158,23 @@ class EstimatorConfig(NamedTuple):
     kl: `None`, or a `kl_penalty` estimator (`"k1"`, `"k2"`, `"k3"`).
     kl_as: `"loss"` (added to the loss with the same aggregation) or `"reward"` (its
       sequence total, gradient stopped, subtracted from the reward).
+    ratio_level: `None` (on-policy surrogate), `"token"` or `"sequence"` (importance ratios
+      against the sampling policy, as `policy_gradient_loss`), or `"full"`: each sequence's
+      exact weight `pi(y) / pi_old(y)` on its advantage, the unbiased off-policy estimator.
+    clip_eps: PPO's clip range with `"token"` or `"sequence"` ratios, or `None`.
   """
 
   estimator: str
   aggregation: str
   kl: str | None = None
   kl_as: str = "loss"
+  ratio_level: str | None = None
+  clip_eps: float | None = None
 
 
 def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
                ref_log_probs: jax.Array | None, config: EstimatorConfig,
-               beta: float = 0.0) -> jax.Array:
+               beta: float = 0.0, old_log_probs: jax.Array | None = None) -> jax.Array:
   """The loss a batch of `B` prompts' groups of `G` completions gives.
 
   Args:
@@ -178,6 +184,8 @@ def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
     ref_log_probs: `[N, L]` reference log-probs, or `None` without a KL.
     config: the estimator.
     beta: KL coefficient.
+    old_log_probs: `[N, L]` log-probs under the sampling policy (with `config.ratio_level`);
+      `None`: the sampling policy is the current one.
 
   Returns:
     A scalar whose negated gradient estimates that of `E[R] - beta KL` (summed over prompts
@@ -195,8 +203,20 @@ def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
     else:
       raise ValueError(f"kl_as must be 'loss' or 'reward', got {config.kl_as!r}")
   advantages = losses.group_advantages(rewards, estimator=config.estimator).reshape(-1)
+  if config.ratio_level is None:
+    return losses.policy_gradient_loss(
+        log_probs, advantages, mask, aggregation=config.aggregation) + kl_loss
+  if old_log_probs is None:
+    old_log_probs = jax.lax.stop_gradient(log_probs)
+  if config.ratio_level == "full":
+    log_weight = jnp.sum(jnp.where(mask, log_probs - old_log_probs, 0.0), axis=1)
+    advantages = advantages * jax.lax.stop_gradient(jnp.exp(log_weight))
+    return losses.policy_gradient_loss(
+        log_probs, advantages, mask, aggregation=config.aggregation) + kl_loss
   return losses.policy_gradient_loss(
-      log_probs, advantages, mask, aggregation=config.aggregation) + kl_loss
+      log_probs, advantages, mask, aggregation=config.aggregation,
+      old_log_probs=old_log_probs, clip_eps=config.clip_eps,
+      ratio_level=config.ratio_level) + kl_loss
 
 
 def _per_prompt(fn, logits, table):
@@ -205,7 +225,8 @@ def _per_prompt(fn, logits, table):
 
 def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                     indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
-                    ref_logits: jax.Array | None = None) -> jax.Array:
+                    ref_logits: jax.Array | None = None,
+                    old_logits: jax.Array | None = None) -> jax.Array:
   """Gradient estimates (ascent direction), one per batch of `B` prompts x `G` completions.
 
   Each prompt is its own tabular policy; the objective is the mean over prompts of
@@ -219,20 +240,24 @@ def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
     config: the estimator.
     beta: KL coefficient.
     ref_logits: `[B, num_states, V]` reference logits (needed when `config.kl` is set).
+    old_logits: `[B, num_states, V]` logits of the policy `indices` were drawn from, for
+      `config.ratio_level`; `None`: the current policy.
 
   Returns:
     `[K, B, num_states, V]`: `-grad group_loss` for each batch.
   """
   length = table.tokens.shape[1]
   ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
+  old_all = None if old_logits is None else _per_prompt(token_log_probs, old_logits, table)
   take = jax.vmap(lambda a, i: a[i])  # [B, S, ...], [B, G] -> [B, G, ...]
 
   def one(idx):
     def loss(theta):
       lp = take(_per_prompt(token_log_probs, theta, table), idx).reshape(-1, length)
       ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
+      old = None if old_all is None else take(old_all, idx).reshape(-1, length)
       mask = table.mask[idx].reshape(-1, length)
-      return group_loss(lp, mask, take(rewards, idx), ref, config, beta)
+      return group_loss(lp, mask, take(rewards, idx), ref, config, beta, old)
     return -jax.grad(loss)(logits)
 
   return jax.vmap(one)(indices)
@@ -240,17 +265,20 @@ def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
 
 def group_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                     indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
-                    ref_logits: jax.Array | None = None) -> jax.Array:
+                    ref_logits: jax.Array | None = None,
+                    old_logits: jax.Array | None = None) -> jax.Array:
   """`batch_gradients` for one prompt: `[num_states, V]` logits, `[S]` rewards, `[K, G]`
   indices; returns `[K, num_states, V]`."""
   ref = None if ref_logits is None else ref_logits[None]
+  old = None if old_logits is None else old_logits[None]
   return batch_gradients(logits[None], table, rewards[None], indices[:, None], config,
-                         beta=beta, ref_logits=ref)[:, 0]
+                         beta=beta, ref_logits=ref, old_logits=old)[:, 0]
 
 
 def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                             group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
                             ref_logits: jax.Array | None = None,
+                            old_logits: jax.Array | None = None,
                             chunk: int = 8192) -> jax.Array:
   """The exact mean of `batch_gradients` over every one of the `S^(B G)` ordered batches.
 
@@ -261,6 +289,7 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
 
   Args:
     logits, table, rewards, config, beta, ref_logits: as in `batch_gradients`.
+    old_logits: the sampling policy (batches are weighted by its probabilities), or `None`.
     group_size: `G`; `S^(B G)` batches are enumerated (31^4 = 923521 for the default table
       at `B G = 4`).
     chunk: batches per vectorised step.
@@ -271,15 +300,17 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
   prompts = logits.shape[0]
   num, length = table.tokens.shape
   lp_all = _per_prompt(token_log_probs, logits, table)  # [B, S, L]
-  seq_lp = jnp.sum(lp_all, axis=2)  # [B, S]
   ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
+  old_all = None if old_logits is None else _per_prompt(token_log_probs, old_logits, table)
+  seq_lp = jnp.sum(lp_all if old_all is None else old_all, axis=2)  # [B, S], sampling policy
   take = jax.vmap(lambda a, i: a[i])
 
   def weights(idx):  # [B, G] -> [B, G, L]
     ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
+    old = None if old_all is None else take(old_all, idx).reshape(-1, length)
     w = jax.grad(group_loss)(take(lp_all, idx).reshape(-1, length),
                              table.mask[idx].reshape(-1, length), take(rewards, idx), ref,
-                             config, beta)
+                             config, beta, old)
     prob = jnp.exp(jnp.sum(take(seq_lp, idx)))
     return -prob * w.reshape(prompts, group_size, length)
 
@@ -311,8 +342,10 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
 def exact_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
                       group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
                       ref_logits: jax.Array | None = None,
+                      old_logits: jax.Array | None = None,
                       chunk: int = 8192) -> jax.Array:
   """`exact_batch_expectation` for one prompt (`S^G` groups): `[num_states, V]`."""
   ref = None if ref_logits is None else ref_logits[None]
+  old = None if old_logits is None else old_logits[None]
   return exact_batch_expectation(logits[None], table, rewards[None], group_size, config,
-                                 beta=beta, ref_logits=ref, chunk=chunk)[0]
+                                 beta=beta, ref_logits=ref, old_logits=old, chunk=chunk)[0]
