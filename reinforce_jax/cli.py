@@ -38,7 +38,7 @@ from reinforce_jax.config import (
     TrainConfig,
     sweep_grid,
 )
-from reinforce_jax.presets import PRESETS, Preset
+from reinforce_jax.presets import PRESETS, SEQUENCE_OPTIONS, Preset
 
 _INT32_MAX = 2**31 - 1  # step counters and array sizes are int32 in the compiled program
 _UINT32_MAX = 2**32 - 1  # jax.random.key keeps 32 bits of the seed (without jax_enable_x64)
@@ -284,6 +284,59 @@ def _add_run_options(command: argparse.ArgumentParser, *, sweep: bool = False) -
                             "included; other files stay) before writing the new ones")
 
 
+_SEQUENCE_FLAGS = {"estimator": "--estimator", "group_size": "--group-size",
+                   "aggregation": "--aggregation", "kl_coef": "--kl-coef"}
+
+
+def _add_sequence_options(command: argparse.ArgumentParser) -> None:
+  """The settings of a sequence task (sort): `reinforce_jax.sequence.train.SequenceConfig`."""
+  group = command.add_argument_group("sequence tasks (sort)")
+  group.add_argument("--estimator", choices=SEQUENCE_OPTIONS["estimator"],
+                     help="group advantage (default rloo: unbiased)")
+  group.add_argument("--group-size", type=_int_in(1),
+                     help="completions sampled per prompt (default 8)")
+  group.add_argument("--aggregation", choices=SEQUENCE_OPTIONS["aggregation"],
+                     help="how token terms are summed (default sequence_sum: unbiased)")
+  group.add_argument("--kl-coef", type=_number(lambda v: 0 <= v < math.inf, "in [0, inf)"),
+                     help="weight of the k3 KL estimate to the initial policy (default 0)")
+
+
+def _sequence_options(args, preset: Preset) -> dict[str, Any] | None:
+  """A sequence preset's settings: the preset's, a resumed run's, then the flags given.
+
+  Raises:
+    ValueError: for a sequence flag on another task, an algorithm the task lacks, a flag
+      that contradicts the resumed run, or a group advantage without a group.
+  """
+  given = {k: getattr(args, k) for k in _SEQUENCE_FLAGS if getattr(args, k) is not None}
+  if preset.build_step is None:
+    if given:
+      flag = _SEQUENCE_FLAGS[next(iter(given))]
+      raise ValueError(f"{flag}: a setting of sequence tasks (sort), not of {args.env}")
+    return None
+  if args.algo is not None and args.algo not in preset.configs:
+    raise ValueError(f"--algo {args.algo}: {args.env} trains with the sequence policy "
+                     f"gradient ({', '.join(_SEQUENCE_FLAGS.values())}), algo "
+                     f"{'/'.join(preset.configs)}")
+  options = dict(preset.options or {})
+  if args.resume:
+    try:  # an unreadable record is reported by _stored_run
+      stored = json.loads((pathlib.Path(args.resume) / CONFIG_FILE).read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+      stored = {}
+    for key, value in given.items():
+      if key in stored and value != stored[key]:
+        raise ValueError(f"{_SEQUENCE_FLAGS[key]} {value} contradicts the run in {args.resume} "
+                         f"({key} {stored[key]}); a resumed run keeps its settings")
+    options.update(stored)
+  options.update(given)
+  if options["estimator"] != "none" and options["group_size"] < 2:
+    raise ValueError(f"--group-size {options['group_size']}: --estimator "
+                     f"{options['estimator']} compares completions within a group; give at "
+                     "least 2 (or --estimator none)")
+  return options
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="reinforce-jax", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -313,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in DIR from its latest checkpoint up to --steps; "
                           "options that contradict the stored run are refused")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  _add_sequence_options(train)
   sweep = commands.add_parser(
       "sweep", help="train every combination of hyperparameter values x seeds in one program",
       description="Sweep hyperparameters (every combination of the listed values) and seeds "
@@ -576,6 +630,8 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
   num_seeds = args.num_seeds or 1
   out = pathlib.Path(args.out or f"runs/{args.env}-sweep")
   preset = PRESETS[args.env]
+  if preset.build_step is not None:
+    parser.error(f"sweep {args.env}: a sequence task trains with `reinforce-jax train` only")
   try:
     config = _config(args, preset, exclude=grid)
     combos = sweep_grid(config, grid)
@@ -631,6 +687,7 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   out = pathlib.Path(args.resume or args.out or f"runs/{args.env}")
   try:
     _check_cluster_options(args)
+    options = _sequence_options(args, preset)
     if args.resume:
       config, seed, num_seeds, stored_every, stored_stop = _stored_run(args)
       checkpoint_every = checkpoint_every or stored_every
@@ -684,7 +741,7 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
                             num_chunks=_PROGRESS_CHUNKS,
                             stop_at_return=stop_at_return, devices=devices,
                             profile_dir=args.profile, checkpoint_every=checkpoint_every,
-                            resume=bool(args.resume), should_stop=interrupts,
+                            resume=bool(args.resume), should_stop=interrupts, options=options,
                             callbacks=_make_loggers(args, out, {
                                 "env": args.env, "seed": seed, "num_seeds": num_seeds,
                                 **config.to_dict()}) if jax.process_index() == 0 else ())

@@ -154,8 +154,13 @@ def run_experiment(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     callbacks: Sequence[loop.Callback] = (),
+    options: dict | None = None,
 ) -> Result:
   """Trains `num_seeds` seeds of preset `env_name` and writes the outputs.
+
+  A sequence preset (`Preset.build_step`: sort) builds its own step from `config`
+  and `options` (its settings over the preset's: estimator, group size, ...; recorded
+  in `config.json` under "options"); its `mean_return` is the mean reward.
 
   Outputs in `out_dir`: `metrics.jsonl` (one JSON object per train step and seed:
   `step` (1-based), `seed` (0-based index), `loss`, `mean_return` (null when no
@@ -189,8 +194,12 @@ def run_experiment(
   """
   preset = PRESETS[env_name]
   env = preset.make_env()
-  policy = preset.policy(env, config)
-  init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
+  if preset.build_step is not None:  # a sequence task: its own step (`options`: its settings)
+    options = {**(preset.options or {}), **(options or {})}
+    policy, (init_fn, train_step) = None, preset.build_step(config, options)
+  else:
+    policy = preset.policy(env, config)
+    init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
   chunk = max(1, math.ceil(config.num_steps / num_chunks))
   if checkpoint_every:
     chunk = min(chunk, checkpoint_every)
@@ -202,7 +211,7 @@ def run_experiment(
   init_keys, run_keys = _seed_keys(seed, num_seeds)
   state = jax.jit(jax.vmap(init_fn))(init_keys)
   num_devices = jax.device_count() if devices is None else devices
-  if num_devices > 1:  # state leaves are [seeds, envs, ...]: split the envs
+  if num_devices > 1 and policy is not None:  # state leaves are [seeds, envs, ...]: split them
     state = shard_state(state, make_mesh(num_devices), batch_axis=1)
   # Plain XLA options: the step compiles well without any (reinforce_jax/compiler.py).
   runner = jax.jit(jax.vmap(make_run(train_step, chunk), in_axes=(0, 0, None)),
@@ -229,7 +238,9 @@ def run_experiment(
       (out / CONFIG_FILE).write_text(json.dumps(
           {"env": env_name, "seed": seed, "num_seeds": num_seeds,
            "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
-           "hidden": list(preset.hidden), **config.to_dict()}, indent=2) + "\n")
+           "hidden": list(preset.hidden), **config.to_dict(),
+           **({"options": options} if preset.build_step is not None else {})},
+          indent=2) + "\n")
       if not resume:
         written.append(out / METRICS_FILE)
       sink = (out / METRICS_FILE).open("a" if resume else "w")

@@ -53,6 +53,11 @@ class Preset:
   # params (every leaf `[num_seeds, ...]`), the run folder (None in a process that
   # writes no files) and the steps done: the task's own outputs and summary fields.
   report: Callable[[Environment, nn.Module, Any, pathlib.Path | None, int], Report] | None = None
+  # A preset that builds its own `(init_fn, train_step)` (a sequence task): called by
+  # `run_experiment` with the config and `options` (its own settings, defaults below,
+  # overridden by the CLI's flags) in place of an environment and a policy.
+  build_step: Callable[[TrainConfig, dict[str, Any]], tuple[Callable, Callable]] | None = None
+  options: dict[str, Any] | None = None
 
   def policy(self, env, config: TrainConfig) -> nn.Module:
     """The preset's policy for `env`, with a separate value network when `config` needs one."""
@@ -93,6 +98,36 @@ def _bandit_report(env, policy, params, out_dir: pathlib.Path | None, steps: int
   plotting.plot_bandit_policy(np.asarray(probs), np.asarray(contexts), out_dir / "policy.png",
                               title=f"Learned policy after {steps} steps")
   return Report({"expected_reward": expected}, ("policy.png",))
+
+
+# The settings of a sequence preset (`build_step`) that the CLI takes as flags, with their
+# values (`reinforce_jax.sequence.losses`' names; tests/test_sequence_train.py checks them).
+SEQUENCE_OPTIONS = {
+    "estimator": ("rloo", "grpo", "dr_grpo", "none"),
+    "aggregation": ("sequence_sum", "token_mean", "sequence_mean", "constant"),
+}
+_SORT = {"num_digits": 5, "alphabet": 10}
+
+
+def _sort_task(num_prompts: int = 32):
+  from reinforce_jax.sequence.tasks import SortTask
+
+  return SortTask(num_prompts=num_prompts, **_SORT)
+
+
+def _sort_step(config: TrainConfig, options: dict[str, Any]):
+  """The sort task's `(init_fn, train_step)`: `config.num_envs` prompts a step, Adam."""
+  from reinforce_jax.sequence import models, train
+  from reinforce_jax.train import make_optimizer
+
+  task = _sort_task(config.num_envs)
+  model = models.CausalTransformer(task.vocab_size, task.prompt_length + task.max_new_tokens,
+                                   d_model=64, num_heads=4, num_layers=2)
+  settings = train.SequenceConfig(max_new_tokens=task.max_new_tokens, eos_id=task.eos_id,
+                                  **options)
+  return train.make_sequence_train_step(task.sample_prompts, task.reward,
+                                        train.transformer_policy(model),
+                                        make_optimizer(config), settings)
 
 
 _CARTPOLE_REINFORCE = TrainConfig(
@@ -167,5 +202,20 @@ PRESETS: dict[str, Preset] = {
         description="Pendulum-v1 (continuous torque; gymnasium's dynamics and reward)",
         obs_size=3,
         action_size=1,
+    ),
+    "sort": Preset(
+        make_env=_sort_task,
+        hidden=(64, 64),  # d_model of each of the transformer's two blocks
+        # num_envs: prompts per step (each sampled group_size times); rollout_length unused.
+        configs={"reinforce": TrainConfig(num_envs=32, rollout_length=1, num_steps=400,
+                                          learning_rate=1e-3, max_grad_norm=1.0)},
+        default_algo="reinforce",
+        description="a small transformer learns to sort 5 digits of 0-9 from chance (reward: "
+                    "fraction of positions right)",
+        obs_size=_SORT["num_digits"] + 1,
+        action_size=_SORT["alphabet"] + 2,
+        build_step=_sort_step,
+        options={"estimator": "rloo", "group_size": 8, "aggregation": "sequence_sum",
+                 "kl_coef": 0.0},
     ),
 }

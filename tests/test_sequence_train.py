@@ -1,5 +1,7 @@
 """The sequence train step: its state and metrics, make_run's guard, settings, learning."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 import reinforce_jax as rj
+from reinforce_jax import cli
 from reinforce_jax.sequence import models, tasks
 from reinforce_jax.sequence.train import (
     SequenceConfig,
@@ -89,3 +92,50 @@ def test_settings_are_checked():
     SequenceConfig(max_new_tokens=4, aggregation="mean")
   SequenceConfig(max_new_tokens=4, group_size=1, estimator="none")
 
+
+
+# --- the command line: `reinforce-jax train sort` ---
+
+def test_preset_names_match_the_losses():
+  from reinforce_jax.presets import SEQUENCE_OPTIONS
+  from reinforce_jax.sequence import losses
+
+  assert set(SEQUENCE_OPTIONS["estimator"]) == set(losses.ESTIMATORS)
+  assert set(SEQUENCE_OPTIONS["aggregation"]) == set(losses.AGGREGATIONS)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "sort", "--estimator", "ppo"], "--estimator"),
+    (["train", "sort", "--aggregation", "mean"], "--aggregation"),
+    (["train", "sort", "--kl-coef", "-1"], "--kl-coef"),
+    (["train", "sort", "--group-size", "1"], "--group-size 1"),
+    (["train", "sort", "--algo", "ppo"], "--algo ppo"),
+    (["train", "cartpole", "--estimator", "grpo"], "not of cartpole"),
+    (["sweep", "sort", "--lr", "1e-3,3e-3"], "sequence task"),
+])
+def test_sort_flag_errors_exit_2_before_jax(argv, fragment, capsys, tmp_path):
+  with pytest.raises(SystemExit) as info:
+    cli.main([*argv, "--out", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert info.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "run").exists()
+
+
+def test_train_sort_writes_the_run_and_resumes(tmp_path, capsys):
+  out = tmp_path / "sort"
+  # One cache: the resumed run loads the first one's compiled program.
+  common = ["--no-progress", "--compilation-cache", str(tmp_path / "cache"), "--num-envs", "4"]
+  argv = ["train", "sort", "--steps", "2", "--group-size", "2", "--estimator", "grpo",
+          "--aggregation", "token_mean", "--kl-coef", "0.01", "--out", str(out), *common]
+  assert cli.main(argv) == 0
+  stored = json.loads((out / "config.json").read_text())
+  assert stored["options"] == {"estimator": "grpo", "group_size": 2,
+                               "aggregation": "token_mean", "kl_coef": 0.01}
+  assert (out / "learning_curve.png").exists() and (out / "checkpoints").is_dir()
+  with pytest.raises(SystemExit):
+    cli.main(["train", "sort", "--resume", str(out), "--estimator", "rloo", *common])
+  assert "contradicts the run" in capsys.readouterr().err
+  assert cli.main(["train", "sort", "--resume", str(out), "--steps", "3", *common]) == 0
+  rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert all(0 <= r["mean_return"] <= 1 and r["num_episodes"] == 8 for r in rows)

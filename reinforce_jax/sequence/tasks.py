@@ -41,6 +41,20 @@ class SortTask:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
   @property
+  def name(self) -> str:
+    return f"sorting {self.num_digits} digits of 0-{self.alphabet - 1}"
+
+  @property
+  def observation_shape(self) -> tuple[int]:
+    """`(P,)`: a prompt, as an environment's observation (the CLI's presets read it)."""
+    return (self.prompt_length,)
+
+  @property
+  def num_actions(self) -> int:
+    """`V`: a token is an action."""
+    return self.vocab_size
+
+  @property
   def sep_id(self) -> int:
     return self.alphabet
 

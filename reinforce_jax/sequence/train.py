@@ -157,8 +157,10 @@ def make_sequence_train_step(
 
   def init_fn(key: jax.Array) -> SequenceTrainState:
     params = policy.init(key)
+    # A copy, not the same buffers: a step that donates its state donates both.
     return SequenceTrainState(params=params, opt_state=optimizer.init(params),
-                              ref_params=params, step=jnp.zeros((), jnp.int32))
+                              ref_params=jax.tree.map(jnp.copy, params),
+                              step=jnp.zeros((), jnp.int32))
 
   def train_step(state: SequenceTrainState, key: jax.Array):
     # The step count is folded into the key, so a loop may pass one key for the whole run.
