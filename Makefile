@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/bandit
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench wheels gpu-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,22 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/baselines.py
 	$(BIN)/python benchmarks/algorithms.py
+
+# Wheels for an accelerator machine without network (benchmarks/gpu.sh installs them with
+# pip --no-index): distrax and what a CUDA JAX image lacks of its dependencies, for
+# WHEEL_PYTHON (the device machine's Python). Into .whl/ (gitignored; carry it).
+WHEEL_PYTHON ?= 3.12
+WHEELS := distrax==0.1.9 tfp-nightly==0.26.0.dev20261027 dm-tree==0.1.10 gast==0.7.0 \
+          decorator==5.3.1
+wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(WHEEL_PYTHON) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux1_x86_64 -d .whl $(WHEELS)
+
+# Every benchmark at accelerator sizes (under 8 minutes on an H100/H200).
+gpu-bench:
+	bash benchmarks/gpu.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
