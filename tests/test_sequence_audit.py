@@ -183,3 +183,22 @@ def test_across_prompts_grpo_reweights_and_rloo_does_not():
   assert _relative_error(exact("rloo"), grad) < 1e-5
   one_prompt = _direction_error(_exact(EstimatorConfig("grpo", "sequence_sum")), _problem()[4])
   assert _direction_error(exact("grpo"), grad) > 2 * one_prompt
+
+
+def test_off_policy_only_the_sequence_weight_is_unbiased():
+  # Completions from a stale policy: pi(y) / pi_old(y) on each advantage corrects exactly;
+  # PPO's per-token ratios and GSPO's geometric-mean ratio do not, clipped or not.
+  table, logits, _, rewards, grad, _ = _problem()
+  old = logits + 0.5 * jax.random.normal(jax.random.key(4), logits.shape)
+
+  def error(ratio_level, clip_eps=None):
+    config = EstimatorConfig("rloo", "sequence_sum", ratio_level=ratio_level,
+                             clip_eps=clip_eps)
+    return _relative_error(tabular.exact_expectation(logits, table, rewards, 2, config,
+                                                     old_logits=old), grad)
+
+  assert error("full") < 1e-5
+  assert error(None) > 0.1  # stale samples, no weight
+  assert error("token") > 0.02
+  assert error("sequence") > 0.05
+  assert error("token", 0.2) > 0.1
