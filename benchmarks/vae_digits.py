@@ -8,9 +8,18 @@ encoder's gradient through the discrete sample is what the estimators differ in:
   * score_function: `reinforce_loss(log q(z|x), log p(x,z) - log q(z|x))`, 1 sample;
   * rloo: the same with K samples and the leave-one-out baseline;
   * vimco: K samples, the multi-sample bound `log mean_k w_k` (`vimco_objective`);
-  * gumbel_softmax: a relaxed (binary concrete) z at temperature 0.5, pathwise.
+  * gumbel_softmax: a relaxed (binary concrete) z at temperature 0.5, pathwise;
+  * arm, disarm: `rj.grad_estimate(..., estimator="arm" / "disarm")` per data
+    point, 2 antithetic pairs (4 decoder evaluations);
+  * rebar: `estimator="rebar"` with its default control variate (eta = 1,
+    temperature 0.5, not trained), 1 sample: f(b), c(z) and c(z~) are 3
+    decoder evaluations, so it sees 4/3 x the data points.
 
-All four get the same number of decoder evaluations per data point (K = 4; the
+For arm, disarm and rebar the learning signal is `log p(x, z) - log q(z | x)`
+with `log q` held fixed (its score has mean zero), the estimator's gradient
+with respect to the encoder's logits is chained to the encoder's weights, and
+the decoder is trained by the pathwise gradient at the same samples.
+All get the same number of decoder evaluations per data point (K = 4; the
 single-sample score function sees 4x the data points instead), the same Adam
 optimizer and steps. Reported: the ELBO on held-out digits (100 samples per
 point) and the variance of the encoder's gradient over repeated draws on a fixed
@@ -26,6 +35,7 @@ import argparse
 import time
 
 import common
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,7 +49,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 LATENTS, HIDDEN, K, TEMPERATURE = 16, 128, 4, 0.5
-METHODS = ("score_function", "rloo", "vimco", "gumbel_softmax")
+METHODS = ("score_function", "rloo", "vimco", "gumbel_softmax", "arm", "disarm", "rebar")
+# Data points per step relative to --batch, so every method makes K decoder evaluations
+# per data point of the base batch.
+BATCH_FACTOR = {"score_function": K, "rebar": K / 3}
 
 
 class VAE(nn.Module):
@@ -72,8 +85,35 @@ def sample_z(key, logits, k):
   return jax.lax.stop_gradient((u < jax.nn.sigmoid(logits)).astype(jnp.float32))
 
 
+def _bernoulli_latents(logits):
+  return distrax.Bernoulli(logits=logits)
+
+
+def discrete_estimator_loss(model, params, x, key, method):
+  """`-ELBO` surrogate whose encoder gradient is `method`'s (ARM, DisARM, REBAR)."""
+  logits = model.apply(params, x, method=VAE.encode)  # [B, L]
+  frozen = jax.lax.stop_gradient(logits)
+  num_samples = {"arm": K // 2, "disarm": K // 2, "rebar": 1}[method]
+
+  def per_point(x_i, logits_i, key_i):
+    def f(z):  # relaxed z in [0, 1]^L for REBAR's control variate, exact samples otherwise
+      z = z.astype(jnp.float32)
+      log_q = jax.lax.stop_gradient(bernoulli_log_prob(logits_i, z))
+      return log_joint(model, params, x_i, z) - log_q
+
+    g, stats = rj.grad_estimate(f, _bernoulli_latents, logits_i, key_i, num_samples=num_samples,
+                                estimator=method, return_stats=True)
+    return g, jnp.mean(stats.values)
+
+  grads, values = jax.vmap(per_point)(x, frozen, jax.random.split(key, x.shape[0]))
+  # Decoder: pathwise at the samples; encoder: the estimator's gradient through the logits.
+  return -jnp.mean(values) - jnp.mean(jnp.sum(jax.lax.stop_gradient(grads) * logits, -1))
+
+
 def make_loss(model, method):
   def loss(params, x, key):
+    if method in ("arm", "disarm", "rebar"):
+      return discrete_estimator_loss(model, params, x, key, method)
     logits = model.apply(params, x, method=VAE.encode)  # [B, L]
     if method == "gumbel_softmax":
       u = jax.random.uniform(key, (K,) + logits.shape, minval=1e-6, maxval=1 - 1e-6)
@@ -108,6 +148,7 @@ def main():
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--eval-every", type=int, default=100)
+  parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--out")
   args = parser.parse_args()
   data = (load_digits().data / 16.0 > 0.5).astype(np.float32)
@@ -118,10 +159,10 @@ def main():
   optimizer = optax.adam(1e-3)
   fixed_batch = train[: args.batch]
   results, curves = {}, {}
-  for method in METHODS:
+  for method in args.methods.split(","):
     loss = make_loss(model, method)
     # Same decoder evaluations per step: the 1-sample estimator sees K x the data points.
-    batch = args.batch * (K if method == "score_function" else 1)
+    batch = int(round(args.batch * BATCH_FACTOR.get(method, 1)))
     encoder_grad = jax.jit(lambda p, key, loss=loss: jnp.concatenate([
         g.ravel() for g in jax.tree.leaves(jax.grad(loss)(p, fixed_batch, key)["params"]
                                            ["enc_out"])]))
