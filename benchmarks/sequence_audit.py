@@ -111,9 +111,11 @@ def name(config) -> str:
 
 
 def expected(config) -> str:
-  if config.ratio_level == "full" and config.aggregation == "sequence_sum":
+  if config.aggregation != "sequence_sum" and config.ratio_level is not None:
+    return EXPECTED_AGGREGATION[config.aggregation]
+  if config.ratio_level == "full":
     return "unbiased"
-  if config.ratio_level is not None or config.clip_eps is not None:
+  if config.ratio_level is not None:
     return "biased: ratios other than pi(y) / pi_old(y)"
   if config.kl is not None and config.estimator in ("none", "rloo") and (
       config.aggregation == "sequence_sum"):
