@@ -204,8 +204,9 @@ def check_estimator(
   if not isinstance(replicates, int) or isinstance(replicates, bool) or replicates < 2:
     raise ValueError(f"replicates must be a Python int >= 2, got {replicates!r}")
   if exact is None:
-    exact = exact_gradient(f, dist_builder, params, max_outcomes=max_outcomes,
-                           quadrature_points=quadrature_points)
+    # One compiled program rather than op-by-op dispatch over every outcome.
+    exact = jax.jit(lambda p: exact_gradient(f, dist_builder, p, max_outcomes=max_outcomes,
+                                             quadrature_points=quadrature_points))(params)
   exact = jax.tree.map(jnp.asarray, exact)
 
   def one(k):
