@@ -9,7 +9,7 @@ import os as _os
 import sys as _sys
 import types as _types
 
-_SUBMODULES = ("baselines", "envs", "loop", "monte_carlo", "policies")
+_SUBMODULES = ("baselines", "envs", "loggers", "loop", "monte_carlo", "policies")
 _ORIGIN = {
     "avoid_cpu_deadlock": "compiler",
     "recommended_compiler_options": "compiler",
@@ -138,6 +138,7 @@ __all__ = [
     "magic_box",
     "monte_carlo",
     "lambda_returns",
+    "loggers",
     "loop",
     "make_optimizer",
     "make_run",
