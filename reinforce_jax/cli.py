@@ -221,6 +221,23 @@ def _check_log_extras(backends) -> None:
     module, extra = _LOG_EXTRAS[backend]
     if importlib.util.find_spec(module) is None:
       raise ValueError(f"--log {backend} needs {module}: pip install 'reinforce_jax[{extra}]'")
+  if "wandb" in backends and not _wandb_can_start():
+    raise ValueError("--log wandb: no W&B credentials (WANDB_API_KEY or `wandb login`); "
+                     "log in, or set WANDB_MODE=offline to keep the run in OUT/wandb/")
+
+
+def _wandb_can_start() -> bool:
+  """Whether `wandb.init` can start without asking for a key (which, with no terminal, fails
+  only after the program has compiled)."""
+  if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+    return True
+  if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_BASE_URL"):
+    return True
+  netrc = pathlib.Path(os.environ.get("NETRC", pathlib.Path.home() / ".netrc"))
+  try:
+    return "api.wandb.ai" in netrc.read_text()
+  except OSError:
+    return False
 
 
 def _make_loggers(args, out: pathlib.Path, hparams: dict, **names) -> list:

@@ -243,3 +243,17 @@ def test_cli_missing_extra_exits_2_before_training(command, tmp_path, monkeypatc
   assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
   assert "pip install 'reinforce_jax[tensorboard]'" in err
   assert not (tmp_path / "x").exists()
+
+
+def test_cli_wandb_without_credentials_exits_2_before_training(tmp_path, monkeypatch, capsys):
+  pytest.importorskip("wandb")
+  from reinforce_jax import cli
+
+  for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+  with pytest.raises(SystemExit) as info:
+    cli.main(["train", "bandit", "--log", "wandb", "--out", str(tmp_path / "x")])
+  err = capsys.readouterr().err
+  assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+  assert "WANDB_MODE=offline" in err and not (tmp_path / "x").exists()
