@@ -279,6 +279,7 @@ def relax_gradients(
     *,
     num_samples: int,
     control_variate: ControlVariate | Callable[[Any, jax.Array], jax.Array],
+    return_stats: bool = False,
 ):
   """RELAX's gradient estimate and the gradient of its variance w.r.t. `cv_params`.
 
@@ -300,10 +301,14 @@ def relax_gradients(
     cv_params: the control variate's parameters `phi`, a pytree.
     control_variate: a `ControlVariate` (`rebar_control_variate`,
       `relax_control_variate` or your own) or a bare `apply(phi, z)`.
+    return_stats: also return `GradStats` (per-sample gradients, the variance
+      of the mean estimate, `f` at the samples `b`: e.g. for a pathwise loss of
+      a decoder inside `f`).
 
   Returns:
     `(gradient, cv_gradient)`: like `params`, and like `cv_params` (the
-    gradient of the summed squared estimate, whose descent lowers the variance).
+    gradient of the summed squared estimate, whose descent lowers the variance);
+    `(gradient, cv_gradient, GradStats)` with `return_stats`.
 
   References:
     Grathwohl, W. et al. (2018). Backpropagation through the void: optimizing
@@ -312,13 +317,16 @@ def relax_gradients(
   _check_num_samples("num_samples", num_samples)
 
   def estimate(phi):
-    per_sample, _ = discrete.relax_per_sample(
+    per_sample, values = discrete.relax_per_sample(
         f, dist_builder, params, key, num_samples, control_variate, phi)
     gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), per_sample)
-    return sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient)), gradient
+    return sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient)), (gradient, per_sample, values)
 
-  cv_gradient, gradient = jax.grad(estimate, has_aux=True)(cv_params)
-  return gradient, cv_gradient
+  cv_gradient, (gradient, per_sample, values) = jax.grad(estimate, has_aux=True)(cv_params)
+  if not return_stats:
+    return gradient, cv_gradient
+  variance = jax.tree.map(lambda g: jnp.var(g, axis=0) / num_samples, per_sample)
+  return gradient, cv_gradient, GradStats(per_sample, variance, values)
 
 
 # --- DiCE ---------------------------------------------------------------------

@@ -429,6 +429,12 @@ def test_relax_control_variate_trains_with_optax_and_lowers_variance():
   after = variance(phi)
   assert float(after.variance) < 0.5 * float(before.variance), (before.variance, after.variance)
   assert after.max_abs_bias_in_stderr < 4.5
+  g, _, stats = rj.relax_gradients(f, build, theta, phi, jax.random.key(0), num_samples=4,
+                                   control_variate=cv, return_stats=True)
+  np.testing.assert_allclose(g, stats.per_sample.mean(0), rtol=1e-6)
+  values = np.asarray(stats.values)  # f at the Bernoulli samples: 0.45^2 or 0.55^2
+  assert values.shape == (4,)
+  assert np.all(np.isclose(values, 0.45**2) | np.isclose(values, 0.55**2)), values
 
 
 def test_discrete_estimators_jit_and_vmap():
