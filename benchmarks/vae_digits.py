@@ -13,9 +13,12 @@ encoder's gradient through the discrete sample is what the estimators differ in:
     point, 2 antithetic pairs (4 decoder evaluations);
   * rebar: `estimator="rebar"` with its default control variate (eta = 1,
     temperature 0.5, not trained), 1 sample: f(b), c(z) and c(z~) are 3
-    decoder evaluations, so it sees 4/3 x the data points.
+    decoder evaluations, so it sees 4/3 x the data points;
+  * relax: `rj.relax_gradients` with `relax_control_variate` (REBAR's term
+    plus an MLP of z, shared across data points) trained by its own Adam to
+    minimise the encoder gradient's variance; 1 sample, 4/3 x the data points.
 
-For arm, disarm and rebar the learning signal is `log p(x, z) - log q(z | x)`
+For arm, disarm, rebar and relax the learning signal is `log p(x, z) - log q(z | x)`
 with `log q` held fixed (its score has mean zero), the estimator's gradient
 with respect to the encoder's logits is chained to the encoder's weights, and
 the decoder is trained by the pathwise gradient at the same samples.
@@ -49,10 +52,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 LATENTS, HIDDEN, K, TEMPERATURE = 16, 128, 4, 0.5
-METHODS = ("score_function", "rloo", "vimco", "gumbel_softmax", "arm", "disarm", "rebar")
+METHODS = ("score_function", "rloo", "vimco", "gumbel_softmax", "arm", "disarm", "rebar",
+           "relax")
 # Data points per step relative to --batch, so every method makes K decoder evaluations
 # per data point of the base batch.
-BATCH_FACTOR = {"score_function": K, "rebar": K / 3}
+BATCH_FACTOR = {"score_function": K, "rebar": K / 3, "relax": K / 3}
+CV_HIDDEN = 32
 
 
 class VAE(nn.Module):
@@ -110,7 +115,41 @@ def discrete_estimator_loss(model, params, x, key, method):
   return -jnp.mean(values) - jnp.mean(jnp.sum(jax.lax.stop_gradient(grads) * logits, -1))
 
 
+def relax_loss(model, params, x, key, phi):
+  """`(-ELBO surrogate, gradient of the encoder gradient's variance w.r.t. phi)`."""
+  logits = model.apply(params, x, method=VAE.encode)
+  frozen = jax.lax.stop_gradient(logits)
+
+  def per_point(x_i, logits_i, key_i):
+    def f(z):
+      z = z.astype(jnp.float32)
+      return log_joint(model, params, x_i, z) - jax.lax.stop_gradient(
+          bernoulli_log_prob(logits_i, z))
+
+    cv = rj.relax_control_variate(f, hidden=CV_HIDDEN)
+    g, cv_g, stats = rj.relax_gradients(f, _bernoulli_latents, logits_i, phi, key_i,
+                                        num_samples=1, control_variate=cv, return_stats=True)
+    return g, cv_g, jnp.mean(stats.values)
+
+  grads, cv_grads, values = jax.vmap(per_point)(x, frozen, jax.random.split(key, x.shape[0]))
+  surrogate = -jnp.mean(values) - jnp.mean(jnp.sum(jax.lax.stop_gradient(grads) * logits, -1))
+  return surrogate, jax.tree.map(lambda g: jnp.mean(g, 0), jax.lax.stop_gradient(cv_grads))
+
+
+def init_cv_params(method):
+  if method != "relax":
+    return jnp.zeros(())  # a placeholder the other methods carry and never change
+  return rj.relax_control_variate(lambda z: 0.0, hidden=CV_HIDDEN).init(
+      jax.random.key(1), (LATENTS,))
+
+
 def make_loss(model, method):
+  """`loss(params, x, key, phi) -> (surrogate, cv_grads)`; only RELAX uses phi."""
+  def with_cv(params, x, key, phi):
+    if method == "relax":
+      return relax_loss(model, params, x, key, phi)
+    return loss(params, x, key), jax.tree.map(jnp.zeros_like, phi)
+
   def loss(params, x, key):
     if method in ("arm", "disarm", "rebar"):
       return discrete_estimator_loss(model, params, x, key, method)
@@ -132,7 +171,7 @@ def make_loss(model, method):
     baseline = rj.baselines.leave_one_out(log_w, axis=0) if method == "rloo" else None
     # Decoder: pathwise through log p(x, z); encoder: the score function on log q.
     return -jnp.mean(log_w) + rj.reinforce_loss(log_q, log_w, baseline)
-  return loss
+  return with_cv
 
 
 def elbo(model, params, x, key, samples=100):
@@ -157,39 +196,42 @@ def main():
   train, test = jnp.asarray(data[order[:1500]]), jnp.asarray(data[order[1500:]])
   model = VAE()
   optimizer = optax.adam(1e-3)
+  cv_optimizer = optax.adam(1e-3)  # RELAX's control variate: minimises the variance
   fixed_batch = train[: args.batch]
   results, curves = {}, {}
   for method in args.methods.split(","):
     loss = make_loss(model, method)
     # Same decoder evaluations per step: the 1-sample estimator sees K x the data points.
     batch = int(round(args.batch * BATCH_FACTOR.get(method, 1)))
-    encoder_grad = jax.jit(lambda p, key, loss=loss: jnp.concatenate([
-        g.ravel() for g in jax.tree.leaves(jax.grad(loss)(p, fixed_batch, key)["params"]
-                                           ["enc_out"])]))
+    encoder_grad = jax.jit(lambda p, key, phi, loss=loss: jnp.concatenate([
+        g.ravel() for g in jax.tree.leaves(jax.grad(loss, has_aux=True)(
+            p, fixed_batch, key, phi)[0]["params"]["enc_out"])]))
 
     def chunk(carry, key, loss=loss, batch=batch):
-      params, opt_state = carry
       keys = jax.random.split(key, args.eval_every)
 
       def one(carry, key):
-        params, opt_state = carry
+        params, opt_state, phi, cv_state = carry
         key_data, key_loss = jax.random.split(key)
         x = train[jax.random.randint(key_data, (batch,), 0, len(train))]
-        grads = jax.grad(loss)(params, x, key_loss)
+        grads, cv_grads = jax.grad(loss, has_aux=True)(params, x, key_loss, phi)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        cv_updates, cv_state = cv_optimizer.update(cv_grads, cv_state, phi)
+        return (optax.apply_updates(params, updates), opt_state,
+                optax.apply_updates(phi, cv_updates), cv_state), None
 
-      return jax.lax.scan(one, (params, opt_state), keys)[0]
+      return jax.lax.scan(one, carry, keys)[0]
 
     chunk = jax.jit(chunk)
     params = model.init(jax.random.key(0), train[:2])
-    state = (params, optimizer.init(params))
+    phi = init_cv_params(method)
+    state = (params, optimizer.init(params), phi, cv_optimizer.init(phi))
     history = {"step": [], "test_elbo": [], "encoder_grad_variance": []}
     start = time.perf_counter()
     for i in range(args.steps // args.eval_every):
       state = chunk(state, jax.random.key(1000 + i))
-      grads = jax.vmap(encoder_grad, in_axes=(None, 0))(
-          state[0], jax.random.split(jax.random.key(i), 32))
+      grads = jax.vmap(encoder_grad, in_axes=(None, 0, None))(
+          state[0], jax.random.split(jax.random.key(i), 32), state[2])
       history["step"].append((i + 1) * args.eval_every)
       history["test_elbo"].append(float(elbo(model, state[0], test, jax.random.key(7))))
       history["encoder_grad_variance"].append(float(jnp.sum(jnp.var(grads, axis=0))))
