@@ -31,14 +31,10 @@ HERE = pathlib.Path(__file__).parent
 
 def plan(accelerator: bool, *, dry_run: bool = False) -> dict[str, list[str]]:
   """The benchmarks and their arguments: accelerator or CPU sizes, or tiny ones (`dry_run`)."""
-  if dry_run:  # every benchmark's code path at sizes that run in seconds on a CPU
+  if dry_run:  # the throughput and stepping code paths, at sizes that take seconds on a CPU
     return {
         "throughput-bandit": ["throughput.py", "--sizes", "4", "--rounds", "1",
                               "--budget", "0.01"],
-        "throughput-cartpole-value-shared": [
-            "throughput.py", "--env", "cartpole", "--rollout-length", "8", "--baseline",
-            "value", "--value-head", "shared", "--sizes", "8", "--rounds", "1",
-            "--budget", "0.01"],
         "env_stepping": ["env_stepping.py", "--num-envs", "8", "--steps", "10",
                          "--rounds", "1"],
     }

@@ -1,5 +1,5 @@
 """The Brax, Jumanji and legacy-gymnax adapters: terminated apart from truncated, the final
-observation kept, auto-reset, and a train step on each."""
+observation kept, auto-reset (PPO on Brax: benchmarks/brax_ppo.py)."""
 
 from typing import NamedTuple
 
@@ -8,9 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reinforce_jax as rj
 from reinforce_jax.envs import BraxEnv, JumanjiEnv, LegacyGymnaxEnv, make
-from reinforce_jax.presets import make_policy
 
 
 def _rollout(env, actions, num_envs=2, step=None):
@@ -56,15 +54,6 @@ def test_brax_a_fallen_pole_terminates_and_keeps_its_final_observation(pendulum)
   assert not truncated.any() and terminated.any()
   t = int(np.argmax(terminated[:, 0]))
   assert abs(final[t, 0, 1]) > 0.2  # Brax ends the episode when |angle| > 0.2
-
-
-def test_brax_env_drops_into_ppo_train_step(pendulum):
-  pendulum, _ = pendulum
-  config = rj.TrainConfig(algo="ppo", num_envs=4, rollout_length=8, num_steps=2)
-  policy = make_policy(pendulum, (8,), value="separate")
-  out = jax.jit(rj.make_train(pendulum, policy, rj.make_optimizer(config), config))(
-      jax.random.key(0))
-  assert bool(out.finite) and int(out.steps_done) == 2
 
 
 # --- Jumanji ------------------------------------------------------------------------------
