@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/bandit
 
-.PHONY: run test lint bench wheels gpu-bench clean
+.PHONY: run test test-slow lint bench wheels gpu-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ run: $(VENV)/.installed
 	@echo "Done: learning curve $(OUT)/learning_curve.png, learned policy $(OUT)/policy.png, metrics $(OUT)/metrics.jsonl, parameters $(OUT)/params.msgpack"
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto -m "not slow"
+
+# The learning and multi-process tests marked slow (tests/: @pytest.mark.slow).
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -n auto -m slow
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

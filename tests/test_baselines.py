@@ -76,6 +76,7 @@ def test_baselines_keep_the_gradient_unbiased(baseline):
   assert np.all(np.abs(estimates.mean(0) - exact) < 4 * stderr), (estimates.mean(0), exact)
 
 
+@pytest.mark.slow
 def test_baselines_reduce_variance():
   """Total variance of the gradient estimate, relative to no baseline (16 envs)."""
   variance = {b: _gradient_replicates(b)[0].var(0).sum() for b in BASELINE_CASES if b != "value"}

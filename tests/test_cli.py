@@ -155,6 +155,7 @@ def test_profile_writes_a_trace(tmp_path):
   assert list(trace.rglob("*.trace.json.gz"))
 
 
+@pytest.mark.slow
 def test_cartpole_stops_at_its_solved_threshold_by_default(tmp_path, capsys):
   tiny = ["--steps", "2", "--num-envs", "8", "--rollout-length", "8", "--no-progress"]
   assert cli.main(["train", "cartpole", *tiny, "--out", str(tmp_path / "a")]) == 0

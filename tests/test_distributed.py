@@ -71,6 +71,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_train_the_same_model():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
@@ -121,6 +122,7 @@ def _two_processes(common, out, *extra):
 _CPU_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
 
 
+@pytest.mark.slow
 def test_two_processes_checkpoint_resume_and_train_what_one_process_trains(tmp_path):
   """Two processes on localhost (CPU collectives over gloo), one device each,
   sharing one output folder as on a cluster's shared file system: they train 2

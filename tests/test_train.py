@@ -127,6 +127,7 @@ def test_bandit_default_config_reaches_expected_reward_099(bandit):
   assert float(ContextualBandit.expected_reward(probs, bandit.default_params)) >= 0.99
 
 
+@pytest.mark.slow
 def test_cartpole_return_rises_well_above_random():
   preset = PRESETS["cartpole"]
   config = preset.configs["reinforce"].replace(num_steps=40)
@@ -220,6 +221,7 @@ def _run_preset(env_name, algo, num_steps, seed=0):
   return jax.jit(train)(jax.random.key(seed))
 
 
+@pytest.mark.slow
 def test_a2c_learns_cartpole():
   out = _run_preset("cartpole", "a2c", 60)
   returns = np.asarray(out.metrics["mean_return"])
@@ -227,6 +229,7 @@ def test_a2c_learns_cartpole():
   assert np.nanmean(returns[:3]) < 30 and np.nanmean(returns[-5:]) > 100
 
 
+@pytest.mark.slow
 def test_ppo_learns_cartpole_and_reports_its_metrics():
   out = _run_preset("cartpole", "ppo", 60)  # 60 x 512 env steps (PureJaxRL's batch)
   returns = np.asarray(out.metrics["mean_return"])
@@ -235,6 +238,7 @@ def test_ppo_learns_cartpole_and_reports_its_metrics():
   assert np.all(kl >= 0) and np.all((clip >= 0) & (clip <= 1)) and clip.max() > 0
 
 
+@pytest.mark.slow
 def test_ppo_improves_pendulum():
   out = _run_preset("pendulum", "ppo", 40)
   returns = np.asarray(out.metrics["mean_return"])
@@ -453,6 +457,7 @@ def test_linear_anneal_follows_purejaxrls_schedule(algo, per_step):
     np.testing.assert_allclose(update["w"], -0.1 * scale, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["reinforce", "ppo"])
 def test_unroll_changes_speed_not_values(algo):
   env = CartPole()
