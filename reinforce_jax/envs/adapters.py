@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reinforce_jax.envs.base import Environment, _auto_reset
+from reinforce_jax.envs.gymnax_env import GymnaxEnv
 
 
 def _continuous_check(name: str, shape: tuple[int, ...], action) -> None:
@@ -173,47 +174,23 @@ class JumanjiEnv(Environment):
             terminated, truncated, {})
 
 
-class LegacyGymnaxEnv(Environment):
+class LegacyGymnaxEnv(GymnaxEnv):
   """A gymnax 0.0.x environment, whose `step` returns `(obs, state, reward, done, info)`.
 
   Every ending is reported as `terminated` (see the module docstring for what
-  is lost). Spaces are read as `GymnaxEnv` reads them.
+  is lost). Spaces and params come from `GymnaxEnv`; reset and step are this
+  library's auto-reset over the legacy calls.
   """
 
-  def __init__(self, env: Any, params: Any = None):
-    self.env = env
-    self._params = env.default_params if params is None else params
-    self._space = env.action_space(self._params)
-    self._discrete = not hasattr(self._space, "low")
-    self._has_step_env = hasattr(env, "step_env") and hasattr(env, "reset_env")
+  reset = Environment.reset  # the auto-reset of `reset_env`, not the legacy env's own
 
-  @property
-  def default_params(self):
-    return self._params
+  def __init__(self, env: Any, params: Any = None):
+    super().__init__(env, params)
+    self._has_step_env = hasattr(env, "step_env") and hasattr(env, "reset_env")
 
   @property
   def name(self) -> str:
     return f"gymnax-legacy:{getattr(self.env, 'name', type(self.env).__name__)}"
-
-  @property
-  def num_actions(self) -> int:
-    if not self._discrete:
-      raise AttributeError(f"{self.name} has a continuous action space")
-    return int(self._space.n)
-
-  @property
-  def observation_shape(self) -> tuple[int, ...]:
-    return tuple(self.env.observation_space(self._params).shape)
-
-  @property
-  def action_shape(self) -> tuple[int, ...]:
-    return tuple(self._space.shape)
-
-  @property
-  def action_bounds(self) -> tuple[float, float] | None:
-    if self._discrete:
-      return None
-    return float(np.min(self._space.low)), float(np.max(self._space.high))
 
   def reset_env(self, key, params):
     if self._has_step_env:
