@@ -9,9 +9,15 @@ Per-sample estimators behind `grad_estimate(..., estimator=...)`:
     its reparameterised gradient so the estimate stays unbiased for any `phi`.
     `phi` is a pytree the caller owns and trains to minimise the estimator's
     variance (`relax_gradients` returns that gradient beside the estimate);
-  * `"unordered_set"` for one categorical variable: `k` distinct samples drawn
-    without replacement (Gumbel-top-k), weighted by leave-one-out ratios of
-    the probability of the unordered set, with the built-in baseline.
+  * `"unordered_set"`: `k` distinct samples drawn without replacement, weighted
+    by leave-one-out ratios of the probability of the unordered set, with the
+    built-in baseline. For one categorical the set is a Gumbel-top-k sample;
+    for a product of independent variables (a `distrax.Bernoulli` of any batch
+    shape, or `Independent` of a batch of categoricals: one categorical over
+    `c^L` joint outcomes) it comes from `stochastic_beam_search`, `O(L k)`
+    work without enumerating the joint. Set probabilities and weights are
+    computed in log space (`unordered_set_coefficients`), since a joint
+    outcome's probability can underflow.
 
 All of them are pure functions of a key and a params pytree: they trace under
 `jax.jit`, `jax.vmap` and `jax.grad`.
@@ -25,6 +31,9 @@ References:
     discrete latent variable models. NeurIPS.
   Grathwohl, W. et al. (2018). Backpropagation through the void: optimizing
     control variates for black-box gradient estimation (RELAX). ICLR.
+  Kool, W., van Hoof, H. and Welling, M. (2019). Stochastic beams and where to
+    find them: the Gumbel-top-k trick for sampling sequences without
+    replacement. ICML.
   Kool, W., van Hoof, H. and Welling, M. (2020). Estimating gradients for
     discrete random variables by sampling without replacement. ICLR.
 """

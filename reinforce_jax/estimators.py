@@ -200,8 +200,13 @@ def grad_estimate(
       `distrax.Bernoulli` of any batch shape `S` (or `Independent` of one),
       `"arm"`, `"disarm"`, `"rebar"` (control variate `eta f(sigmoid(z /
       lambda))`, so `f` must accept relaxed samples in `[0, 1]^S`) and `"relax"`
-      (a learned `control_variate`); for one `distrax.Categorical`,
-      `"unordered_set"` (`k` distinct samples, built-in baseline).
+      (a learned `control_variate`); `"unordered_set"` (`k` distinct samples
+      without replacement, built-in baseline) for one `distrax.Categorical`
+      (Gumbel-top-k) and for a product of independent variables, drawn by
+      stochastic beam search over the joint outcomes: a `distrax.Bernoulli` of
+      any batch shape (or `Independent` of one; `k <= 2^L` for `L` bits) or
+      `Independent` of a batch of categoricals; `f` gets each sample in the
+      shape and dtype `dist.sample()` gives. `k <= discrete.MAX_SET_SIZE` (7).
     baseline: score function only: `None`, a number (a constant or an EMA you
       keep, see `baselines.ema_update`), `"rloo"` (leave-one-out: each sample's
       baseline is the mean of the other samples' `f`) or `"optimal"` (the
@@ -229,7 +234,7 @@ def grad_estimate(
       distribution without a reparameterised sampler (discrete, mixtures),
       `"measure_valued"` on anything but a distrax Gaussian, a discrete
       estimator on a distribution it is not defined for, or `"unordered_set"`
-      with more samples than categories.
+      with more samples than (joint) outcomes or than `MAX_SET_SIZE`.
   """
   _check_num_samples("num_samples", num_samples)
   if _is_rloo(baseline) and num_samples < 2:
