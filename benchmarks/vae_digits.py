@@ -16,12 +16,22 @@ encoder's gradient through the discrete sample is what the estimators differ in:
     decoder evaluations, so it sees 4/3 x the data points;
   * relax: `rj.relax_gradients` with `relax_control_variate` (REBAR's term
     plus an MLP of z, shared across data points) trained by its own Adam to
-    minimise the encoder gradient's variance; 1 sample, 4/3 x the data points.
+    minimise the encoder gradient's variance; 1 sample, 4/3 x the data points;
+  * unordered_set: `estimator="unordered_set"` with k = K = 4 distinct joint
+    configurations of the 16 latents per data point (4 decoder evaluations),
+    drawn without replacement from q(z | x) by stochastic beam search, with the
+    built-in baseline.
 
 For arm, disarm, rebar and relax the learning signal is `log p(x, z) - log q(z | x)`
 with `log q` held fixed (its score has mean zero), the estimator's gradient
 with respect to the encoder's logits is chained to the encoder's weights, and
-the decoder is trained by the pathwise gradient at the same samples.
+the decoder is trained by the pathwise gradient at the same samples. For
+unordered_set the k samples are not i.i.d., so their plain mean is not an
+unbiased estimate of `E_q[grad log p(x, z)]`: the decoder's pathwise gradient
+(and the reported objective) is the weighted sum `sum_s p(s) R(S, s) g(s)` over
+the members, `p(s) R(S, s)` being the probability that `s` was drawn first
+given the unordered set S (Kool et al. 2020): a single sample Rao-Blackwellised
+over the set, unbiased for `E g` for any `g`.
 All get the same number of decoder evaluations per data point (K = 4; the
 single-sample score function sees 4x the data points instead), the same Adam
 optimizer and steps. Reported: the ELBO on held-out digits (100 samples per
@@ -29,12 +39,17 @@ point) and the variance of the encoder's gradient over repeated draws on a fixed
 batch. Needs scikit-learn (`pip install -e '.[examples]'`); nothing is
 downloaded: the digits ship with scikit-learn.
 
-    python benchmarks/vae_digits.py [--steps 3000]
+    python benchmarks/vae_digits.py [--steps 3000] [--methods arm,disarm] [--merge]
+
+`--merge` keeps the other methods' results already in the output JSON and
+plots them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import time
 
 import common
@@ -47,13 +62,14 @@ import numpy as np
 import optax
 
 import reinforce_jax as rj
+from reinforce_jax import discrete
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 LATENTS, HIDDEN, K, TEMPERATURE = 16, 128, 4, 0.5
 METHODS = ("score_function", "rloo", "vimco", "gumbel_softmax", "arm", "disarm", "rebar",
-           "relax")
+           "relax", "unordered_set")
 # Data points per step relative to --batch, so every method makes K decoder evaluations
 # per data point of the base batch.
 BATCH_FACTOR = {"score_function": K, "rebar": K / 3, "relax": K / 3}
@@ -95,10 +111,10 @@ def _bernoulli_latents(logits):
 
 
 def discrete_estimator_loss(model, params, x, key, method):
-  """`-ELBO` surrogate whose encoder gradient is `method`'s (ARM, DisARM, REBAR)."""
+  """`-ELBO` surrogate whose encoder gradient is `method`'s (ARM, DisARM, REBAR, unordered set)."""
   logits = model.apply(params, x, method=VAE.encode)  # [B, L]
   frozen = jax.lax.stop_gradient(logits)
-  num_samples = {"arm": K // 2, "disarm": K // 2, "rebar": 1}[method]
+  num_samples = {"arm": K // 2, "disarm": K // 2, "rebar": 1, "unordered_set": K}[method]
 
   def per_point(x_i, logits_i, key_i):
     def f(z):  # relaxed z in [0, 1]^L for REBAR's control variate, exact samples otherwise
@@ -106,6 +122,12 @@ def discrete_estimator_loss(model, params, x, key, method):
       log_q = jax.lax.stop_gradient(bernoulli_log_prob(logits_i, z))
       return log_joint(model, params, x_i, z) - log_q
 
+    if method == "unordered_set":
+      # k distinct z; `expectation` (stop-gradient p(s) R(S, s), summing to 1) makes the
+      # weighted sum of f, hence of its decoder gradient, unbiased.
+      g, values, expectation = discrete.unordered_set_gradient(
+          f, _bernoulli_latents, logits_i, key_i, num_samples)
+      return g, jnp.sum(expectation * values)
     g, stats = rj.grad_estimate(f, _bernoulli_latents, logits_i, key_i, num_samples=num_samples,
                                 estimator=method, return_stats=True)
     return g, jnp.mean(stats.values)
@@ -151,7 +173,7 @@ def make_loss(model, method):
     return loss(params, x, key), jax.tree.map(jnp.zeros_like, phi)
 
   def loss(params, x, key):
-    if method in ("arm", "disarm", "rebar"):
+    if method in ("arm", "disarm", "rebar", "unordered_set"):
       return discrete_estimator_loss(model, params, x, key, method)
     logits = model.apply(params, x, method=VAE.encode)  # [B, L]
     if method == "gumbel_softmax":
@@ -189,6 +211,8 @@ def main():
   parser.add_argument("--eval-every", type=int, default=100)
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--out")
+  parser.add_argument("--merge", action="store_true",
+                      help="keep the other methods' results in the output JSON")
   args = parser.parse_args()
   data = (load_digits().data / 16.0 > 0.5).astype(np.float32)
   rng = np.random.default_rng(0)
@@ -243,6 +267,17 @@ def main():
     print(f"{method:15} test ELBO {history['test_elbo'][-1]:8.2f}  encoder-gradient variance "
           f"{results[method]['median_encoder_grad_variance']:10.4g}  ({seconds:.1f} s)",
           flush=True)
+  if args.merge:
+    previous = pathlib.Path(args.out) if args.out else (
+        common.RESULTS / f"vae_digits-{common.device_tag()}.json")
+    if previous.exists():
+      old = json.loads(previous.read_text())
+      if old.get("steps") != args.steps:
+        raise SystemExit(f"--merge: {previous} has steps={old.get('steps')}, not {args.steps}")
+      results = {**{m: r for m, r in old["results"].items() if m not in results}, **results}
+      curves = {**{m: c for m, c in old["curves"].items() if m not in curves}, **curves}
+      order = [m for m in METHODS if m in results] + [m for m in results if m not in METHODS]
+      results, curves = {m: results[m] for m in order}, {m: curves[m] for m in order}
   path = common.write("vae_digits", {"steps": args.steps, "K": K, "results": results,
                                      "curves": curves}, args.out)
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
