@@ -259,6 +259,9 @@ def grad_estimate(
     per_sample, values = _pathwise_per_sample(f, dist_builder, params, key, num_samples)
   elif estimator == "measure_valued":
     per_sample, values = _measure_valued_per_sample(f, dist_builder, params, key, num_samples)
+  elif estimator in ("arm", "disarm") and discrete.categorical_of(dist_builder(params)) is not None:
+    per_sample, values = discrete.stick_breaking_per_sample(
+        f, dist_builder, params, key, num_samples, estimator)
   elif estimator == "arm":
     per_sample, values = discrete.arm_per_sample(f, dist_builder, params, key, num_samples)
   elif estimator == "disarm":
