@@ -38,8 +38,6 @@ PROBE = r"""
 import json, time, statistics, sys
 import jax, jax.numpy as jnp, optax
 import reinforce_jax as rj
-from reinforce_jax.compiler import avoid_cpu_deadlock
-avoid_cpu_deadlock()
 from reinforce_jax.envs import CartPole, ContextualBandit
 from reinforce_jax.policies import CategoricalPolicy
 from reinforce_jax.presets import PRESETS

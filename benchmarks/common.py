@@ -19,10 +19,6 @@ from collections.abc import Callable
 
 import jax
 
-from reinforce_jax.compiler import avoid_cpu_deadlock
-
-avoid_cpu_deadlock()  # before any benchmark computes (see reinforce_jax/compiler.py)
-
 RESULTS = pathlib.Path(__file__).parent / "results"
 # PRNG implementations a benchmark can be keyed with (`jax.random.key(0, impl=...)`).
 KEY_IMPLS = ["threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg"]

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 import reinforce_jax as rj
-from reinforce_jax import envs, policies
+from reinforce_jax import envs, initializers, policies
 
 
 class ActorCritic(nnx.Module):
@@ -37,7 +37,7 @@ class ActorCritic(nnx.Module):
 
   def __init__(self, obs_size: int, num_actions: int, hidden: int = 64, *, rngs: nnx.Rngs):
     def dense(n_in, n_out, scale):
-      return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.orthogonal(scale), rngs=rngs)
+      return nnx.Linear(n_in, n_out, kernel_init=initializers.orthogonal(scale), rngs=rngs)
 
     def mlp(n_out, scale):
       gain = jnp.sqrt(2.0)

@@ -5,11 +5,10 @@
 # the CLI checks its arguments first and reports a bad one in milliseconds.
 
 import importlib as _importlib
-import os as _os
 import sys as _sys
 import types as _types
 
-_SUBMODULES = ("baselines", "envs", "loggers", "loop", "monte_carlo", "policies")
+_SUBMODULES = ("baselines", "envs", "initializers", "loggers", "loop", "monte_carlo", "policies")
 _ORIGIN = {
     "avoid_cpu_deadlock": "compiler",
     "recommended_compiler_options": "compiler",
@@ -89,31 +88,6 @@ class _Package(_types.ModuleType):
 _sys.modules[__name__].__class__ = _Package
 
 
-def _avoid_cpu_deadlock_on_import() -> None:
-  """`compiler.avoid_cpu_deadlock()`, without importing JAX if nothing has imported it yet.
-
-  Its condition "no JAX backend has started" holds trivially then, so the flag
-  is added to `XLA_FLAGS` directly, under the function's other conditions (a
-  jaxlib 0.10.x, no setting of the flag already).
-  """
-  if "jax" in _sys.modules:
-    from reinforce_jax.compiler import avoid_cpu_deadlock
-
-    avoid_cpu_deadlock()
-    return
-  import jaxlib  # its version only; it does not import JAX
-
-  flag = "xla_cpu_enable_concurrency_optimized_scheduler"  # as in reinforce_jax/compiler.py
-  flags = _os.environ.get("XLA_FLAGS", "")
-  if jaxlib.__version__.startswith("0.10.") and flag not in flags:
-    _os.environ["XLA_FLAGS"] = f"{flags} --{flag}=false".strip()
-
-
-if not _os.environ.get("REINFORCE_JAX_KEEP_XLA_FLAGS"):
-  # XLA:CPU in jaxlib 0.10 hangs on some vmapped training programs (24 a2c seeds
-  # in one jit, for one); see reinforce_jax/compiler.py. A no-op elsewhere.
-  _avoid_cpu_deadlock_on_import()
-
 __all__ = [
     "Algorithm",
     "Batch",
@@ -132,6 +106,7 @@ __all__ = [
     "discounted_returns",
     "entropy_bonus",
     "envs",
+    "initializers",
     "gae_advantages",
     "grad_estimate",
     "gumbel_softmax",

@@ -116,9 +116,8 @@ def _folder(text: str) -> str:
 
 def _start_jax(args) -> None:
   """Process-wide JAX settings, before the first computation."""
-  from reinforce_jax.compiler import avoid_cpu_deadlock, default_cache_dir, use_compilation_cache
+  from reinforce_jax.compiler import default_cache_dir, use_compilation_cache
 
-  avoid_cpu_deadlock()  # see reinforce_jax/compiler.py
   cache = default_cache_dir() if args.compilation_cache is None else args.compilation_cache
   use_compilation_cache(None if cache == NONE else cache)
 

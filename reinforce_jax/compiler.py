@@ -18,30 +18,35 @@ REINFORCE by +2%, a2c by -5% and PPO by +12% (time per step).
 
     step = jax.jit(train_step, compiler_options=reinforce_jax.recommended_compiler_options())
 
-`avoid_cpu_deadlock()` works around a hang of XLA:CPU in jaxlib 0.10: some
-vmapped programs never finish, every XLA worker thread idle and the caller
-waiting for a result. A sweep of 24 a2c runs on CartPole hung in 8 launches of
-12, `jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds in 4 of 4 (4 seeds:
-0 of 3). With XLA's concurrency-optimised scheduler off they finished every
-time. Re-checked after the step lost its tiny reductions: without the flag
-`jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds still hung in 4 of 4
-launches, and the same run as a `lax.scan` in 1 of 3. The flag is not free:
-it makes the plain single-seed bandit step about 15-20% slower (0.93-0.95x vs
-1.09-1.15x the hand-written fused loop, A/B of the same code on a loaded
-machine), because small programs lose the scheduler's concurrency. A deadlock
-is worse, so it stays until jaxlib fixes the hang. The setting is
-process-wide (`XLA_FLAGS`, read when JAX starts its CPU backend), so
-`import reinforce_jax` applies it only if no JAX computation has run yet, and
-not at all with
-`REINFORCE_JAX_KEEP_XLA_FLAGS=1`; the CLI, tests and benchmarks also call it.
+A hang of XLA:CPU in jaxlib 0.10, and what the library does about it.
+Some vmapped programs never finished: every XLA worker idle, the caller
+waiting. `jax.jit(jax.vmap(make_train(...)))` over 24 a2c seeds on CartPole hung
+in 4 launches of 4 on a 2-core machine. Native stacks of the hung process
+showed the cause: two LAPACK `sorgqr` calls (the QR behind flax's orthogonal
+initialiser, batched by `vmap`) running at once, each in
+`jax::ParallelBatchMap` blocking an intra-op worker until its pieces finish on
+the same pool, with no worker left to run them. The library's policies now
+initialise with `reinforce_jax.initializers.orthogonal` (the same matrices,
+by Gram-Schmidt in plain XLA operations), so its training programs contain no
+LAPACK call, and the same launches finished 4 of 4.
+
+The earlier workaround, `--xla_cpu_enable_concurrency_optimized_scheduler=false`
+in `XLA_FLAGS`, is no longer applied on import: it cost a small train step
+15-20% (the plain bandit step went from about 1.1x to 1.4x the hand-written
+fused loop). `avoid_cpu_deadlock()` still applies it, for programs of your own
+with several LAPACK calls (a flax module with `nn.initializers.orthogonal`, a
+Cholesky in a policy); `make_train_step` warns (`CpuDeadlockWarning`) when the
+policy it is given has such calls and the flag is not set.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
@@ -92,6 +97,57 @@ def avoid_cpu_deadlock() -> bool:
     return False
   os.environ["XLA_FLAGS"] = f"{flags} --{_DEADLOCK_FLAG}=false".strip()
   return True
+
+
+class CpuDeadlockWarning(RuntimeWarning):
+  """A program with LAPACK calls, on XLA:CPU of jaxlib 0.10 without the hang workaround."""
+
+
+# Primitives that XLA:CPU lowers to LAPACK custom calls (jax/_src/lax/linalg.py).
+LAPACK_PRIMITIVES = frozenset({
+    "cholesky", "eig", "eigh", "geqp3", "geqrf", "hessenberg", "householder_product", "lu",
+    "qr", "schur", "svd", "triangular_solve", "tridiagonal", "tridiagonal_solve"})
+
+
+def _subjaxprs(value):
+  if isinstance(value, jax.extend.core.ClosedJaxpr):
+    yield value.jaxpr
+  elif isinstance(value, jax.extend.core.Jaxpr):
+    yield value
+  elif isinstance(value, (tuple, list)):
+    for item in value:
+      yield from _subjaxprs(item)
+
+
+def lapack_primitives(fn, *args) -> frozenset[str]:
+  """Names of the LAPACK-backed primitives in `fn(*args)`'s jaxpr (sub-jaxprs included).
+
+  `args` may be arrays, tracers or `jax.ShapeDtypeStruct`s: only shapes and dtypes are used.
+  """
+  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+                       if not isinstance(x, jax.ShapeDtypeStruct) else x, args)
+  found, todo = set(), [jax.make_jaxpr(fn)(*specs).jaxpr]
+  while todo:
+    for eqn in todo.pop().eqns:
+      if eqn.primitive.name in LAPACK_PRIMITIVES:
+        found.add(eqn.primitive.name)
+      for value in eqn.params.values():
+        todo.extend(_subjaxprs(value))
+  return frozenset(found)
+
+
+def warn_if_lapack_can_deadlock(what: str, fn, *args) -> None:
+  """Warns (`CpuDeadlockWarning`) if `fn(*args)` calls LAPACK where XLA:CPU 0.10 can hang on it."""
+  if not deadlock_workaround_missing():
+    return
+  found = lapack_primitives(fn, *args)
+  if found:
+    warnings.warn(
+        f"{what} calls LAPACK ({', '.join(sorted(found))}); on XLA:CPU of jaxlib 0.10 two "
+        "such calls running at once can hang the program (seen under jax.vmap). Use "
+        "reinforce_jax.initializers.orthogonal instead of flax's orthogonal initialiser, or "
+        "call reinforce_jax.avoid_cpu_deadlock() before the first JAX computation",
+        CpuDeadlockWarning, stacklevel=3)
 
 
 def deadlock_workaround_missing() -> bool:

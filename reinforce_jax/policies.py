@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from reinforce_jax import _sampling
+from reinforce_jax.initializers import orthogonal
 
 VALUE_HEADS = (None, "shared", "separate", "twin")
 
@@ -237,7 +238,7 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.hidden):
       x = self.activation(nn.Dense(
-          width, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)), name=f"hidden_{i}")(x))
+          width, kernel_init=orthogonal(jnp.sqrt(2.0)), name=f"hidden_{i}")(x))
     return x
 
 
@@ -269,7 +270,7 @@ class TwinMLP(nn.Module):
     h = jnp.broadcast_to(x, (2, *x.shape))
     for i, width in enumerate(self.hidden):
       kernel = self.param(f"hidden_{i}_kernel",
-                          _stacked(nn.initializers.orthogonal(jnp.sqrt(2.0))),
+                          _stacked(orthogonal(jnp.sqrt(2.0))),
                           (2, h.shape[-1], width))
       bias = self.param(f"hidden_{i}_bias", nn.initializers.zeros, (2, width))
       bias = bias.reshape((2,) + (1,) * (h.ndim - 2) + (width,))
@@ -285,7 +286,7 @@ def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array,
     trunk = value_features
   else:
     trunk = MLP(module.hidden, module.activation, name="value_trunk")(obs)
-  value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(trunk)
+  value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(trunk)
   return value[..., 0]
 
 
@@ -324,7 +325,7 @@ class CategoricalPolicy(nn.Module):
   def __call__(self, obs: jax.Array):
     obs, features, value_features = _trunk(self, obs)
     logits = nn.Dense(self.num_actions,
-                      kernel_init=nn.initializers.orthogonal(self.logits_scale),
+                      kernel_init=orthogonal(self.logits_scale),
                       name="logits")(features)
     dist = Categorical(logits=logits)
     if self.value is None:
@@ -360,10 +361,10 @@ class GaussianPolicy(nn.Module):
   @nn.compact
   def __call__(self, obs: jax.Array):
     obs, features, value_features = _trunk(self, obs)
-    loc = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
+    loc = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01),
                    name="loc")(features)
     if self.state_dependent_std:
-      log_std = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01),
+      log_std = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01),
                          bias_init=nn.initializers.constant(self.init_log_std),
                          name="log_std")(features)
     else:
@@ -403,12 +404,13 @@ class GRUPolicy(nn.Module):
   @nn.compact
   def __call__(self, carry: jax.Array, obs: jax.Array):
     x = jnp.asarray(obs, jnp.float32)
-    x = nn.relu(nn.Dense(self.hidden, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)),
+    x = nn.relu(nn.Dense(self.hidden, kernel_init=orthogonal(jnp.sqrt(2.0)),
                          name="embed")(x))
-    carry, features = nn.GRUCell(self.hidden, name="gru")(carry, x)
-    logits = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01),
+    carry, features = nn.GRUCell(self.hidden, recurrent_kernel_init=orthogonal(),
+                                 name="gru")(carry, x)
+    logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01),
                       name="logits")(features)
-    critic = nn.tanh(nn.Dense(self.hidden, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)),
+    critic = nn.tanh(nn.Dense(self.hidden, kernel_init=orthogonal(jnp.sqrt(2.0)),
                               name="value_hidden")(features))
-    value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(critic)
+    value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(critic)
     return carry, (Categorical(logits=logits), value[..., 0])

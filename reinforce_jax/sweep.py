@@ -15,7 +15,6 @@ import csv
 import json
 import pathlib
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reinforce_jax import plotting
 from reinforce_jax.algorithms import traced
-from reinforce_jax.compiler import deadlock_workaround_missing
 from reinforce_jax.config import TrainConfig, sweep_grid
 from reinforce_jax.distributed import AXIS, make_mesh
 from reinforce_jax.presets import PRESETS
@@ -98,11 +96,6 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   """
   combos = sweep_grid(config, grid)
   names = list(grid)
-  if deadlock_workaround_missing():
-    warnings.warn(
-        "XLA:CPU in jaxlib 0.10 can hang on large vmapped programs such as this sweep; "
-        "call reinforce_jax.avoid_cpu_deadlock() before the first JAX computation "
-        "(the reinforce-jax CLI does)", RuntimeWarning, stacklevel=2)
   preset = PRESETS[env_name]
   env = preset.make_env()
   policy = preset.policy(env, config)

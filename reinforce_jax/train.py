@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from reinforce_jax import algorithms as algorithms_lib
+from reinforce_jax import compiler
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.hparams import AlgorithmParams
 from reinforce_jax.policies import Policy, as_policy, from_function, score, split_output
@@ -179,6 +180,8 @@ def make_train_step(
   def init_fn(key: jax.Array) -> TrainState:
     key_params, key_env = jax.random.split(key)
     env_carry = reset_envs(key_env, env, env_params, num_envs, policy)
+    compiler.warn_if_lapack_can_deadlock("the policy's init", policy.init, key_params,
+                                         env_carry.obs)
     params = policy.init(key_params, env_carry.obs)
     output = jax.eval_shape(policy.apply, params, env_carry.policy_carry, env_carry.obs)[1]
     if use_value and split_output(output)[1] is None:

@@ -3,11 +3,9 @@ import os
 import jax
 import pytest
 
-from reinforce_jax.compiler import avoid_cpu_deadlock
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.policies import CategoricalPolicy
 
-avoid_cpu_deadlock()  # before any test computes (see reinforce_jax/compiler.py)
 # No persistent compilation cache in tests (the CLI's default writes one under
 # ~/.cache): runs stay independent of each other and of earlier sessions.
 os.environ.setdefault("REINFORCE_JAX_CACHE_DIR", "none")

@@ -2,7 +2,6 @@ import argparse
 import csv
 import json
 import re
-import warnings
 
 import jax
 import numpy as np
@@ -201,17 +200,3 @@ def test_sweep_cli_errors_exit_2_with_one_line(argv, message, capsys):
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-
-
-def test_sweep_warns_when_the_cpu_hang_workaround_is_missing(tmp_path, monkeypatch):
-  import jaxlib
-
-  config = rj.TrainConfig(num_envs=8, num_steps=1)
-  monkeypatch.setenv("XLA_FLAGS", "")
-  if jax.default_backend() == "cpu" and jaxlib.__version__.startswith("0.10."):
-    with pytest.warns(RuntimeWarning, match="avoid_cpu_deadlock"):
-      run_sweep("bandit", config, {"learning_rate": [0.1]}, out_dir=tmp_path)
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
-  with warnings.catch_warnings():
-    warnings.simplefilter("error", RuntimeWarning)
-    run_sweep("bandit", config, {"learning_rate": [0.1]}, out_dir=tmp_path)
