@@ -52,10 +52,15 @@ class ActorCritic(nnx.Module):
 
 
 def final_returns(mean_return, num_episodes, last: int) -> np.ndarray:
-  """Per seed (`[S, steps]` metrics): mean return of the episodes finished in the last updates."""
-  returns, episodes = np.asarray(mean_return)[:, -last:], np.asarray(num_episodes)[:, -last:]
-  total = np.where(episodes > 0, np.nan_to_num(returns) * episodes, 0.0).sum(axis=1)
-  return total / np.maximum(episodes.sum(axis=1), 1)
+  """Per seed (`[S, steps]` metrics): mean return of the episodes finished in the last `last`
+  updates that finished any (an update through which every pole stays up finishes none; it
+  must not count as a return of 0)."""
+  returns, episodes = np.nan_to_num(np.asarray(mean_return)), np.asarray(num_episodes)
+  finals = []
+  for seed_returns, seed_episodes in zip(returns, episodes, strict=True):
+    idx = np.flatnonzero(seed_episodes > 0)[-last:]
+    finals.append((seed_returns[idx] * seed_episodes[idx]).sum() / max(seed_episodes[idx].sum(), 1))
+  return np.array(finals)
 
 
 def main():
