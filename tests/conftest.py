@@ -1,14 +1,25 @@
 import os
+import tempfile
 
 import jax
 import pytest
 
+from reinforce_jax.compiler import use_compilation_cache
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.policies import CategoricalPolicy
 
-# No persistent compilation cache in tests (the CLI's default writes one under
-# ~/.cache): runs stay independent of each other and of earlier sessions.
-os.environ.setdefault("REINFORCE_JAX_CACHE_DIR", "none")
+# One persistent compilation cache for this test session, shared by its xdist
+# workers and the CLI processes the tests start, and by nothing else (the CLI's
+# default writes one under ~/.cache): tests build the same programs many times
+# (a fresh `make_train_step` closure is a new function to `jax.jit`, the same
+# HLO to the cache), and a session starts cold, independent of earlier ones.
+# `REINFORCE_JAX_CACHE_DIR=none` turns it off.
+if "REINFORCE_JAX_CACHE_DIR" not in os.environ:
+  _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+  os.environ["REINFORCE_JAX_CACHE_DIR"] = os.path.join(
+      tempfile.gettempdir(), f"reinforce_jax_test_cache_{_run_id}")
+if os.environ["REINFORCE_JAX_CACHE_DIR"].strip().lower() not in ("", "none"):
+  use_compilation_cache(os.environ["REINFORCE_JAX_CACHE_DIR"])
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ def pendulum():
   return env, jax.jit(env.step_batch)  # one compile for the tests below
 
 
+@pytest.mark.slow  # ~30 s of brax compilation; make test-slow runs it
 def test_brax_truncation_is_not_termination(pendulum):
   env, step = pendulum
   assert isinstance(env, BraxEnv)

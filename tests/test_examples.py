@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tokenize
 
+import pytest
+
 EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 RANDOM_POLICY_RETURN = 22.0
 
@@ -50,6 +52,7 @@ def test_the_custom_algorithm_learns_cartpole_and_its_penalty_holds_the_kl_targe
   assert all(1e-3 <= beta <= 1e3 for beta in tight["final_beta_per_seed"])
 
 
+@pytest.mark.slow  # ~30 s; make test-slow runs it
 def test_recurrent_ppo_prints_both_policies_returns():
   summary = _run("recurrent_ppo.py", "--steps", "30", "--seeds", "2")
   assert {"final_return", "mlp_final_return", "min_final_return",

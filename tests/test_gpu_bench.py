@@ -7,9 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parents[1]
 
 
+@pytest.mark.slow  # runs every benchmark at toy size (~25 s); make test-slow runs it
 def test_gpu_sh_dry_run_writes_every_benchmark(tmp_path):
   out = tmp_path / "device.json"
   env = {**os.environ, "PYTHON": sys.executable}
