@@ -1,12 +1,15 @@
 """`rj.check_estimator` on discrete problems: every estimator against the exact gradient.
 
 Bernoulli problems (scalar, three logits through a params pytree, a 2x2 batch
-under `Independent`) for the score function (RLOO), ARM, DisARM, REBAR and
-RELAX (untrained control variates: at initialisation RELAX equals REBAR), and
-categorical ones (a 4-armed bandit, 6 categories with a non-linear f) for the
-score function (RLOO) and the unordered-set estimator. Every estimator gets
-`--evaluations` evaluations of f per gradient (ARM and DisARM: half as many
-samples, two evaluations each). The exact gradient is `rj.exact_gradient`
+under `Independent`) for the score function (RLOO), ARM, DisARM, REBAR, RELAX
+(untrained control variates: at initialisation RELAX equals REBAR) and the
+unordered-set estimator (stochastic beam search over the joint outcomes; not on
+the scalar, whose 2 outcomes are fewer than the set size), and categorical ones
+(a 4-armed bandit, 6 categories with a non-linear f) for the score function
+(RLOO), ARM and DisARM (on the stick-breaking binary code) and the unordered
+set. Every estimator gets `--evaluations` evaluations of f per gradient (ARM
+and DisARM: half as many antithetic pairs, two evaluations each; the unordered
+set: a set of that size). The exact gradient is `rj.exact_gradient`
 (enumeration); reported per problem x estimator: the largest |bias| in
 standard errors, the variance of one gradient summed over coordinates, the
 smallest signal-to-noise ratio over coordinates and the time per jitted
@@ -61,22 +64,33 @@ def _logit_shape(params):
   return tuple(jnp.shape(params))
 
 
-def estimators_for(problem, f, params, evaluations):
+def _outcomes(build, params):
+  """How many (joint) outcomes `build(params)` has: 2^L bits, or the categories."""
+  dist = build(params)
+  if isinstance(dist, distrax.Categorical):
+    return dist.num_categories
+  while isinstance(dist, distrax.Independent):
+    dist = dist.distribution
+  return 2 ** dist.logits.size
+
+
+def estimators_for(problem, f, build, params, evaluations):
   out = {"score_function+rloo": functools.partial(rj.grad_estimate, num_samples=evaluations,
                                                   baseline="rloo")}
-  if problem in CATEGORICAL:
-    out["unordered_set"] = functools.partial(rj.grad_estimate, num_samples=evaluations,
-                                             estimator="unordered_set")
-    return out
   for name in ("arm", "disarm"):
     out[name] = functools.partial(rj.grad_estimate, num_samples=max(evaluations // 2, 1),
                                   estimator=name)
-  out["rebar"] = functools.partial(rj.grad_estimate, num_samples=evaluations, estimator="rebar")
-  cv = rj.relax_control_variate(f)
-  phi = cv.init(jax.random.key(0), _logit_shape(params))
-  out["relax (untrained)"] = functools.partial(
-      rj.grad_estimate, num_samples=evaluations, estimator="relax", control_variate=cv,
-      cv_params=phi)
+  if problem in BERNOULLI:
+    out["rebar"] = functools.partial(rj.grad_estimate, num_samples=evaluations,
+                                     estimator="rebar")
+    cv = rj.relax_control_variate(f)
+    phi = cv.init(jax.random.key(0), _logit_shape(params))
+    out["relax (untrained)"] = functools.partial(
+        rj.grad_estimate, num_samples=evaluations, estimator="relax", control_variate=cv,
+        cv_params=phi)
+  if evaluations <= min(_outcomes(build, params), rj.discrete.MAX_SET_SIZE):
+    out["unordered_set"] = functools.partial(rj.grad_estimate, num_samples=evaluations,
+                                             estimator="unordered_set")
   return out
 
 
@@ -90,7 +104,7 @@ def main():
   print(f"{'problem':18} {'estimator':20} {'max|bias|/SE':>12} {'variance':>11} {'min SNR':>8} "
         f"{'us/grad':>8}")
   for problem, (f, build, params) in {**BERNOULLI, **CATEGORICAL}.items():
-    for name, estimate in estimators_for(problem, f, params, args.evaluations).items():
+    for name, estimate in estimators_for(problem, f, build, params, args.evaluations).items():
       check = rj.check_estimator(estimate, f, build, params, jax.random.key(0),
                                  replicates=args.replicates, timing_calls=20)
       variance = sum(float(jnp.sum(v)) for v in jax.tree.leaves(check.variance))

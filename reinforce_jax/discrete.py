@@ -3,7 +3,12 @@
 Per-sample estimators behind `grad_estimate(..., estimator=...)`:
 
   * `"arm"` and `"disarm"` for Bernoulli variables of any batch shape: two
-    evaluations of `f` per sample, antithetic in a shared uniform;
+    evaluations of `f` per sample, antithetic in a shared uniform. Also for a
+    `distrax.Categorical` of any batch shape (`stick_breaking_per_sample`): its
+    `K` categories are coded by `K - 1` independent stick-breaking bits
+    (`stick_breaking_logits`), the Bernoulli estimators run on the bits and are
+    pulled back to the categorical's params, and bits that neither antithetic
+    sample reads get 0 (still unbiased, less variance);
   * `"rebar"` and `"relax"` for Bernoulli variables: the score function with a
     control variate `c_phi(z)` of the continuous relaxation `z`, corrected by
     its reparameterised gradient so the estimate stays unbiased for any `phi`.
@@ -27,6 +32,8 @@ References:
     stochastic binary networks. ICLR.
   Dong, Z., Mnih, A. and Tucker, G. (2020). DisARM: an antithetic gradient
     estimator for binary latent variables. NeurIPS.
+  Dong, Z., Mnih, A. and Tucker, G. (2021). Coupled gradient estimators for
+    discrete latent variables. NeurIPS.
   Tucker, G. et al. (2017). REBAR: low-variance, unbiased gradient estimates for
     discrete latent variable models. NeurIPS.
   Grathwohl, W. et al. (2018). Backpropagation through the void: optimizing
@@ -54,13 +61,17 @@ import numpy as np
 MAX_SET_SIZE = 7
 
 
-def bernoulli_of(caller: str, dist: Any) -> distrax.Bernoulli:
-  """The `distrax.Bernoulli` inside `dist` (itself, or under `Independent`)."""
+def bernoulli_of(caller: str, dist: Any,
+                 defined_for: str = "distrax.Bernoulli") -> distrax.Bernoulli:
+  """The `distrax.Bernoulli` inside `dist` (itself, or under `Independent`).
+
+  Anything else raises a ValueError saying `caller` is defined for `defined_for`.
+  """
   inner = dist
   while isinstance(inner, distrax.Independent):
     inner = inner.distribution
   if not isinstance(inner, distrax.Bernoulli):
-    raise ValueError(f"estimator={caller!r} is defined for distrax.Bernoulli (or Independent of "
+    raise ValueError(f"estimator={caller!r} is defined for {defined_for} (or Independent of "
                      f"one), got {type(dist).__name__}")
   return inner
 

@@ -20,9 +20,11 @@ References:
   Bengio, Y., Leonard, N. and Courville, A. (2013). Estimating or propagating gradients
     through stochastic neurons (straight-through).
   Yin, M. and Zhou, M. (2019). ARM. ICLR. Dong, Z., Mnih, A. and Tucker, G. (2020).
-    DisARM. NeurIPS. Tucker, G. et al. (2017). REBAR. NeurIPS. Grathwohl, W. et al.
-    (2018). RELAX. ICLR. Kool, W., van Hoof, H. and Welling, M. (2020). Estimating
-    gradients for discrete random variables by sampling without replacement. ICLR.
+    DisARM. NeurIPS. Dong, Z., Mnih, A. and Tucker, G. (2021). Coupled gradient
+    estimators for discrete latent variables. NeurIPS. Tucker, G. et al. (2017). REBAR.
+    NeurIPS. Grathwohl, W. et al. (2018). RELAX. ICLR. Kool, W., van Hoof, H. and
+    Welling, M. (2020). Estimating gradients for discrete random variables by sampling
+    without replacement. ICLR.
 """
 
 from __future__ import annotations
@@ -200,13 +202,16 @@ def grad_estimate(
       `distrax.Bernoulli` of any batch shape `S` (or `Independent` of one),
       `"arm"`, `"disarm"`, `"rebar"` (control variate `eta f(sigmoid(z /
       lambda))`, so `f` must accept relaxed samples in `[0, 1]^S`) and `"relax"`
-      (a learned `control_variate`); `"unordered_set"` (`k` distinct samples
-      without replacement, built-in baseline) for one `distrax.Categorical`
-      (Gumbel-top-k) and for a product of independent variables, drawn by
-      stochastic beam search over the joint outcomes: a `distrax.Bernoulli` of
-      any batch shape (or `Independent` of one; `k <= 2^L` for `L` bits) or
-      `Independent` of a batch of categoricals; `f` gets each sample in the
-      shape and dtype `dist.sample()` gives. `k <= discrete.MAX_SET_SIZE` (7).
+      (a learned `control_variate`); `"arm"` and `"disarm"` also for a
+      `distrax.Categorical` of any batch shape (or `Independent` of one), on
+      its stick-breaking binary code (Dong, Mnih and Tucker 2021); and
+      `"unordered_set"` (`k` distinct samples without replacement, built-in
+      baseline) for one `distrax.Categorical` (Gumbel-top-k) and for a product
+      of independent variables, drawn by stochastic beam search over the joint
+      outcomes: a `distrax.Bernoulli` of any batch shape (or `Independent` of
+      one; `k <= 2^L` for `L` bits) or `Independent` of a batch of
+      categoricals. `f` gets each sample in the shape and dtype `dist.sample()`
+      gives. `k <= discrete.MAX_SET_SIZE` (7).
     baseline: score function only: `None`, a number (a constant or an EMA you
       keep, see `baselines.ema_update`), `"rloo"` (leave-one-out: each sample's
       baseline is the mean of the other samples' `f`) or `"optimal"` (the
@@ -259,13 +264,15 @@ def grad_estimate(
     per_sample, values = _pathwise_per_sample(f, dist_builder, params, key, num_samples)
   elif estimator == "measure_valued":
     per_sample, values = _measure_valued_per_sample(f, dist_builder, params, key, num_samples)
-  elif estimator in ("arm", "disarm") and discrete.categorical_of(dist_builder(params)) is not None:
-    per_sample, values = discrete.stick_breaking_per_sample(
-        f, dist_builder, params, key, num_samples, estimator)
-  elif estimator == "arm":
-    per_sample, values = discrete.arm_per_sample(f, dist_builder, params, key, num_samples)
-  elif estimator == "disarm":
-    per_sample, values = discrete.disarm_per_sample(f, dist_builder, params, key, num_samples)
+  elif estimator in ("arm", "disarm"):
+    dist = dist_builder(params)
+    if discrete.categorical_of(dist) is not None:
+      per_sample, values = discrete.stick_breaking_per_sample(
+          f, dist_builder, params, key, num_samples, estimator)
+    else:
+      discrete.bernoulli_of(estimator, dist, "distrax.Bernoulli or distrax.Categorical")
+      per_sample_fn = discrete.arm_per_sample if estimator == "arm" else discrete.disarm_per_sample
+      per_sample, values = per_sample_fn(f, dist_builder, params, key, num_samples)
   else:
     control_variate, cv_params = _rebar_or_relax(
         estimator, f, dist_builder, params, control_variate, cv_params)
