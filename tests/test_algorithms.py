@@ -41,6 +41,7 @@ def test_a_config_names_exactly_the_algorithm_built_from_parts(config, algorithm
       algorithm.advantages, algorithm.loss, algorithm.schedule)
 
 
+@pytest.mark.slow  # ~20 s of CartPole training; make test-slow runs it
 def test_a_config_and_the_algorithm_it_names_train_identically():
   """The most involved case (PPO's minibatches) trained both ways: the same bits."""
   config = rj.TrainConfig(num_envs=8, rollout_length=16, algo="ppo", num_minibatches=2,

@@ -220,6 +220,7 @@ def _as_legacy_record(config_file, *, before=("clip_value", "anneal_lr")):
   return stored
 
 
+@pytest.mark.slow  # ~25 s of CLI runs; make test-slow runs it
 def test_resume_keeps_the_stop_setting_fills_new_fields_and_guards_the_schedule(tmp_path, capsys):
   tiny = ["--num-envs", "8", "--rollout-length", "8", "--no-progress"]
   run = tmp_path / "run"

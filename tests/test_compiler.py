@@ -57,6 +57,7 @@ def test_avoid_cpu_deadlock_sets_the_flag_once_and_only_before_the_backend_start
   assert out.strip() == "False"  # the user's own setting stays
 
 
+@pytest.mark.slow  # ~25 s (test_initializers runs the program that hung); make test-slow
 def test_the_sweep_that_used_to_hang_finishes(tmp_path):
   # 24 vmapped a2c runs on CartPole, with no XLA flag: with flax's orthogonal
   # initialiser (LAPACK QR) about 3 launches in 4 never returned on this

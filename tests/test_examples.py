@@ -33,6 +33,7 @@ def _run(script: str, *args: str) -> dict:
   return summary
 
 
+@pytest.mark.slow  # a learning run, ~20 s; make test-slow runs it
 def test_the_nnx_policy_learns_cartpole():
   summary = _run("nnx_policy.py", "--steps", "40", "--seeds", "2")
   assert {"final_return", "min_final_return", "final_return_per_seed"} <= set(summary)
@@ -40,6 +41,7 @@ def test_the_nnx_policy_learns_cartpole():
   assert summary["min_final_return"] > 3 * RANDOM_POLICY_RETURN
 
 
+@pytest.mark.slow  # two learning runs, ~25 s; make test-slow runs it
 def test_the_custom_algorithm_learns_cartpole_and_its_penalty_holds_the_kl_target():
   summary = _run("custom_algorithm.py", "--steps", "30", "--seeds", "2")
   assert {"final_return", "min_final_return", "final_beta_per_seed", "mean_kl"} <= set(summary)

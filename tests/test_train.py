@@ -267,10 +267,10 @@ def test_config_errors_name_the_field():
 @pytest.mark.parametrize("env_name,algo,name,values,changes", [
     ("bandit", "reinforce", "entropy_coef", [0.0, 0.5], {"baseline": "ema"}),
     ("bandit", "reinforce", "baseline_constant", [0.0, 0.8], {"baseline": "constant"}),
-    ("cartpole", "reinforce", "gamma", [0.9, 0.99], {}),
+    pytest.param("cartpole", "reinforce", "gamma", [0.9, 0.99], {}, marks=pytest.mark.slow),
     # PPO's clip_eps, the constant baseline, the EMA decay and the value coefficients
     # are checked the same way through run_sweep (tests/test_sweep.py).
-    ("cartpole", "a2c", "gae_lambda", [0.0, 0.95], {}),
+    pytest.param("cartpole", "a2c", "gae_lambda", [0.0, 0.95], {}, marks=pytest.mark.slow),
 ])
 def test_vmap_over_hyperparams_equals_runs_with_those_configs(
     env_name, algo, name, values, changes):
