@@ -213,6 +213,7 @@ class _Linear(nn.Module):
     return policies.Categorical(logits=nn.Dense(2, name="logits")(obs))
 
 
+@pytest.mark.slow  # ~13 s; make test-slow runs it
 def test_a_plain_function_a_linen_module_and_nnx_train_the_same_policy():
   """Same parameters, three ways to write the policy: the same step, to the bit."""
   env = CartPole()

@@ -168,6 +168,7 @@ def test_cartpole_stops_at_its_solved_threshold_by_default(tmp_path, capsys):
   assert json.loads((tmp_path / "c" / "config.json").read_text())["stop_at_return"] is None
 
 
+@pytest.mark.slow  # ~15 s, two CLI processes; make test-slow runs it
 def test_compilation_cache_is_written_then_reused(tmp_path):
   """A second identical run loads its programs from the cache: no new entries."""
   cache = tmp_path / "cache"

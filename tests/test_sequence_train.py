@@ -67,6 +67,7 @@ def test_state_metrics_and_run_guard():
   assert int(stopped.steps_done) == 0 and not bool(stopped.finite)
 
 
+@pytest.mark.slow  # ~15 s; make test-slow runs it
 def test_clipping_and_kl_settings_take_effect():
   config = SequenceConfig(max_new_tokens=TASK.max_new_tokens, eos_id=TASK.eos_id, group_size=4,
                           estimator="grpo", aggregation="token_mean", clip_eps=0.01,
@@ -115,6 +116,7 @@ def test_sort_flag_errors_exit_2_before_jax(argv, fragment, capsys, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # ~24 s of CLI runs; make test-slow runs it
 def test_train_sort_writes_the_run_and_resumes(tmp_path, capsys):
   out = tmp_path / "sort"
   # One cache: the resumed run loads the first one's compiled program.
