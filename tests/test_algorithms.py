@@ -102,6 +102,7 @@ def test_a_loss_without_mean_terms_still_gets_the_episode_metrics():
   assert "entropy" not in metrics_b  # the custom loss reports what it chooses to
 
 
+@pytest.mark.slow  # ~11 s; make test-slow runs it
 def test_a_variant_replaces_one_part_and_the_change_shows():
   """PPO with the unclipped surrogate (a 3-line loss) differs from PPO only in its loss."""
   env = CartPole()

@@ -156,6 +156,7 @@ def test_resume_refuses_options_that_contradict_the_stored_run(tmp_path, capsys)
   assert json.loads((out / "config.json").read_text())["num_steps"] == 12
 
 
+@pytest.mark.slow  # ~12 s; make test-slow runs it
 def test_a_checkpoint_of_the_earlier_state_layout_resumes_bit_identically(tmp_path):
   """Runs recorded before the open-core layout (`baseline` where `TrainState` now has
   `algo_state`, no recurrent carry) resume into today's state, losing nothing."""

@@ -32,6 +32,7 @@ def _python(code, **env_changes):
   return done.stdout
 
 
+@pytest.mark.slow  # ~11 s; make test-slow runs it
 def test_avoid_cpu_deadlock_sets_the_flag_once_and_only_before_the_backend_starts():
   import jaxlib
 

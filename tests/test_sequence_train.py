@@ -41,6 +41,7 @@ def test_sort_reward():
     TASK.reward(prompts, completions[:, :3], mask)
 
 
+@pytest.mark.slow  # ~20 s; make test-slow runs it
 def test_state_metrics_and_run_guard():
   init_fn, train_step = _step()
   state = init_fn(jax.random.key(0))

@@ -23,6 +23,7 @@ def _standalone_curve(config, keys):
                  axis=0)
 
 
+@pytest.mark.slow  # ~17 s; make test-slow runs it
 def test_each_run_of_a_sweep_is_the_standalone_run(tmp_path):
   config = rj.TrainConfig(num_envs=32, num_steps=12)
   grid = {"learning_rate": [0.01, 0.2], "entropy_coef": [0.0, 2.0]}
