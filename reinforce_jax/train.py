@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from reinforce_jax import algorithms as algorithms_lib
-from reinforce_jax import compiler
+from reinforce_jax import compiler, prng
 from reinforce_jax.config import TrainConfig
 from reinforce_jax.hparams import AlgorithmParams
 from reinforce_jax.policies import Policy, as_policy, from_function, score, split_output
@@ -225,9 +225,12 @@ def make_train_step(
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
+    # Inside, threefry keys take the unrolled hash that XLA:CPU runs fast
+    # (`reinforce_jax.prng`: the same numbers); the caller gets its key type back.
+    state, key = prng.fast_keys((state, key))
     key = jax.random.fold_in(key, state.step)
     new_state, metrics = algorithm.schedule.step(learner, state, key)
-    return new_state._replace(step=state.step + 1), metrics
+    return prng.restore_keys(new_state._replace(step=state.step + 1)), metrics
 
   return init_fn, train_step
 

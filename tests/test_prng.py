@@ -1,0 +1,136 @@
+"""The unrolled threefry keys give exactly JAX's numbers, and train_step uses them."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import reinforce_jax as rj
+from reinforce_jax import prng
+from reinforce_jax.envs import ContextualBandit
+from reinforce_jax.envs.base import Environment
+from reinforce_jax.policies import CategoricalPolicy
+
+pytestmark = pytest.mark.skipif(not prng.applies(), reason="the unrolled keys are CPU-only")
+
+DRAWS = {
+    "split": lambda k: jax.random.key_data(jax.random.split(k, 5)),
+    "split_2d": lambda k: jax.random.key_data(jax.random.split(k, (3, 4))),
+    "fold_in": lambda k: jax.random.key_data(jax.random.fold_in(k, 7)),
+    "fold_in_large": lambda k: jax.random.key_data(jax.random.fold_in(k, 2**31 + 5)),
+    "fold_in_traced_int32": lambda k: jax.random.key_data(jax.random.fold_in(k, jnp.int32(-3))),
+    "uniform_odd_size": lambda k: jax.random.uniform(k, (1001,)),
+    "uniform_scalar": lambda k: jax.random.uniform(k),
+    "normal": lambda k: jax.random.normal(k, (3, 7)),
+    "categorical": lambda k: jax.random.categorical(k, jnp.log(jnp.array([0.2, 0.3, 0.5])),
+                                                    shape=(64,)),
+    "bernoulli": lambda k: jax.random.bernoulli(k, 0.3, (50,)),
+    "permutation": lambda k: jax.random.permutation(k, 100),
+    "randint": lambda k: jax.random.randint(k, (6,), 0, 1000),
+    "bits8": lambda k: jax.random.bits(k, (9,), jnp.uint8),
+    "bits16": lambda k: jax.random.bits(k, (9,), jnp.uint16),
+    "bits32": lambda k: jax.random.bits(k, (2, 3)),
+    "gumbel": lambda k: jax.random.gumbel(k, (17,)),
+    "vmapped_uniform": lambda k: jax.vmap(jax.random.uniform)(jax.random.split(k, 9)),
+    "vmapped_split": lambda k: jax.random.key_data(
+        jax.vmap(lambda kk: jax.random.split(kk, 3))(jax.random.split(k, 4))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRAWS))
+def test_same_numbers_as_jax(name):
+  draw = jax.jit(DRAWS[name])
+  for seed in (0, 1, 12345):
+    key = jax.random.key(seed)
+    fast = prng.fast_keys(key)
+    assert fast.dtype != key.dtype
+    np.testing.assert_array_equal(draw(fast), draw(key))
+
+
+def test_bits64_same_as_jax():
+  with jax.enable_x64(True):
+    key = jax.random.key(3)
+    draw = jax.jit(lambda k: jax.random.bits(k, (5,), jnp.uint64))
+    np.testing.assert_array_equal(draw(prng.fast_keys(key)), draw(key))
+
+
+def test_the_hash_matches_jax_threefry_2x32():
+  key = jax.random.key_data(jax.random.key(42))
+  count = jnp.arange(10, dtype=jnp.uint32)
+  expected = jax.extend.random.threefry_2x32(key, count)
+  high, low = prng.threefry2x32(key[0], key[1], count[:5], count[5:])
+  np.testing.assert_array_equal(jnp.concatenate([high, low]), expected)
+
+
+def test_fast_and_restore_relabel_only_threefry_keys():
+  raw = jax.random.PRNGKey(0)
+  rbg = jax.random.key(0, impl="rbg")
+  tree = {"key": jax.random.key(1), "raw": raw, "rbg": rbg, "x": jnp.ones(3)}
+  fast = prng.fast_keys(tree)
+  assert fast["key"].dtype == prng.fast_keys(jax.random.key(2)).dtype
+  assert fast["raw"] is raw and fast["rbg"] is rbg and fast["x"] is tree["x"]
+  back = prng.restore_keys(fast)
+  assert back["key"].dtype == tree["key"].dtype
+  np.testing.assert_array_equal(jax.random.key_data(back["key"]),
+                                jax.random.key_data(tree["key"]))
+
+
+def _bandit_step(num_envs=64):
+  env, policy = ContextualBandit(), CategoricalPolicy(2, hidden=())
+  config = rj.TrainConfig(num_envs=num_envs, rollout_length=1)
+  return rj.make_train_step(env, policy, optax.adam(0.01), config)
+
+
+def test_train_step_gives_the_numbers_of_jax_keys(monkeypatch):
+  init_fn, train_step = _bandit_step()
+  key = jax.random.key(0)
+  state = jax.jit(init_fn)(key)
+  fast_out = jax.jit(rj.make_run(train_step, 5))(state, key, 5)
+  monkeypatch.setattr(prng, "applies", lambda: False)
+  jax_out = jax.jit(rj.make_run(train_step, 5))(state, key, 5)
+  chex.assert_trees_all_equal(fast_out, jax_out)
+
+
+def test_plain_jit_train_step_has_no_hash_loop():
+  """JAX's rolled threefry is a `while` in the program; the unrolled one is not."""
+  init_fn, train_step = _bandit_step(4096)
+  key = jax.random.key(0)
+  state = jax.jit(init_fn)(key)
+  hlo = jax.jit(train_step).lower(state, key).compile().as_text()
+  assert " while(" not in hlo
+  rolled = jax.jit(lambda k: jax.random.uniform(k, (4096,))).lower(key).compile().as_text()
+  assert " while(" in rolled  # the check can fail: JAX's own keys do loop here
+
+
+class _KeyedBandit(Environment):
+  """The seed's bandit with a key in its state, as some gymnax environments keep."""
+
+  default_params = None
+  num_actions = 2
+  observation_shape = (1,)
+
+  def reset_env(self, key, params):
+    key, draw = jax.random.split(key)
+    x = jnp.where(jax.random.bernoulli(draw), 1.0, -1.0)
+    return x[None], {"key": key, "x": x}
+
+  def step_env(self, key, state, action, params):
+    del key
+    next_key, draw = jax.random.split(state["key"])
+    reward = (action == (state["x"] > 0)).astype(jnp.float32)
+    x = jnp.where(jax.random.bernoulli(draw), 1.0, -1.0)
+    return (x[None], {"key": next_key, "x": x}, reward, jnp.bool_(False), jnp.bool_(False), {})
+
+
+def test_keys_in_the_environment_state_keep_their_type():
+  env, policy = _KeyedBandit(), CategoricalPolicy(2, hidden=())
+  init_fn, train_step = rj.make_train_step(
+      env, policy, optax.adam(0.01), rj.TrainConfig(num_envs=8, rollout_length=2))
+  key = jax.random.key(0)
+  state = jax.jit(init_fn)(key)
+  new_state, _ = jax.jit(train_step)(state, key)
+  assert new_state.env.env_state["key"].dtype == state.env.env_state["key"].dtype
+  run = jax.jit(rj.make_run(train_step, 3))(state, key, 3)  # a scan carry: types must match
+  assert run.state.env.env_state["key"].dtype == state.env.env_state["key"].dtype
