@@ -8,6 +8,9 @@ is the library as shipped. Measured so far:
 * `unroll=N` (`make_train_step(..., unroll=N)`): N loop iterations per compiled
   iteration in the rollout and in PPO's epoch and minibatch loops. Values are
   identical (checked here).
+* `jax_keys`: the same program with JAX's own threefry lowering (a rolled
+  `while` loop on CPU) instead of `reinforce_jax.prng`'s unrolled hash, which
+  `train_step` uses by default. The same numbers (checked here).
 * `twin`: actor and critic as one `TwinMLP` (`value="twin"`): each layer one
   batched product over stacked weights instead of two products. The same
   networks as functions; its parameters are drawn differently, so its losses
@@ -19,6 +22,7 @@ is the library as shipped. Measured so far:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import common
@@ -31,7 +35,8 @@ from reinforce_jax.envs import CartPole
 from reinforce_jax.policies import CategoricalPolicy
 
 
-def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "separate"):
+def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "separate",
+                 jax_keys: bool = False):
   config = ppo_cartpole.purejaxrl_config(500_000, clip_value=True).replace(num_envs=num_envs)
   env, policy = CartPole(), CategoricalPolicy(2, hidden=(64, 64), value=value_head)
   init_fn, train_step = rj.make_train_step(
@@ -39,7 +44,8 @@ def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "se
   key = jax.random.key(0)
   state = common.block(jax.jit(init_fn)(key))
   start = time.perf_counter()
-  run = jax.jit(rj.make_run(train_step, updates)).lower(state, key, updates).compile()
+  with rj.prng.disabled() if jax_keys else contextlib.nullcontext():
+    run = jax.jit(rj.make_run(train_step, updates)).lower(state, key, updates).compile()
   compile_s = time.perf_counter() - start
   out = common.block(run(state, key, updates))
 
@@ -64,7 +70,8 @@ def main():
     for name in ["shipped", *[v for v in args.variants.split(",") if v != "shipped"]]:
       unroll = int(name.split("=")[1]) if name.startswith("unroll=") else 1
       value_head = "twin" if name == "twin" else "separate"
-      config, compile_s, out, measure = make_variant(num_envs, updates, unroll, value_head)
+      config, compile_s, out, measure = make_variant(num_envs, updates, unroll, value_head,
+                                                     jax_keys=name == "jax_keys")
       loss = np.asarray(out.metrics["loss"])
       if reference is None:
         reference = loss

@@ -8,7 +8,8 @@ import importlib as _importlib
 import sys as _sys
 import types as _types
 
-_SUBMODULES = ("baselines", "envs", "initializers", "loggers", "loop", "monte_carlo", "policies", "prng")
+_SUBMODULES = ("baselines", "envs", "initializers", "loggers", "loop", "monte_carlo", "policies",
+               "prng")
 _ORIGIN = {
     "avoid_cpu_deadlock": "compiler",
     "recommended_compiler_options": "compiler",

@@ -225,9 +225,11 @@ def make_train_step(
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
-    # Inside, threefry keys take the unrolled hash that XLA:CPU runs fast
-    # (`reinforce_jax.prng`: the same numbers); the caller gets its key type back.
-    state, key = prng.fast_keys((state, key))
+    # From 16 environments on, threefry keys take the unrolled hash that XLA:CPU
+    # runs faster (`reinforce_jax.prng`: the same numbers); the caller gets its
+    # key type back. Below that, JAX's rolled loop measured faster (PPO, 4 envs).
+    if num_envs >= prng.MIN_BATCH:
+      state, key = prng.fast_keys((state, key))
     key = jax.random.fold_in(key, state.step)
     new_state, metrics = algorithm.schedule.step(learner, state, key)
     return prng.restore_keys(new_state._replace(step=state.step + 1)), metrics
