@@ -25,7 +25,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import reinforce_jax as rj
@@ -51,17 +50,6 @@ class ActorCritic(nnx.Module):
     return policies.Categorical(logits=self.actor(obs)), self.critic(obs)[..., 0]
 
 
-def final_returns(mean_return, num_episodes, last: int) -> np.ndarray:
-  """Per seed (`[S, steps]` metrics): mean return of the episodes finished in the last `last`
-  updates that finished any (an update through which every pole stays up finishes none; it
-  must not count as a return of 0)."""
-  returns, episodes = np.nan_to_num(np.asarray(mean_return)), np.asarray(num_episodes)
-  finals = []
-  for seed_returns, seed_episodes in zip(returns, episodes, strict=True):
-    idx = np.flatnonzero(seed_episodes > 0)[-last:]
-    finals.append((seed_returns[idx] * seed_episodes[idx]).sum() / max(seed_episodes[idx].sum(), 1))
-  return np.array(finals)
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,7 +68,7 @@ def main():
   train = rj.make_train(env, policy, rj.make_optimizer(config), config)
   keys = jax.random.split(jax.random.key(args.seed), args.seeds)
   metrics = jax.device_get(jax.jit(jax.vmap(train))(keys).metrics)
-  final = final_returns(metrics["mean_return"], metrics["num_episodes"],
+  final = rj.loop.final_returns(metrics["mean_return"], metrics["num_episodes"],
                         last=max(1, args.steps // 20))
   print(json.dumps({"final_return": float(final.mean()), "min_final_return": float(final.min()),
                     "final_return_per_seed": final.round(1).tolist(),

@@ -62,19 +62,8 @@ def train(policy, args) -> tuple[np.ndarray, float]:
   start = time.perf_counter()
   metrics = jax.jit(jax.vmap(one_seed))(jax.random.split(jax.random.key(args.seed), args.seeds))
   returns = jax.device_get((metrics["mean_return"], metrics["num_episodes"]))
-  return final_returns(*returns, last=max(1, args.steps // 20)), time.perf_counter() - start
+  return rj.loop.final_returns(*returns, last=max(1, args.steps // 20)), time.perf_counter() - start
 
-
-def final_returns(mean_return, num_episodes, last: int) -> np.ndarray:
-  """Per seed (`[S, steps]` metrics): mean return of the episodes finished in the last `last`
-  updates that finished any (an update through which every pole stays up finishes none; it
-  must not count as a return of 0)."""
-  returns, episodes = np.nan_to_num(np.asarray(mean_return)), np.asarray(num_episodes)
-  finals = []
-  for seed_returns, seed_episodes in zip(returns, episodes, strict=True):
-    idx = np.flatnonzero(seed_episodes > 0)[-last:]
-    finals.append((seed_returns[idx] * seed_episodes[idx]).sum() / max(seed_episodes[idx].sum(), 1))
-  return np.array(finals)
 
 
 def main():

@@ -280,6 +280,35 @@ def _jsonable(x: Any):
   return x
 
 
+def final_returns(mean_return, num_episodes, last: int) -> np.ndarray:
+  """Per seed, the mean return of the episodes finished in its last `last` steps that finished any.
+
+  Args:
+    mean_return: `[num_seeds, steps]` (or `[steps]`) metrics: each step's mean
+      return over the episodes it finished (NaN or anything where it finished none).
+    num_episodes: the same shape: how many episodes each step finished.
+    last: how many of the steps that finished an episode to count (>= 1).
+
+  Returns:
+    `[num_seeds]` (or a scalar) episode-weighted means; NaN for a seed that
+    finished no episode. A step that finished none is skipped, not read as a
+    return of 0: an update through which every pole stays up is not a failure.
+  """
+  if isinstance(last, bool) or not isinstance(last, int | np.integer) or last < 1:
+    raise ValueError(f"last must be an integer >= 1, got {last!r}")
+  returns, episodes = np.asarray(mean_return, np.float64), np.asarray(num_episodes)
+  if returns.shape != episodes.shape or returns.ndim not in (1, 2):
+    raise ValueError(f"mean_return and num_episodes must both be [steps] or [num_seeds, steps], "
+                     f"got {returns.shape} and {episodes.shape}")
+  finals = []
+  for seed_returns, seed_episodes in zip(np.atleast_2d(returns), np.atleast_2d(episodes),
+                                         strict=True):
+    idx = np.flatnonzero(seed_episodes > 0)[-last:]
+    count = seed_episodes[idx].sum()
+    finals.append((seed_returns[idx] * seed_episodes[idx]).sum() / count if count else np.nan)
+  return np.array(finals) if returns.ndim == 2 else finals[0]
+
+
 class RecentEpisodes:
   """Per seed, the mean return of the last `SOLVED_EPISODES` finished episodes.
 

@@ -295,3 +295,18 @@ def test_bad_arguments_raise():
                 callbacks=[Recorder("r", [], cap=0)])
   with pytest.raises(ValueError, match="every"):
     loop.Checkpoint("unused", every=0)
+
+
+def test_final_returns_weights_episodes_and_skips_steps_that_finished_none():
+  # Seed 0: steps with (return, episodes) (10, 1), (nan, 0), (20, 3), (nan, 0), (40, 1).
+  # The last 2 steps that finished any are (20, 3) and (40, 1): (60 + 40) / 4 = 25.
+  mean_return = np.array([[10.0, np.nan, 20.0, np.nan, 40.0], [5.0, 5.0, 5.0, 5.0, 7.0]])
+  num_episodes = np.array([[1, 0, 3, 0, 1], [2, 2, 2, 2, 2]])
+  np.testing.assert_allclose(loop.final_returns(mean_return, num_episodes, last=2), [25.0, 6.0])
+  np.testing.assert_allclose(loop.final_returns(mean_return[0], num_episodes[0], last=10),
+                             (10 + 60 + 40) / 5)
+  assert np.isnan(loop.final_returns(np.zeros(3), np.zeros(3, int), last=1))
+  with pytest.raises(ValueError, match="last must be an integer >= 1"):
+    loop.final_returns(mean_return, num_episodes, last=0)
+  with pytest.raises(ValueError, match=r"\(2, 5\) and \(5,\)"):
+    loop.final_returns(mean_return, num_episodes[0], last=1)
