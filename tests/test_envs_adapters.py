@@ -49,6 +49,7 @@ def test_brax_truncation_is_not_termination(pendulum):
   np.testing.assert_allclose(final[4], obs[4])  # mid-episode: the same observation
 
 
+@pytest.mark.slow  # ~20 s; make test-slow runs it
 def test_brax_a_fallen_pole_terminates_and_keeps_its_final_observation(pendulum):
   env, step = pendulum
   _, _, terminated, truncated, final = _rollout(env, [jnp.ones((2, 1))] * 5, step=step)

@@ -52,17 +52,22 @@ def test_each_run_of_a_sweep_is_the_standalone_run(tmp_path):
 
 # A sweep of each traced hyperparameter kind: the algorithm's own, PPO's, and a
 # REINFORCE baseline's (nested in the algorithm's pytree).
+# The three marked slow (~10 s each) run under `make test-slow`.
+_SLOW = pytest.mark.slow
 BASELINE_SWEEPS = [
-    (dict(baseline="ema"), {"ema_decay": [0.0, 0.9]}),
-    (dict(baseline="constant"), {"baseline_constant": [-1.0, 1.0]}),
-    (dict(baseline="value", learning_rate=0.5), {"value_coef": [0.0, 4.0]}),
-    (dict(algo="ppo", num_minibatches=2, learning_rate=0.5), {"clip_eps": [0.01, 0.5]}),
-    (dict(algo="a2c", learning_rate=0.5), {"value_coef": [0.0, 4.0], "entropy_coef": [0.0]}),
+    pytest.param(dict(baseline="ema"), {"ema_decay": [0.0, 0.9]}, id="ema_decay"),
+    pytest.param(dict(baseline="constant"), {"baseline_constant": [-1.0, 1.0]},
+                 id="baseline_constant", marks=_SLOW),
+    pytest.param(dict(baseline="value", learning_rate=0.5), {"value_coef": [0.0, 4.0]},
+                 id="value_coef0", marks=_SLOW),
+    pytest.param(dict(algo="ppo", num_minibatches=2, learning_rate=0.5),
+                 {"clip_eps": [0.01, 0.5]}, id="clip_eps"),
+    pytest.param(dict(algo="a2c", learning_rate=0.5),
+                 {"value_coef": [0.0, 4.0], "entropy_coef": [0.0]}, id="value_coef1", marks=_SLOW),
 ]
 
 
-@pytest.mark.parametrize("settings, grid", BASELINE_SWEEPS,
-                         ids=[next(iter(g)) for _, g in BASELINE_SWEEPS])
+@pytest.mark.parametrize("settings, grid", BASELINE_SWEEPS)
 def test_every_kind_of_hyperparameter_sweeps_like_standalone_runs(settings, grid, tmp_path):
   config = rj.TrainConfig(num_envs=16, num_steps=6, **settings)
   result = run_sweep("bandit", config, grid, seed=2, out_dir=tmp_path)
