@@ -162,6 +162,22 @@ def test_sequence_train_step_gives_the_numbers_of_jax_keys():
   chex.assert_trees_all_equal(fast_out, jax_out)
 
 
+def test_the_hash_is_computed_once_not_copied_into_each_reader(monkeypatch):
+  """Without `_once`, XLA copies the hash into every fusion that reads the bits."""
+  init_fn, train_step = _bandit_step(4096)
+  key = jax.random.key(0)
+  state = jax.jit(init_fn)(key)
+
+  def xors():  # threefry has 23 xors per hash; a fresh function, so it is traced again
+    return jax.jit(lambda s, k: train_step(s, k)).lower(state, key).compile().as_text().count(
+        " xor(")
+
+  shared = xors()
+  monkeypatch.setattr(prng, "_once", lambda key_word, x: x)
+  copied = xors()
+  assert shared < copied - 2 * 23, (shared, copied)
+
+
 def test_few_environments_keep_jax_keys():
   """Below `MIN_BATCH` environments the step keeps JAX's rolled loop (measured faster)."""
   init_fn, train_step = _bandit_step(prng.MIN_BATCH - 1)
