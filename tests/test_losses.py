@@ -218,6 +218,7 @@ def test_constant_baseline_lowers_variance(bandit, linear_policy):
     np.testing.assert_allclose(sampled.var(axis=0), exact_var, rtol=0.05, atol=1e-6)
 
 
+@pytest.mark.slow  # a learning run, ~9 s; make test-slow runs it
 def test_gradient_step_increases_expected_reward(bandit, linear_policy):
   """Right sign: descending the surrogate ascends the expected reward."""
   params = random_linear_params(jax.random.key(11))
