@@ -8,7 +8,8 @@ here). Two shapes: the sort preset's (`P = T = 6`, where the cache buys
 little) and a longer one (`P = 16, T = 64`, where recomputation grows with `T`).
 
 Training: one full `train_step` of the sort preset (sample, score, update),
-in completion tokens per second.
+in completion tokens per second, beside the same step traced under
+`prng.disabled()` (JAX's own threefry lowering instead of the unrolled keys).
 
     .venv/bin/python benchmarks/sequence_throughput.py [--rounds 5]
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reinforce_jax import prng
 from reinforce_jax.presets import PRESETS
 from reinforce_jax.sequence import models
 from reinforce_jax.sequence.sampling import sample
@@ -69,12 +71,21 @@ def _training(rounds: int) -> dict:
   config = preset.configs["reinforce"]
   init_fn, train_step = preset.build_step(config, dict(preset.options))
   step = jax.jit(train_step, donate_argnums=0)
-  state = init_fn(jax.random.key(0))
-  measure = common.python_loop_timer(step, state, jax.random.key(1))
-  times = common.interleaved_medians({"train_step": lambda: measure(20)}, rounds)
+  key = jax.random.key(1)
+  with prng.disabled():  # the same step with JAX's own (rolled, on CPU) threefry
+    jax_keys_step = jax.jit(lambda s, k: train_step(s, k), donate_argnums=0).lower(
+        init_fn(jax.random.key(0)), key).compile()
+  measure = common.python_loop_timer(step, init_fn(jax.random.key(0)), key)
+  measure_jax_keys = common.python_loop_timer(jax_keys_step, init_fn(jax.random.key(0)), key)
+  times = common.interleaved_medians({"train_step": lambda: measure(20),
+                                      "train_step_jax_keys": lambda: measure_jax_keys(20)},
+                                     rounds)
   tokens = config.num_envs * preset.options["group_size"] * (_task_tokens())
   return {"prompts": config.num_envs, "group_size": preset.options["group_size"],
           "completion_tokens_per_step": tokens, "seconds_per_step": times["train_step"],
+          "seconds_per_step_jax_keys": times["train_step_jax_keys"],
+          "time_ratio_jax_keys_to_shipped": (times["train_step_jax_keys"]["median_s"]
+                                             / times["train_step"]["median_s"]),
           "trained_tokens_per_s": tokens / times["train_step"]["median_s"],
           "steps_per_s": 1 / times["train_step"]["median_s"]}
 
@@ -97,7 +108,8 @@ def main() -> None:
           f"{result['same_tokens']}")
   train = payload["training"]
   print(f"training sort: {train['trained_tokens_per_s']:,.0f} completion tok/s, "
-        f"{train['steps_per_s']:.1f} steps/s")
+        f"{train['steps_per_s']:.1f} steps/s; with JAX's own threefry "
+        f"{train['time_ratio_jax_keys_to_shipped']:.2f}x the time")
   print(common.write("sequence_throughput", payload, args.out))
 
 
