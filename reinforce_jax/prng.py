@@ -2,9 +2,10 @@
 
 On CPU, JAX lowers its default key type (`threefry2x32`) as a `while` loop of
 five trips over the counter arrays (the rolled form keeps compile time short).
-On XLA:CPU each trip is a round of separately launched kernels plus the
-carried tuple's copies: about 60 us for the 4,096 uniforms of one bandit step
-on a 2-core machine, a third of the whole train step. The same hash written
+On XLA:CPU each trip is a round of separately launched kernels, about 12 us a
+trip on a 2-core machine however little it computes (a loop of our own
+without JAX's carry rotations was no faster): about 60 us for the 4,096
+uniforms of one bandit step, a third of the whole train step. The same hash written
 out as twenty rounds of plain integer operations takes about 20 us.
 
 `UNROLLED_THREEFRY` is a key implementation (`jax.extend.random.define_prng_impl`)
@@ -29,7 +30,7 @@ the rolled loop can be the faster of the two.
 
 Only on CPU (other backends already unroll the hash or use a kernel), only
 for keys of type `threefry2x32`, and only with `jax_threefry_partitionable`
-on (JAX's default): otherwise both functions return their input.
+on (JAX's default): otherwise `fast_keys` returns its input.
 """
 
 from __future__ import annotations
