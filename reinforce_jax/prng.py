@@ -21,8 +21,9 @@ the hash is computed once.
 
 `fast_keys(tree)` re-labels the threefry keys in a pytree with this
 implementation (free: the key data is shared) and `restore_keys(tree)` labels
-them back. `make_train_step`'s `train_step` does both from `MIN_BATCH`
-environments on, and the sequence train step always, so a plain
+them back; `with_fast_keys(step)` wraps a `step(state, key)` in both.
+`make_train_step`'s `train_step` is wrapped from `MIN_BATCH` environments on,
+and the sequence train step always, so a plain
 `jax.jit(train_step)` gets the fast hash and returns the key type it was
 given; nothing changes for the caller, not even the random numbers. Use them
 in a loop of your own the same way, and measure: where every array is tiny,
@@ -183,3 +184,19 @@ def fast_keys(tree):
 def restore_keys(tree):
   """Undoes `fast_keys`: `UNROLLED_THREEFRY` keys back to `threefry2x32`."""
   return _relabel(tree, UNROLLED_THREEFRY, "threefry2x32")
+
+
+def with_fast_keys(step):
+  """`step(state, key, ...) -> (state, out)` drawing with the unrolled keys inside.
+
+  The state's and the key's threefry keys are relabelled on the way in and the
+  new state's on the way out, so the wrapped step takes and returns the key
+  types of the original and gives the same numbers. `make_train_step` and the
+  sequence train step are built this way; wrap a step of your own the same way.
+  """
+  @functools.wraps(step)
+  def wrapped(state, key, *args, **kwargs):
+    state, key = fast_keys((state, key))
+    new_state, out = step(state, key, *args, **kwargs)
+    return restore_keys(new_state), out
+  return wrapped

@@ -225,15 +225,15 @@ def make_train_step(
   def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Metrics]:
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
-    # From 16 environments on, threefry keys take the unrolled hash that XLA:CPU
-    # runs faster (`reinforce_jax.prng`: the same numbers); the caller gets its
-    # key type back. Below that, JAX's rolled loop measured faster (PPO, 4 envs).
-    if num_envs >= prng.MIN_BATCH:
-      state, key = prng.fast_keys((state, key))
     key = jax.random.fold_in(key, state.step)
     new_state, metrics = algorithm.schedule.step(learner, state, key)
-    return prng.restore_keys(new_state._replace(step=state.step + 1)), metrics
+    return new_state._replace(step=state.step + 1), metrics
 
+  # From 16 environments on, threefry keys take the unrolled hash that XLA:CPU
+  # runs faster (`reinforce_jax.prng`: the same numbers, the caller's key types
+  # back). Below that, JAX's rolled loop measured faster (PPO, 4 envs).
+  if num_envs >= prng.MIN_BATCH:
+    train_step = prng.with_fast_keys(train_step)
   return init_fn, train_step
 
 

@@ -77,6 +77,22 @@ def test_fast_and_restore_relabel_only_threefry_keys():
                                 jax.random.key_data(tree["key"]))
 
 
+def test_with_fast_keys_wraps_a_step_of_your_own():
+  def step(state, key):
+    next_key, draw = jax.random.split(state["key"])
+    noise = jax.random.normal(jax.random.fold_in(key, 3), (1000,))
+    return {"key": next_key, "x": state["x"] + jax.random.uniform(draw)}, noise
+
+  state = {"key": jax.random.key(5), "x": jnp.zeros(())}
+  key = jax.random.key(6)
+  wrapped = prng.with_fast_keys(step)
+  assert " while(" not in jax.jit(wrapped).lower(state, key).compile().as_text()
+  fast_state, fast_noise = jax.jit(wrapped)(state, key)
+  jax_state, jax_noise = jax.jit(step)(state, key)
+  assert fast_state["key"].dtype == state["key"].dtype
+  chex.assert_trees_all_equal((fast_state, fast_noise), (jax_state, jax_noise))
+
+
 def _bandit_step(num_envs=64):
   env, policy = ContextualBandit(), CategoricalPolicy(2, hidden=())
   config = rj.TrainConfig(num_envs=num_envs, rollout_length=1)
@@ -137,29 +153,6 @@ def test_keys_in_the_environment_state_keep_their_type():
   assert new_state.env.env_state["key"].dtype == state.env.env_state["key"].dtype
   run = jax.jit(rj.make_run(train_step, 3))(state, key, 3)  # a scan carry: types must match
   assert run.state.env.env_state["key"].dtype == state.env.env_state["key"].dtype
-
-
-@pytest.mark.slow  # ~15 s; make test-slow runs it
-def test_sequence_train_step_gives_the_numbers_of_jax_keys():
-  from reinforce_jax.sequence import models, tasks
-  from reinforce_jax.sequence.train import (
-      SequenceConfig,
-      make_sequence_train_step,
-      transformer_policy,
-  )
-  task = tasks.SortTask(num_digits=3, alphabet=4, num_prompts=4)
-  model = models.CausalTransformer(task.vocab_size, max_len=task.prompt_length + 4, d_model=8,
-                                   num_heads=1, num_layers=1, mlp_ratio=2)
-  config = SequenceConfig(max_new_tokens=task.max_new_tokens, eos_id=task.eos_id, group_size=2,
-                          num_updates=1)
-  init_fn, train_step = make_sequence_train_step(
-      task.sample_prompts, task.reward, transformer_policy(model), optax.adam(1e-2), config)
-  key = jax.random.key(0)
-  state = init_fn(key)
-  fast_out = jax.jit(train_step)(state, key)
-  with prng.disabled():
-    jax_out = jax.jit(lambda s, k: train_step(s, k))(state, key)
-  chex.assert_trees_all_equal(fast_out, jax_out)
 
 
 def test_the_hash_is_computed_once_not_copied_into_each_reader(monkeypatch):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax import cli
+from reinforce_jax import cli, prng
 from reinforce_jax.sequence import models, tasks
 from reinforce_jax.sequence.train import (
     SequenceConfig,
@@ -29,6 +29,18 @@ def _step(config=None, optimizer=None, policy=None):
   return make_sequence_train_step(TASK.sample_prompts, TASK.reward,
                                   policy or transformer_policy(MODEL),
                                   optimizer or optax.adam(3e-3), config)
+
+
+@pytest.mark.slow  # ~15 s; make test-slow runs it
+def test_the_step_gives_the_numbers_of_jax_keys():
+  """The step draws with `prng`'s unrolled keys; JAX's own lowering gives the same step."""
+  init_fn, train_step = _step()
+  key = jax.random.key(0)
+  state = init_fn(key)
+  fast_out = jax.jit(train_step)(state, key)
+  with prng.disabled():  # a fresh function, so it is traced again
+    jax_out = jax.jit(lambda s, k: train_step(s, k))(state, key)
+  jax.tree.map(np.testing.assert_array_equal, fast_out, jax_out)
 
 
 def test_sort_reward():

@@ -165,8 +165,6 @@ def make_sequence_train_step(
 
   def train_step(state: SequenceTrainState, key: jax.Array):
     # The step count is folded into the key, so a loop may pass one key for the whole run.
-    # Threefry keys take the unrolled hash inside (`reinforce_jax.prng`: the same numbers).
-    state, key = prng.fast_keys((state, key))
     key_prompts, key_sample = jax.random.split(jax.random.fold_in(key, state.step))
     prompts = prompt_sampler(key_prompts)
     p = prompts.shape[1]
@@ -231,6 +229,7 @@ def make_sequence_train_step(
         mean_length=jnp.mean(jnp.sum(mask, axis=1)))
     new_state = SequenceTrainState(params=params, opt_state=opt_state,
                                    ref_params=state.ref_params, step=state.step + 1)
-    return prng.restore_keys(new_state), metrics
+    return new_state, metrics
 
-  return init_fn, train_step
+  # Threefry keys take the unrolled hash inside (`reinforce_jax.prng`: the same numbers).
+  return init_fn, prng.with_fast_keys(train_step)
