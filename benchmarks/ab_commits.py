@@ -10,6 +10,8 @@ trees share (`TrainConfig` + `make_train_step`, the presets, the CLI):
     milliseconds per step;
   * `ppo_env_steps_per_s`: the CartPole PPO preset (4 x 128, 4 x 4 minibatch
     updates) fused by `make_run` over 50 steps, environment steps per second;
+  * `ppo_2048_env_steps_per_s`: the same preset at 2048 environments (minibatches
+    of 65,536 transitions), `make_run` over 2 steps;
   * `time_to_solve_s`: `reinforce-jax train cartpole --num-seeds 5` from process
     start to exit (every seed's last 100 episodes >= 475), no compilation cache.
 
@@ -74,6 +76,16 @@ for _ in range(3):
   t = time.perf_counter(); jax.block_until_ready(run(state, key, 50))
   times.append(time.perf_counter() - t)
 out["ppo_env_steps_per_s"] = 50 * config.num_envs * config.rollout_length / statistics.median(times)
+wide = config.replace(num_envs=2048)
+init_fn, train_step = rj.make_train_step(CartPole(), policy, rj.make_optimizer(wide), wide)
+run = jax.jit(rj.make_run(train_step, 2))
+state = init_fn(jax.random.key(0))
+jax.block_until_ready(run(state, key, 2))
+times = []
+for _ in range(3):
+  t = time.perf_counter(); jax.block_until_ready(run(state, key, 2))
+  times.append(time.perf_counter() - t)
+out["ppo_2048_env_steps_per_s"] = 2 * wide.num_envs * wide.rollout_length / statistics.median(times)
 print(json.dumps(out))
 """
 

@@ -15,8 +15,14 @@ is the library as shipped. Measured so far:
   batched product over stacked weights instead of two products. The same
   networks as functions; its parameters are drawn differently, so its losses
   are not compared.
+* `jax_shuffle`: the epochs shuffled with `jax.random.permutation` (sorts of
+  key-value pairs) instead of `reinforce_jax.prng.permutation` (sorts of one
+  packed uint32 array), both drawn before the first epoch. Its minibatches
+  differ, so its losses differ by more than rounding; its numbers are those
+  of the commit before the change, which drew each epoch's order inside the
+  epoch loop (`ab_commits.py` compares against that commit).
 
-    python benchmarks/ppo_levers.py [--updates 20] [--variants shipped,twin,unroll=2]
+    python benchmarks/ppo_levers.py [--updates 20] [--variants shipped,jax_shuffle,twin]
 """
 
 from __future__ import annotations
@@ -36,11 +42,16 @@ from reinforce_jax.policies import CategoricalPolicy
 
 
 def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "separate",
-                 jax_keys: bool = False):
+                 jax_keys: bool = False, jax_shuffle: bool = False):
   config = ppo_cartpole.purejaxrl_config(500_000, clip_value=True).replace(num_envs=num_envs)
   env, policy = CartPole(), CategoricalPolicy(2, hidden=(64, 64), value=value_head)
+  algorithm = config.algorithm.build()
+  if jax_shuffle:
+    algorithm = algorithm._replace(
+        schedule=algorithm.schedule._replace(permutation=jax.random.permutation))
   init_fn, train_step = rj.make_train_step(
-      env, policy, ppo_cartpole.purejaxrl_optimizer(config), config, unroll=unroll)
+      env, policy, ppo_cartpole.purejaxrl_optimizer(config), algorithm, num_envs=num_envs,
+      rollout_length=config.rollout_length, unroll=unroll)
   key = jax.random.key(0)
   state = common.block(jax.jit(init_fn)(key))
   start = time.perf_counter()
@@ -70,13 +81,15 @@ def main():
     for name in ["shipped", *[v for v in args.variants.split(",") if v != "shipped"]]:
       unroll = int(name.split("=")[1]) if name.startswith("unroll=") else 1
       value_head = "twin" if name == "twin" else "separate"
-      config, compile_s, out, measure = make_variant(num_envs, updates, unroll, value_head,
-                                                     jax_keys=name == "jax_keys")
+      config, compile_s, out, measure = make_variant(
+          num_envs, updates, unroll, value_head, jax_keys=name == "jax_keys",
+          jax_shuffle=name == "jax_shuffle")
       loss = np.asarray(out.metrics["loss"])
       if reference is None:
         reference = loss
+      same_program = value_head == "separate" and name != "jax_shuffle"
       rows[name] = {"compile_s": compile_s, "max_abs_loss_difference": (
-          None if value_head != "separate" else float(np.max(np.abs(loss - reference))))}
+          float(np.max(np.abs(loss - reference))) if same_program else None)}
       candidates[name] = measure
     timings = common.interleaved_medians(candidates, args.rounds)
     steps = num_envs * config.rollout_length

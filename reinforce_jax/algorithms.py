@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reinforce_jax import _sampling, hparams
+from reinforce_jax import _sampling, hparams, prng
 from reinforce_jax.losses import clipped_value_loss, entropy_bonus, ppo_clip_loss, value_loss
 from reinforce_jax.returns import discounted_returns, gae_advantages, normalize_advantages
 
@@ -226,10 +226,17 @@ class Minibatches(NamedTuple):
   The rollout runs without gradients; each minibatch evaluates the policy again.
   Feedforward policies shuffle transitions; recurrent ones shuffle whole
   environments and replay their sequences from the rollout's first carry.
+
+  Each epoch's order is `permutation(key, n)`, drawn for all epochs before the
+  first, so the epochs' sorts do not wait on each other's updates.
+  `prng.permutation` (the default, `None`) is uniform like
+  `jax.random.permutation` and several times faster on XLA:CPU; pass
+  `jax.random.permutation` for JAX's own numbers.
   """
 
   num_epochs: int = 4
   num_minibatches: int = 4
+  permutation: Callable[[jax.Array, int], jax.Array] | None = None
 
   @property
   def updates_per_step(self) -> int:
@@ -243,10 +250,15 @@ def one_pass() -> OnePass:
   return OnePass()
 
 
-def minibatches(num_epochs: int = 4, num_minibatches: int = 4) -> Minibatches:
+def minibatches(num_epochs: int = 4, num_minibatches: int = 4, *,
+                permutation: Callable[[jax.Array, int], jax.Array] | None = None
+                ) -> Minibatches:
+  """The `Minibatches` schedule; `permutation(key, n) -> int[n]` shuffles each epoch."""
   for name, value in (("num_epochs", num_epochs), ("num_minibatches", num_minibatches)):
     hparams._check_int(name, value, 1)
-  return Minibatches(num_epochs, num_minibatches)
+  if permutation is not None and not callable(permutation):
+    raise ValueError(f"permutation must be a function (key, n) -> int[n], got {permutation!r}")
+  return Minibatches(num_epochs, num_minibatches, permutation)
 
 
 # --- Carried state -----------------------------------------------------------------
@@ -437,6 +449,13 @@ class _Transitions(NamedTuple):
   episode_length: jax.Array
 
 
+def _checked_order(order, length: int) -> jax.Array:
+  if jnp.shape(order) != (length,) or not jnp.issubdtype(jnp.result_type(order), jnp.integer):
+    raise ValueError(f"the schedule's permutation(key, {length}) must return integers of "
+                     f"shape ({length},); got {jnp.result_type(order)}{list(jnp.shape(order))}")
+  return order
+
+
 def _minibatch_step(self: Minibatches, learner: Learner, state, key):
   unroll = learner.unroll
   algo = learner.algorithm
@@ -480,22 +499,25 @@ def _minibatch_step(self: Minibatches, learner: Learner, state, key):
     metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
     return (optax.apply_updates(params, updates), opt_state), metrics
 
-  def epoch(carry, key):
+  def epoch(carry, order):
     if learner.recurrent:
-      order = jax.random.permutation(key, learner.num_envs)
       split = lambda x: jnp.moveaxis(  # noqa: E731 - [T, B, ...] -> [n, T, B / n, ...]
           x[:, order].reshape((x.shape[0], num, -1) + x.shape[2:]), 1, 0)
       batches = (jax.tree.map(split, data), jax.tree.map(
           lambda c: c[order].reshape((num, -1) + c.shape[1:]), first_carry))
     else:
-      order = jax.random.permutation(key, data.obs.shape[0])
       batches = (jax.tree.map(lambda x: x[order].reshape((num, -1) + x.shape[1:]), data),
                  jnp.zeros((num,)))
     return jax.lax.scan(update, carry, batches, unroll=min(unroll, num))
 
+  # Every epoch's order up front, as separate sorts: nothing orders them after
+  # the previous epoch's updates, so XLA:CPU runs them side by side.
+  permutation = prng.permutation if self.permutation is None else self.permutation
+  length = learner.num_envs if learner.recurrent else data.obs.shape[0]
+  orders = jnp.stack([_checked_order(permutation(k, length), length)
+                      for k in jax.random.split(key_epochs, self.num_epochs)])
   (params, opt_state), metrics = jax.lax.scan(
-      epoch, (state.params, state.opt_state),
-      jax.random.split(key_epochs, self.num_epochs), unroll=min(unroll, self.num_epochs))
+      epoch, (state.params, state.opt_state), orders, unroll=min(unroll, self.num_epochs))
   metrics = jax.tree.map(jnp.mean, metrics)
   metrics.update(_trajectory_episode_metrics(traj))  # over the whole rollout
   algo_state = algo.carry.update(hp, state.algo_state, traj, advantage, target, metrics)

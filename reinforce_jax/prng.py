@@ -32,6 +32,12 @@ the rolled loop can be the faster of the two.
 Only on CPU (other backends already unroll the hash or use a kernel), only
 for keys of type `threefry2x32`, and only with `jax_threefry_partitionable`
 on (JAX's default): otherwise `fast_keys` returns its input.
+
+`permutation(key, n)` is a uniformly random shuffle for the same reason: on
+XLA:CPU, `jax.random.permutation` spends its time in sorts of (key, position)
+pairs, which call a comparator per comparison; a sort of one uint32 array
+takes a direct path, about 4.5x faster (262,144 elements: 12 against 54 ms).
+It is what PPO's minibatch schedule shuffles with.
 """
 
 from __future__ import annotations
@@ -200,3 +206,58 @@ def with_fast_keys(step):
     new_state, out = step(state, key, *args, **kwargs)
     return restore_keys(new_state), out
   return wrapped
+
+
+# Up to this many elements, `permutation` packs positions and random digits in
+# one uint32 word; beyond it fewer than 8 random bits would be left per round.
+PACKED_MAX = 2**24
+
+
+def _packed_permutation(key: jax.Array, n: int, *, random_bits: int,
+                        position_bits: int | None = None) -> jax.Array:
+  """Rounds of single-array sorts of `(digit << b) | position`, `b = bits(n - 1)`.
+
+  A round sorts the current sequence by fresh random digits of `32 - b` bits,
+  stably (the positions in the low bits make every word distinct and break
+  ties by position), and the low bits read back the new order. Rounds compose
+  as a least-significant-digit radix sort, so the result is the stable order
+  of one random key per element of `rounds * (32 - b) >= random_bits` bits:
+  uniform unless two elements draw the same key. (`position_bits` wider than
+  needed leaves fewer random bits per round: tests use it to see ties bias.)
+  """
+  position_bits = position_bits or max(1, (n - 1).bit_length())
+  digit_bits = 32 - position_bits
+  rounds = max(1, -(-random_bits // digit_bits))
+  positions = lax.iota(np.uint32, n)
+  low = np.uint32((1 << position_bits) - 1)
+  order = None
+  for round_key in jax.random.split(key, rounds):
+    digits = jax.random.bits(round_key, (n,), np.uint32) << np.uint32(position_bits)
+    step = (lax.sort(digits | positions) & low).astype(np.int32)
+    order = step if order is None else order[step]
+  return order
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+  """A uniformly random permutation of `0, ..., n - 1` (int32): `x[permutation(key, len(x))]`.
+
+  On CPU, for `2 <= n <= PACKED_MAX`, it is drawn with sorts of a single
+  uint32 array (see `_packed_permutation`), which XLA:CPU runs far faster than
+  the key-value sorts of `jax.random.permutation`. Each element gets a random
+  key of at least as many bits as `jax.random.permutation` draws for the same
+  `n` (and at least 32), so a tie, the only departure from uniform, is no
+  likelier than there: below `n**2 / 2**(bits + 1)`. Its numbers are not
+  `jax.random.permutation`'s. On other backends, and for larger `n`, it is
+  `jax.random.permutation(key, n)`.
+
+  Raises:
+    ValueError: if `n` is not a non-negative Python integer.
+  """
+  if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+    raise ValueError(f"n must be a non-negative integer (a static length), got {n!r}")
+  n = int(n)
+  if n < 2 or n > PACKED_MAX or jax.default_backend() != "cpu":
+    return jax.random.permutation(key, n)
+  # `jax.random.permutation` uses ceil(3 ln n / ln(2**32 - 1)) rounds of 32-bit keys.
+  jax_bits = 32 * math.ceil(3 * math.log(n) / math.log(2**32 - 1))
+  return _packed_permutation(key, n, random_bits=max(32, jax_bits))
