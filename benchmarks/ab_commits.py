@@ -65,27 +65,21 @@ out["bandit_plain_jit_us"] = loop_us(rj.TrainConfig(num_envs=4096), ContextualBa
 out["cartpole_reinforce_value_ms"] = loop_us(
     rj.TrainConfig(num_envs=64, rollout_length=200, baseline="value", learning_rate=1e-3),
     CartPole(), CategoricalPolicy(2, hidden=(64, 64), value="separate"), 10, 1e-3) / 1e3
+def ppo_env_steps_per_s(config, steps):
+  policy = CategoricalPolicy(2, hidden=(64, 64), value="separate")
+  init_fn, train_step = rj.make_train_step(CartPole(), policy, rj.make_optimizer(config), config)
+  run = jax.jit(rj.make_run(train_step, steps))
+  state, key = init_fn(jax.random.key(0)), jax.random.key(1)
+  jax.block_until_ready(run(state, key, steps))
+  times = []
+  for _ in range(3):
+    t = time.perf_counter(); jax.block_until_ready(run(state, key, steps))
+    times.append(time.perf_counter() - t)
+  return steps * config.num_envs * config.rollout_length / statistics.median(times)
+
 config = PRESETS["cartpole"].configs["ppo"]
-policy = CategoricalPolicy(2, hidden=(64, 64), value="separate")
-init_fn, train_step = rj.make_train_step(CartPole(), policy, rj.make_optimizer(config), config)
-run = jax.jit(rj.make_run(train_step, 50))
-state, key = init_fn(jax.random.key(0)), jax.random.key(1)
-jax.block_until_ready(run(state, key, 50))
-times = []
-for _ in range(3):
-  t = time.perf_counter(); jax.block_until_ready(run(state, key, 50))
-  times.append(time.perf_counter() - t)
-out["ppo_env_steps_per_s"] = 50 * config.num_envs * config.rollout_length / statistics.median(times)
-wide = config.replace(num_envs=2048)
-init_fn, train_step = rj.make_train_step(CartPole(), policy, rj.make_optimizer(wide), wide)
-run = jax.jit(rj.make_run(train_step, 2))
-state = init_fn(jax.random.key(0))
-jax.block_until_ready(run(state, key, 2))
-times = []
-for _ in range(3):
-  t = time.perf_counter(); jax.block_until_ready(run(state, key, 2))
-  times.append(time.perf_counter() - t)
-out["ppo_2048_env_steps_per_s"] = 2 * wide.num_envs * wide.rollout_length / statistics.median(times)
+out["ppo_env_steps_per_s"] = ppo_env_steps_per_s(config, 50)
+out["ppo_2048_env_steps_per_s"] = ppo_env_steps_per_s(config.replace(num_envs=2048), 2)
 print(json.dumps(out))
 """
 
