@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/bandit
 
-.PHONY: run test test-slow lint bench wheels gpu-bench clean
+.PHONY: run test test-slow lint docs bench wheels gpu-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test-slow: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+# The documentation site (docs/README.md): warnings are errors.
+$(VENV)/.installed-docs: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 # Benchmarks write JSON under benchmarks/results/. The PyTorch comparison needs
 # the torch extra ($(BIN)/python -m pip install -e '.[torch]'), the VAE example
