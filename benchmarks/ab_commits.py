@@ -41,8 +41,8 @@ import json, time, statistics, sys
 import jax, jax.numpy as jnp, optax
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole, ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.rl.policies import CategoricalPolicy
+from reinforce_jax.experiments.presets import PRESETS
 assert rj.__file__.startswith(sys.argv[1]), rj.__file__
 
 def loop_us(config, env, policy, steps, lr):

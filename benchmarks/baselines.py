@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 import reinforce_jax as rj
-from reinforce_jax.config import BASELINES
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.config import BASELINES
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 
 def replicate(baseline: str, num_envs: int, replicates: int):

@@ -12,7 +12,7 @@ from 20 fresh samples) and a moving-average baseline (a constant: it changes
 only the score function). Every `--eval-every` steps: the ELBO (1000 samples,
 fixed key) and the variance of the gradient estimate for mu, averaged over
 coordinates, from `--samples` per-sample Jacobians. All through
-`reinforce_jax.monte_carlo`, optax 0.2.4's API.
+`reinforce_jax.estimators.monte_carlo`, optax 0.2.4's API.
 
 Needs scikit-learn (`pip install -e '.[examples]'`); nothing is downloaded.
 

@@ -4,7 +4,7 @@ Both train on `brax.envs.get_environment("inverted_pendulum")` (the `generalized
 pipeline) with a 200-step time limit (a return of 200 is the most: +1 per step
 the pole stays up), the same number of environment steps, environments and
 rollout length, 4 epochs x 4 minibatches, Adam at 3e-4, gamma 0.99, GAE 0.95,
-clip 0.2. Ours: `reinforce_jax.algorithms.ppo` through `make_train_step`, a
+clip 0.2. Ours: `reinforce_jax.rl.algorithms.ppo` through `make_train_step`, a
 tanh-squashed `GaussianPolicy` (32x32, separate critic), the environment
 through `reinforce_jax.envs.BraxEnv`; the learning curve is each train step's
 mean return of the episodes finished in it. Brax's: `brax.training.agents.ppo`
@@ -27,7 +27,7 @@ import numpy as np
 
 import reinforce_jax as rj
 from reinforce_jax import envs
-from reinforce_jax.policies import GaussianPolicy
+from reinforce_jax.rl.policies import GaussianPolicy
 
 EPISODE_LENGTH = 200
 

@@ -88,7 +88,7 @@ def estimators_for(problem, f, build, params, evaluations):
     out["relax (untrained)"] = functools.partial(
         rj.grad_estimate, num_samples=evaluations, estimator="relax", control_variate=cv,
         cv_params=phi)
-  if evaluations <= min(_outcomes(build, params), rj.discrete.MAX_SET_SIZE):
+  if evaluations <= min(_outcomes(build, params), rj.estimators.unordered_set.MAX_SET_SIZE):
     out["unordered_set"] = functools.partial(rj.grad_estimate, num_samples=evaluations,
                                              estimator="unordered_set")
   return out

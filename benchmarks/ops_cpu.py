@@ -17,19 +17,19 @@ import jax
 import jax.numpy as jnp
 
 import reinforce_jax as rj
-from reinforce_jax import _sampling
+from reinforce_jax._src import categorical
 
 
 def ops():
   return {
       "jax.nn.log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
-      "_sampling.log_softmax": _sampling.log_softmax,
+      "categorical.log_softmax": categorical.log_softmax,
       "sum over all": jnp.sum,
       "sum over rows (a bias gradient)": lambda x: jnp.sum(x, axis=0),
       "sum over the 2-wide axis": lambda x: jnp.sum(x, axis=-1),
       "3 separate scalar sums": lambda x: (jnp.sum(x[:, 0]), jnp.sum(x[:, 1]),
                                            jnp.sum(x[:, 0] * x[:, 1])),
-      "_sampling.column_sums of 3": lambda x: _sampling.column_sums(
+      "categorical.column_sums of 3": lambda x: categorical.column_sums(
           {"a": x[:, 0], "b": x[:, 1], "c": x[:, 0] * x[:, 1]}),
       "elementwise x * 2 (no reduction)": lambda x: x * 2.0,
   }

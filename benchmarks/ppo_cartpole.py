@@ -35,7 +35,7 @@ import optax
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole
 from reinforce_jax.envs.wrappers import Wrapper
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 # PureJaxRL's CartPole results in the same setup (20 seeds, measured side by
 # side by the issue that asked for this benchmark): mean final return, share of

@@ -9,14 +9,14 @@ is the library as shipped. Measured so far:
   iteration in the rollout and in PPO's epoch and minibatch loops. Values are
   identical (checked here).
 * `jax_keys`: the same program with JAX's own threefry lowering (a rolled
-  `while` loop on CPU) instead of `reinforce_jax.prng`'s unrolled hash, which
+  `while` loop on CPU) instead of `reinforce_jax.xla.prng`'s unrolled hash, which
   `train_step` uses by default. The same numbers (checked here).
 * `twin`: actor and critic as one `TwinMLP` (`value="twin"`): each layer one
   batched product over stacked weights instead of two products. The same
   networks as functions; its parameters are drawn differently, so its losses
   are not compared.
 * `jax_shuffle`: the epochs shuffled with `jax.random.permutation` (sorts of
-  key-value pairs) instead of `reinforce_jax.prng.permutation` (sorts of one
+  key-value pairs) instead of `reinforce_jax.xla.prng.permutation` (sorts of one
   packed uint32 array), both drawn before the first epoch. Its minibatches
   differ, so its losses differ by more than rounding; its numbers are those
   of the commit before the change, which drew each epoch's order inside the
@@ -38,14 +38,14 @@ import ppo_cartpole
 
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 
 def make_variant(num_envs: int, updates: int, unroll: int, value_head: str = "separate",
                  jax_keys: bool = False, jax_shuffle: bool = False):
   config = ppo_cartpole.purejaxrl_config(500_000, clip_value=True).replace(num_envs=num_envs)
   env, policy = CartPole(), CategoricalPolicy(2, hidden=(64, 64), value=value_head)
-  algorithm = config.algorithm.build()
+  algorithm = rj.algorithms.build(config.algorithm)
   if jax_shuffle:
     algorithm = algorithm._replace(
         schedule=algorithm.schedule._replace(permutation=jax.random.permutation))

@@ -1,7 +1,7 @@
 """Scaling over devices: the environment batch split over 1, 2, 4, ... local devices.
 
 For each device count `n` the state is sharded with
-`reinforce_jax.distributed.shard_state` (environments split, parameters
+`reinforce_jax.experiments.distributed.shard_state` (environments split, parameters
 replicated) and the jitted `train_step` is called from a Python loop:
 
 - strong scaling: the global batch stays `--num-envs`; ideal time is `t_1 / n`;
@@ -24,8 +24,8 @@ import jax
 import optax
 
 import reinforce_jax as rj
-from reinforce_jax.distributed import make_mesh, shard_state
-from reinforce_jax.presets import PRESETS, make_policy
+from reinforce_jax.experiments.distributed import make_mesh, shard_state
+from reinforce_jax.experiments.presets import PRESETS, make_policy
 
 
 def make_case(env_name, algo, num_envs, rollout_length, num_devices, options):

@@ -22,8 +22,8 @@ import common
 import jax
 import numpy as np
 
-from reinforce_jax.presets import PRESETS
-from reinforce_jax.train import make_run
+from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.rl.train import make_run
 
 RUNS = {
     "RLOO": {"estimator": "rloo", "aggregation": "sequence_sum"},

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reinforce_jax import prng
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.experiments.presets import PRESETS
 from reinforce_jax.sequence import models
 from reinforce_jax.sequence.sampling import sample
 

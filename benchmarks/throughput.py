@@ -22,7 +22,7 @@ import optax
 import reference
 
 import reinforce_jax as rj
-from reinforce_jax.presets import PRESETS, make_policy
+from reinforce_jax.experiments.presets import PRESETS, make_policy
 
 
 def measure_size(env_name, num_envs, rollout_length, key_impl, rounds, budget_s,

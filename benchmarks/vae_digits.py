@@ -62,7 +62,7 @@ import numpy as np
 import optax
 
 import reinforce_jax as rj
-from reinforce_jax import discrete
+from reinforce_jax.estimators import unordered_set
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -125,7 +125,7 @@ def discrete_estimator_loss(model, params, x, key, method):
     if method == "unordered_set":
       # k distinct z; `expectation` (stop-gradient p(s) R(S, s), summing to 1) makes the
       # weighted sum of f, hence of its decoder gradient, unbiased.
-      g, values, expectation = discrete.unordered_set_gradient(
+      g, values, expectation = unordered_set.unordered_set_gradient(
           f, _bernoulli_latents, logits_i, key_i, num_samples)
       return g, jnp.sum(expectation * values)
     g, stats = rj.grad_estimate(f, _bernoulli_latents, logits_i, key_i, num_samples=num_samples,

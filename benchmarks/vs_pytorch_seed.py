@@ -34,7 +34,7 @@ import reference
 
 import reinforce_jax as rj
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 TARGET_SPEEDUP_VS_TORCH = 10_000
 TARGET_LOOP_TO_REFERENCE = 1.1  # the bar: 1.3

@@ -6,7 +6,7 @@ the pole is but not where it is going, and a recurrent one can infer that from
 the observations it remembers. `policies.GRUPolicy` carries its state in
 `TrainState.env.policy_carry`; the rollout resets it where an episode ends, and
 PPO's minibatches split the environments and replay whole sequences from the
-rollout's first carry (`reinforce_jax.rollout.replay`).
+rollout's first carry (`reinforce_jax.rl.rollouts.replay`).
 
 The setup is PureJaxRL's `ppo_rnn.py` (4 environments x 128 steps, 976 updates
 of 4 epochs x 4 minibatches, Adam annealed linearly to 0, clipping 0.2, entropy

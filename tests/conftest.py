@@ -4,9 +4,9 @@ import tempfile
 import jax
 import pytest
 
-from reinforce_jax.compiler import use_compilation_cache
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
+from reinforce_jax.xla.compiler import use_compilation_cache
 
 # One persistent compilation cache for this test session, shared by its xdist
 # workers and the CLI processes the tests start, and by nothing else (the CLI's
@@ -40,3 +40,11 @@ def random_linear_params(key, scale=1.0):
       "kernel": scale * jax.random.normal(k1, (1, 2)),
       "bias": scale * jax.random.normal(k2, (2,)),
   }}}
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+  """Every test runs in its own empty folder: whatever it writes by a relative path (the
+  CLI's default `runs/ENV`, a plot) lands there, never in the checkout, and a checkout
+  that already holds `runs/` (after `make run`) changes nothing."""
+  monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ from flax import nnx
 import reinforce_jax as rj
 from reinforce_jax import algorithms, baselines, hparams, policies
 from reinforce_jax.envs import CartPole, ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 CARTPOLE_SHAPE = {"num_envs": 8, "rollout_length": 16}
 
@@ -35,7 +35,7 @@ def _one_step(env, policy, algorithm, key=0, **kwargs):
      algorithms.ppo(num_minibatches=2, clip_eps=0.1)),
 ])
 def test_a_config_names_exactly_the_algorithm_built_from_parts(config, algorithm):
-  built = config.algorithm.build()
+  built = algorithms.build(config.algorithm)
   assert built.hparams == algorithm.hparams and built.needs_value == algorithm.needs_value
   assert (built.advantages, built.loss, built.schedule) == (
       algorithm.advantages, algorithm.loss, algorithm.schedule)
@@ -182,7 +182,7 @@ def test_a_schedule_of_your_own_is_called_with_the_learner():
   assert isinstance(calls[0], algorithms.Learner) and calls[0].num_envs == 4
   assert int(results["two"].step) == 1  # one train step, two updates inside it
   assert int(results["two"].opt_state[0].count) == 2 == 2 * int(results["one"].opt_state[0].count)
-  assert rj.train.updates_per_step(algorithm._replace(schedule=TwoPasses())) == 2
+  assert rj.rl.train.updates_per_step(algorithm._replace(schedule=TwoPasses())) == 2
 
 
 def test_traced_ppo_hyperparameters_vmap_without_recompiling():

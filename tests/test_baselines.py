@@ -8,7 +8,7 @@ from conftest import random_linear_params
 import reinforce_jax as rj
 from reinforce_jax import baselines
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 
 def test_leave_one_out_is_the_mean_of_the_others():

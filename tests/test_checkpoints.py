@@ -108,7 +108,7 @@ def test_every_run_can_be_resumed(uninterrupted, tmp_path):
 
 def test_checkpoints_land_every_n_steps(tmp_path, monkeypatch):
   """60 steps run in chunks of 2 (60 / 50, rounded up); every 5 steps must still save."""
-  from reinforce_jax import checkpoints
+  from reinforce_jax.experiments import checkpoints
 
   steps, save = [], checkpoints.save
   monkeypatch.setattr(checkpoints, "save",
@@ -163,10 +163,11 @@ def test_a_checkpoint_of_the_earlier_state_layout_resumes_bit_identically(tmp_pa
   import jax
   import numpy as np
 
-  from reinforce_jax import checkpoints, train
-  from reinforce_jax.checkpoints import _legacy_layout
-  from reinforce_jax.config import TrainConfig
-  from reinforce_jax.presets import PRESETS
+  from reinforce_jax.experiments import checkpoints
+  from reinforce_jax.experiments.checkpoints import _legacy_layout
+  from reinforce_jax.experiments.presets import PRESETS
+  from reinforce_jax.rl import train
+  from reinforce_jax.rl.config import TrainConfig
 
   ema = ["--baseline", "ema", "--num-envs", "16", "--no-progress"]
   full, half = tmp_path / "full", tmp_path / "half"

@@ -10,9 +10,10 @@ import pytest
 from flax import serialization
 
 import reinforce_jax as rj
-from reinforce_jax import cli, experiment
+from reinforce_jax import cli
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.experiments import runner as experiment
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 
 def _rows(path):
@@ -91,7 +92,7 @@ def test_non_finite_run_stops_and_keeps_last_finite_params(tmp_path, capsys):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
   assert len(_rows(out)) == summary["steps_done"]
   # The last good state is saved: every run can be resumed.
-  from reinforce_jax.checkpoints import latest_step
+  from reinforce_jax.experiments.checkpoints import latest_step
   assert latest_step(out / "checkpoints") == summary["steps_done"]
 
 
@@ -115,7 +116,7 @@ def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
   assert summary["status"] == "interrupted" and 4 <= summary["steps_done"] < 100
   assert len(_rows(out)) == summary["steps_done"]
   assert (out / "params.msgpack").stat().st_size > 0
-  from reinforce_jax.checkpoints import latest_step
+  from reinforce_jax.experiments.checkpoints import latest_step
   assert latest_step(out / "checkpoints") == summary["steps_done"]
 
 

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from reinforce_jax import cli
-from reinforce_jax.config import TrainConfig
+from reinforce_jax.cli import checks, parsing
+from reinforce_jax.rl.config import TrainConfig
 
 
 def _exit_2_one_line(argv, capsys, fragment):
@@ -76,8 +77,8 @@ def test_options_the_algorithm_lacks_or_rejects_exit_2_with_one_line(argv, fragm
 
 
 def test_the_float32_check_keeps_representable_values():
-  assert cli._number(lambda v: v > 0, "positive")("3e38") == 3e38
-  assert cli._float32(1e300) == float("inf") and cli._float32(-1e300) == float("-inf")
+  assert parsing._number(lambda v: v > 0, "positive")("3e38") == 3e38
+  assert parsing._float32(1e300) == float("inf") and parsing._float32(-1e300) == float("-inf")
 
 
 def _stored_config(folder, **changes):
@@ -202,7 +203,7 @@ def test_runs_too_large_for_the_device_exit_2_before_allocating(argv, tmp_path, 
 def test_the_memory_estimate_knows_the_environments():
   """The presets' observation and action sizes (read without building the environments)
   are the environments', and a preset's own run is far inside this machine's memory."""
-  from reinforce_jax.presets import PRESETS
+  from reinforce_jax.experiments.presets import PRESETS
 
   for name, preset in PRESETS.items():
     env = preset.make_env()
@@ -210,7 +211,7 @@ def test_the_memory_estimate_knows_the_environments():
     bounds = getattr(env, "action_bounds", None)
     assert preset.action_size == (env.action_shape[0] if bounds else env.num_actions), name
     for config in preset.configs.values():
-      assert cli.run_bytes(preset, config, steps_per_call=10) < 2**30, name
+      assert checks.run_bytes(preset, config, steps_per_call=10) < 2**30, name
 
 
 def test_cluster_errors_exit_2(capsys):

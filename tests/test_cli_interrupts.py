@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from reinforce_jax import cli, experiment
-from reinforce_jax.checkpoints import latest_step
+from reinforce_jax import cli
+from reinforce_jax.experiments import runner as experiment
+from reinforce_jax.experiments.checkpoints import latest_step
 
 pytestmark = [
     pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(),
@@ -102,7 +103,7 @@ def test_ctrl_c_while_compiling_exits_130_and_writes_nothing(tmp_path, monkeypat
 
 
 def test_ctrl_c_during_a_sweep_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
-  from reinforce_jax import sweep
+  from reinforce_jax.experiments import sweep
 
   make_run = sweep.make_run
 

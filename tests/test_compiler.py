@@ -76,7 +76,7 @@ def test_the_sweep_that_used_to_hang_finishes(tmp_path):
 def test_use_compilation_cache_respects_jax_settings(tmp_path):
   out = _python(textwrap.dedent(f"""
       import jax
-      from reinforce_jax.compiler import use_compilation_cache
+      from reinforce_jax.xla.compiler import use_compilation_cache
       print(use_compilation_cache(None))
       jax.config.update("jax_enable_compilation_cache", False)
       print(use_compilation_cache({str(tmp_path / "a")!r}))

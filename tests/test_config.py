@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from reinforce_jax import hparams
-from reinforce_jax.algorithms import traced
-from reinforce_jax.config import RUN_RANGES, SWEEPABLE, TrainConfig, sweep_grid
+from reinforce_jax.rl.algorithms import traced
+from reinforce_jax.rl.config import RUN_RANGES, SWEEPABLE, TrainConfig, sweep_grid
 
 INF = math.inf
 # Every float setting: (low, high, low excluded).
@@ -368,8 +368,8 @@ def test_numpy_and_jax_scalars_are_accepted_as_floats():
 def test_config_and_hparams_import_without_jax(module):
   """The CLI parses arguments into a TrainConfig before it pays for importing JAX."""
   code = (
-      f"import sys, reinforce_jax.{module}\n"
-      "from reinforce_jax.config import TrainConfig\n"
+      f"import sys, reinforce_jax.rl.{module}\n"
+      "from reinforce_jax.rl.config import TrainConfig\n"
       "TrainConfig(algo='ppo', gamma=0.5, clip_eps=0.1, learning_rate=1e-3).to_dict()\n"
       "TrainConfig(baseline='ema', ema_decay=0.5).replace(algo='a2c')\n"
       "heavy = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')]\n"

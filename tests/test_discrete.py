@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax import discrete
+from reinforce_jax.estimators import unordered_set
 
 DRAWS = 20_000
 # Chi-square quantiles at 1 - 1e-5 (scipy.stats.chi2.ppf): a correct sampler fails the
@@ -38,7 +38,7 @@ def _joint_probs(logits):
 def _draw(logits, k, key):
   """`[DRAWS, k]` outcome indices from the beam search, one jit."""
   levels = _bernoulli_levels(logits)
-  outcomes, log_p = jax.jit(jax.vmap(lambda key: discrete.stochastic_beam_search(
+  outcomes, log_p = jax.jit(jax.vmap(lambda key: unordered_set.stochastic_beam_search(
       key, levels, k)))(jax.random.split(key, DRAWS))
   weights = 2 ** np.arange(logits.shape[0])[::-1]
   return np.asarray(outcomes) @ weights, np.asarray(log_p)
@@ -93,7 +93,7 @@ def test_beam_search_is_distinct_at_sixteen_bits_and_for_categoricals():
   """k = 7 of 2^16 outcomes (a peaked product, where a with-replacement sampler repeats),
   and k = 5 of 3^2 outcomes of two categoricals: distinct rows, their joint log-probability."""
   logits = jnp.linspace(-4.0, 4.0, 16)
-  outcomes, log_p = jax.jit(jax.vmap(lambda key: discrete.stochastic_beam_search(
+  outcomes, log_p = jax.jit(jax.vmap(lambda key: unordered_set.stochastic_beam_search(
       key, _bernoulli_levels(logits), 7)))(jax.random.split(jax.random.key(2), 500))
   outcomes = np.asarray(outcomes)
   for rows in outcomes:
@@ -102,7 +102,7 @@ def test_beam_search_is_distinct_at_sixteen_bits_and_for_categoricals():
                              jax.nn.log_sigmoid(-logits)), -1)
   np.testing.assert_allclose(log_p, expected, rtol=1e-5)
   levels = jax.nn.log_softmax(jnp.array([[0.0, 1.0, -1.0], [2.0, 0.0, 0.5]]))
-  outcomes, log_p = jax.jit(jax.vmap(lambda key: discrete.stochastic_beam_search(
+  outcomes, log_p = jax.jit(jax.vmap(lambda key: unordered_set.stochastic_beam_search(
       key, levels, 5)))(jax.random.split(jax.random.key(3), 200))
   for rows, lp in zip(np.asarray(outcomes), np.asarray(log_p), strict=True):
     assert len({tuple(r) for r in rows}) == 5
@@ -171,12 +171,12 @@ def test_unordered_set_weights_stay_finite_where_probabilities_underflow():
   logits = jnp.zeros(200)
   f = lambda b: jnp.sum(_float(b) * jnp.linspace(-1.0, 1.0, 200)) ** 2  # noqa: E731
   build = lambda th: distrax.Independent(distrax.Bernoulli(logits=th), 1)  # noqa: E731
-  gradient, values, expectation = jax.jit(lambda key: discrete.unordered_set_gradient(
+  gradient, values, expectation = jax.jit(lambda key: unordered_set.unordered_set_gradient(
       f, build, logits, key, 4))(jax.random.key(0))
   assert bool(jnp.all(jnp.isfinite(gradient))) and float(jnp.max(jnp.abs(gradient))) > 0
   np.testing.assert_allclose(expectation, 0.25, rtol=1e-4)
   assert values.shape == (4,)
-  legacy = jax.jit(discrete.unordered_set_weights)(jnp.zeros(4), values)  # exp(-139) = 0
+  legacy = jax.jit(unordered_set.unordered_set_weights)(jnp.zeros(4), values)  # exp(-139) = 0
   assert not bool(jnp.all(jnp.isfinite(legacy)))
 
 
@@ -186,7 +186,7 @@ def test_unordered_set_expectation_weights_estimate_the_mean():
   f, build, theta, k = PRODUCT_PROBLEMS["independent_3"]
 
   def estimate(key):
-    _, values, expectation = discrete.unordered_set_gradient(f, build, theta, key, k)
+    _, values, expectation = unordered_set.unordered_set_gradient(f, build, theta, key, k)
     return jnp.sum(expectation * values)
 
   draws = jax.jit(jax.vmap(estimate))(jax.random.split(jax.random.key(4), 3000))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax import discrete
+from reinforce_jax.estimators import discrete
 
 REPLICATES = 3000
 

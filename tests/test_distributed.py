@@ -13,14 +13,14 @@ import textwrap
 import jax
 import pytest
 
-from reinforce_jax.distributed import make_mesh, shard_state
+from reinforce_jax.experiments.distributed import make_mesh, shard_state
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     import reinforce_jax as rj
-    from reinforce_jax.distributed import make_mesh, shard_state
-    from reinforce_jax.presets import PRESETS
+    from reinforce_jax.experiments.distributed import make_mesh, shard_state
+    from reinforce_jax.experiments.presets import PRESETS
     assert jax.device_count() == 8
     report = {}
     for env_name, algo in [("cartpole", "reinforce"), ("cartpole", "ppo")]:
@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent("""
     report["cli"] = "P('envs')"
     # A sweep spreads its runs over the devices: 3 grid points x 2 seeds = 6 runs,
     # padded to 8, give the same curves as on one device.
-    from reinforce_jax.sweep import run_sweep
+    from reinforce_jax.experiments.sweep import run_sweep
     config = rj.TrainConfig(num_envs=16, num_steps=4)
     grid = {"learning_rate": [0.01, 0.1, 0.3]}
     sweeps = {n: run_sweep("bandit", config, grid, num_seeds=2, devices=n,
@@ -89,7 +89,7 @@ def test_mesh_and_sharding_errors():
 
   import reinforce_jax as rj
   from reinforce_jax.envs import ContextualBandit
-  from reinforce_jax.policies import CategoricalPolicy
+  from reinforce_jax.rl.policies import CategoricalPolicy
   init_fn, _ = rj.make_train_step(ContextualBandit(), CategoricalPolicy(2, hidden=()),
                                   optax.sgd(0.1), rj.TrainConfig(num_envs=3))
   state = init_fn(jax.random.key(0))

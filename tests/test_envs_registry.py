@@ -14,7 +14,7 @@ from reinforce_jax.envs import (
     Pendulum,
     make,
 )
-from reinforce_jax.presets import make_policy
+from reinforce_jax.experiments.presets import make_policy
 
 
 def test_make_ours_and_unknown():

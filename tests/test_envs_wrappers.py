@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from reinforce_jax.envs import CartPole, ObservationMask, Pendulum, hide_velocities, make
-from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.rollout import reset_envs, rollout
+from reinforce_jax.rl.policies import CategoricalPolicy
+from reinforce_jax.rl.rollouts import reset_envs, rollout
 
 # Episodes of 10 steps at most: pushing one way ends one sooner (terminated), alternating
 # pushes reach the limit (truncated).

@@ -13,10 +13,10 @@ import optax
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax.compiler import CpuDeadlockWarning, lapack_primitives
-from reinforce_jax.initializers import orthogonal
-from reinforce_jax.policies import CategoricalPolicy, GRUPolicy
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.rl.policies import CategoricalPolicy, GRUPolicy
+from reinforce_jax.xla.compiler import CpuDeadlockWarning, lapack_primitives
+from reinforce_jax.xla.initializers import orthogonal
 
 
 @pytest.mark.parametrize("shape,column_axis", [
@@ -64,7 +64,7 @@ class _FlaxOrthogonal(nn.Module):
 
 def test_a_policy_with_lapack_in_its_init_is_warned_about(bandit, monkeypatch):
   # The warning is for XLA:CPU of jaxlib 0.10 without the workaround flag.
-  monkeypatch.setattr(rj.compiler, "deadlock_workaround_missing", lambda: True)
+  monkeypatch.setattr(rj.xla.compiler, "deadlock_workaround_missing", lambda: True)
   assert "qr" in lapack_primitives(lambda k: nn.initializers.orthogonal()(k, (4, 4)),
                                    jax.random.key(0))
   init_fn, _ = rj.make_train_step(bandit, _FlaxOrthogonal(), optax.adam(0.1),
@@ -76,7 +76,7 @@ def test_a_policy_with_lapack_in_its_init_is_warned_about(bandit, monkeypatch):
   with warnings.catch_warnings():
     warnings.simplefilter("error", CpuDeadlockWarning)
     jax.eval_shape(init_fn, jax.random.key(0))
-  monkeypatch.setattr(rj.compiler, "deadlock_workaround_missing", lambda: False)
+  monkeypatch.setattr(rj.xla.compiler, "deadlock_workaround_missing", lambda: False)
   init_fn, _ = rj.make_train_step(bandit, _FlaxOrthogonal(), optax.adam(0.1),
                                   rj.TrainConfig(num_envs=4))
   with warnings.catch_warnings():
@@ -89,7 +89,7 @@ def test_many_vmapped_a2c_seeds_finish_without_any_xla_flag():
   # policies used flax's LAPACK-backed orthogonal initialiser.
   code = textwrap.dedent("""
       import jax, optax, reinforce_jax as rj
-      from reinforce_jax.presets import PRESETS
+      from reinforce_jax.experiments.presets import PRESETS
       p = PRESETS["cartpole"]
       config = p.configs["a2c"].replace(num_steps=2)
       env = p.make_env()

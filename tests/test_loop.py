@@ -12,7 +12,8 @@ import optax
 import pytest
 
 import reinforce_jax as rj
-from reinforce_jax import checkpoints, loop
+from reinforce_jax import loop
+from reinforce_jax.experiments import checkpoints
 
 
 class Toy(NamedTuple):

@@ -11,7 +11,7 @@ from conftest import random_linear_params
 import reinforce_jax as rj
 from reinforce_jax import reinforce_loss
 from reinforce_jax.envs import ContextualBandit
-from reinforce_jax.rollout import act
+from reinforce_jax.rl.rollouts import act
 
 
 def test_value_is_negative_mean_of_logprob_times_advantage():
@@ -120,7 +120,7 @@ def test_bool_masks_and_traced_weights_and_baselines_are_still_accepted():
 @pytest.mark.parametrize("clip_eps", [-0.1, float("nan")])
 def test_ppo_refuses_a_concrete_clip_eps_that_is_negative_or_not_finite(clip_eps):
   """A negative range inverts the clip interval and silently changes the loss."""
-  from reinforce_jax.losses import ppo_clip_loss
+  from reinforce_jax.core.losses import ppo_clip_loss
 
   with pytest.raises(ValueError, match="clip_eps must be finite"):
     ppo_clip_loss(jnp.zeros(3), jnp.zeros(3), jnp.ones(3), clip_eps=clip_eps)

@@ -12,7 +12,7 @@ from scipy import stats
 import reinforce_jax as rj
 from reinforce_jax import algorithms, prng
 from reinforce_jax.envs import CartPole
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 ON_CPU = jax.default_backend() == "cpu"
 

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reinforce_jax.policies import CategoricalPolicy, GaussianPolicy
-from reinforce_jax.rollout import act
+from reinforce_jax.rl.policies import CategoricalPolicy, GaussianPolicy
+from reinforce_jax.rl.rollouts import act
 
 
 def test_no_hidden_layers_is_the_seeds_linear_layer():
@@ -77,7 +77,7 @@ def test_squashed_gaussian_log_prob_includes_the_tanh_correction():
 
 
 def test_categorical_is_a_distrax_categorical_with_the_same_distribution():
-  from reinforce_jax.policies import Categorical
+  from reinforce_jax.rl.policies import Categorical
 
   logits = jax.random.normal(jax.random.key(0), (6, 3)) * 2.0
   ours, theirs = Categorical(logits=logits), distrax.Categorical(logits=logits)
@@ -96,7 +96,7 @@ def test_categorical_is_a_distrax_categorical_with_the_same_distribution():
 
 
 def test_categorical_policy_returns_the_fast_categorical():
-  from reinforce_jax.policies import Categorical
+  from reinforce_jax.rl.policies import Categorical
 
   policy = CategoricalPolicy(2, hidden=())
   obs = jnp.ones((4, 1))

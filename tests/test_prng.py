@@ -11,7 +11,7 @@ import reinforce_jax as rj
 from reinforce_jax import prng
 from reinforce_jax.envs import ContextualBandit
 from reinforce_jax.envs.base import Environment
-from reinforce_jax.policies import CategoricalPolicy
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 pytestmark = pytest.mark.skipif(not prng.applies(), reason="the unrolled keys are CPU-only")
 

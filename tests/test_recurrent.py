@@ -16,7 +16,7 @@ import optax
 
 import reinforce_jax as rj
 from reinforce_jax import algorithms, envs, policies
-from reinforce_jax.rollout import replay, reset_envs, rollout
+from reinforce_jax.rl.rollouts import replay, reset_envs, rollout
 
 B, T = 4, 48
 ENV = envs.hide_velocities()

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reinforce_jax.returns import (
+from reinforce_jax.rl.returns import (
     discounted_returns,
     gae_advantages,
     lambda_returns,

@@ -5,8 +5,8 @@ import numpy as np
 
 from reinforce_jax import reset_envs, rollout
 from reinforce_jax.envs import CartPole
-from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.rollout import act
+from reinforce_jax.rl.policies import CategoricalPolicy
+from reinforce_jax.rl.rollouts import act
 
 
 def test_time_major_shapes_and_episode_bookkeeping():

@@ -6,15 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reinforce_jax import _sampling
+from reinforce_jax._src import categorical
 
 
-@pytest.mark.parametrize("num", [2, 5, _sampling.UNROLL_MAX + 4])
+@pytest.mark.parametrize("num", [2, 5, categorical.UNROLL_MAX + 4])
 def test_log_prob_entropy_and_frequencies_match_distrax(num):
   n = 40_000
   logits = jax.random.normal(jax.random.key(num), (num,)) * 1.5
   dist = distrax.Categorical(logits=jnp.broadcast_to(logits, (n, num)))
-  index, log_prob, entropy = jax.jit(_sampling.categorical_statistics)(
+  index, log_prob, entropy = jax.jit(categorical.categorical_statistics)(
       dist.logits, jax.random.key(1))
   assert index.dtype == jnp.int32 and index.shape == (n,)
   np.testing.assert_allclose(log_prob, dist.log_prob(index), rtol=1e-5, atol=1e-6)
@@ -42,7 +42,7 @@ def test_log_prob_gradient_matches_distrax():
 def test_inverse_cdf_edges():
   probs = jnp.array([0.25, 0.0, 0.75])
   u = jnp.array([0.0, 0.2499, 0.25, 0.9999])
-  np.testing.assert_array_equal(_sampling.inverse_cdf(u, jnp.broadcast_to(probs, (4, 3))),
+  np.testing.assert_array_equal(categorical.inverse_cdf(u, jnp.broadcast_to(probs, (4, 3))),
                                 [0, 0, 2, 2])
 
 
@@ -62,28 +62,28 @@ def _primitives(jaxpr) -> set[str]:
   return names
 
 
-@pytest.mark.parametrize("num", [2, 3, _sampling.UNROLL_MAX])
+@pytest.mark.parametrize("num", [2, 3, categorical.UNROLL_MAX])
 def test_log_softmax_matches_jax_and_has_no_reduction_forward_or_backward(num):
   logits = jax.random.normal(jax.random.key(num), (7, num)) * 3.0
   logits = logits.at[0].add(80.0)  # large logits: the shift must keep it stable
-  np.testing.assert_allclose(_sampling.log_softmax(logits), jax.nn.log_softmax(logits),
+  np.testing.assert_allclose(categorical.log_softmax(logits), jax.nn.log_softmax(logits),
                              rtol=1e-6, atol=1e-5)
   cotangent = jax.random.normal(jax.random.key(1), logits.shape)
 
   def vjp(fn):
     return lambda z: jax.vjp(fn, z)[1](cotangent)[0]
 
-  np.testing.assert_allclose(vjp(_sampling.log_softmax)(logits),
+  np.testing.assert_allclose(vjp(categorical.log_softmax)(logits),
                              vjp(jax.nn.log_softmax)(logits), rtol=1e-5, atol=1e-5)
-  used = _primitives(jax.make_jaxpr(vjp(_sampling.log_softmax))(logits).jaxpr)
+  used = _primitives(jax.make_jaxpr(vjp(categorical.log_softmax))(logits).jaxpr)
   assert not used & _REDUCTIONS, used & _REDUCTIONS
   # The check itself can fail: jax.nn.log_softmax reduces.
   assert _primitives(jax.make_jaxpr(jax.nn.log_softmax)(logits).jaxpr) & _REDUCTIONS
 
 
 def test_log_softmax_falls_back_to_jax_for_many_categories():
-  logits = jax.random.normal(jax.random.key(0), (3, _sampling.UNROLL_MAX + 1))
-  np.testing.assert_allclose(_sampling.log_softmax(logits), jax.nn.log_softmax(logits),
+  logits = jax.random.normal(jax.random.key(0), (3, categorical.UNROLL_MAX + 1))
+  np.testing.assert_allclose(categorical.log_softmax(logits), jax.nn.log_softmax(logits),
                              rtol=1e-6, atol=1e-6)
 
 
@@ -91,25 +91,25 @@ def test_column_sums_equal_separate_sums_and_carry_gradients():
   a = jax.random.normal(jax.random.key(0), (5, 4))
   flags = jnp.arange(20).reshape(5, 4) % 3 == 0
   counts = jnp.arange(20, dtype=jnp.int32).reshape(5, 4)
-  sums = _sampling.column_sums({"a": a, "flags": flags, "counts": counts})
+  sums = categorical.column_sums({"a": a, "flags": flags, "counts": counts})
   np.testing.assert_allclose(sums["a"], jnp.sum(a), rtol=1e-6)
   assert float(sums["flags"]) == 7.0 and float(sums["counts"]) == 190.0
-  grad = jax.grad(lambda x: _sampling.column_sums({"x": x, "x2": x * x})["x2"])(a)
+  grad = jax.grad(lambda x: categorical.column_sums({"x": x, "x2": x * x})["x2"])(a)
   np.testing.assert_allclose(grad, 2 * a, rtol=1e-6)
 
 
-@pytest.mark.parametrize("num", [3, _sampling.UNROLL_MAX + 2])
+@pytest.mark.parametrize("num", [3, categorical.UNROLL_MAX + 2])
 def test_impossible_categories_give_finite_entropy_and_gradients(num):
   logits = jnp.zeros((num,)).at[0].set(-jnp.inf)  # a masked action
-  log_probs = _sampling.log_softmax(logits[None])
-  log_prob, entropy = _sampling.categorical_score(log_probs, jnp.array([1]))
+  log_probs = categorical.log_softmax(logits[None])
+  log_prob, entropy = categorical.categorical_score(log_probs, jnp.array([1]))
   np.testing.assert_allclose(entropy, np.log(num - 1), rtol=1e-6)
   np.testing.assert_allclose(log_prob, -np.log(num - 1), rtol=1e-6)
-  grad = jax.grad(lambda z: _sampling.categorical_score(
-      _sampling.log_softmax(z[None]), jnp.array([1]))[1].sum())(logits.at[0].set(-1e30))
+  grad = jax.grad(lambda z: categorical.categorical_score(
+      categorical.log_softmax(z[None]), jnp.array([1]))[1].sum())(logits.at[0].set(-1e30))
   assert np.all(np.isfinite(grad))
-  from reinforce_jax.policies import Categorical
-  from reinforce_jax.rollout import score
+  from reinforce_jax.rl.policies import Categorical
+  from reinforce_jax.rl.rollouts import score
 
   _, ent = score(Categorical(probs=jnp.array([0.0, 0.3, 0.7])), jnp.array(1))
   np.testing.assert_allclose(ent, distrax.Categorical(probs=jnp.array([0.0, 0.3, 0.7])).entropy(),
@@ -119,8 +119,8 @@ def test_impossible_categories_give_finite_entropy_and_gradients(num):
 def test_column_sums_keep_float64_under_x64():
   with jax.enable_x64(True):
     x = jnp.arange(4, dtype=jnp.float64) / 3
-    sums = _sampling.column_sums({"x": x, "count": jnp.ones(4, jnp.int32)})
+    sums = categorical.column_sums({"x": x, "count": jnp.ones(4, jnp.int32)})
     assert sums["x"].dtype == jnp.float64 and sums["count"].dtype == jnp.float64
     np.testing.assert_allclose(float(sums["x"]), 2.0, rtol=1e-15)
-  assert _sampling.column_sums({}) == {}
-  assert _sampling.column_sums({"a": jnp.ones(3, jnp.bfloat16)})["a"].dtype == jnp.float32
+  assert categorical.column_sums({}) == {}
+  assert categorical.column_sums({"a": jnp.ones(3, jnp.bfloat16)})["a"].dtype == jnp.float32

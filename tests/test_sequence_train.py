@@ -105,7 +105,7 @@ def test_settings_are_checked():
 # --- the command line: `reinforce-jax train sort` ---
 
 def test_preset_names_match_the_losses():
-  from reinforce_jax.presets import SEQUENCE_OPTIONS
+  from reinforce_jax.experiments.presets import SEQUENCE_OPTIONS
   from reinforce_jax.sequence import losses
 
   assert set(SEQUENCE_OPTIONS["estimator"]) == set(losses.ESTIMATORS)

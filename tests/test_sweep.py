@@ -9,9 +9,10 @@ import pytest
 
 import reinforce_jax as rj
 from reinforce_jax import cli, hparams
-from reinforce_jax.config import RUN_RANGES, SWEEPABLE, sweep_grid
-from reinforce_jax.presets import PRESETS
-from reinforce_jax.sweep import run_sweep
+from reinforce_jax.cli import parsing
+from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.experiments.sweep import run_sweep
+from reinforce_jax.rl.config import RUN_RANGES, SWEEPABLE, sweep_grid
 
 
 def _standalone_curve(config, keys):
@@ -126,8 +127,8 @@ def test_cli_flags_sweepable_names_and_declarations_agree():
   """One declaration per hyperparameter: the flags and the sweepable names follow from it."""
   declared = {"learning_rate": RUN_RANGES["learning_rate"], **hparams.all_hparam_ranges()}
   assert set(SWEEPABLE) == set(declared)
-  assert tuple(o.field for o in cli._SWEEPABLE_OPTIONS) == SWEEPABLE
-  flags = {o.field: o.flag for o in cli._SWEEPABLE_OPTIONS}
+  assert tuple(o.field for o in parsing.SWEEPABLE_OPTIONS) == SWEEPABLE
+  flags = {o.field: o.flag for o in parsing.SWEEPABLE_OPTIONS}
   assert flags == {
       "learning_rate": "--lr", "gamma": "--gamma", "gae_lambda": "--gae-lambda",
       "entropy_coef": "--entropy-coef", "value_coef": "--value-coef", "clip_eps": "--clip-eps",
@@ -135,13 +136,13 @@ def test_cli_flags_sweepable_names_and_declarations_agree():
   statics = {}
   for cls in hparams.ALGORITHMS.values():
     statics.update(hparams.static_fields(cls))
-  assert {o.field: o.flag for o in cli._STATIC_OPTIONS} == {
+  assert {o.field: o.flag for o in parsing.STATIC_OPTIONS} == {
       "normalize_advantages": "--normalize-advantages", "clip_value": "--clip-value",
       "num_epochs": "--num-epochs", "num_minibatches": "--num-minibatches"}
-  assert {o.field for o in cli._STATIC_OPTIONS} == set(statics)
-  resumed = {key for _, key in cli._RUN_OPTIONS}
+  assert {o.field for o in parsing.STATIC_OPTIONS} == set(statics)
+  resumed = {key for _, key in parsing.RUN_OPTIONS}
   assert set(SWEEPABLE) | set(statics) <= resumed
-  for option in cli._SWEEPABLE_OPTIONS:
+  for option in parsing.SWEEPABLE_OPTIONS:
     where = declared[option.field]
     assert where.help in option.help
     for value in (where.low, where.high, where.low - 1e-3, where.high + 1e-3, 0.0, 0.5, 1e39):
@@ -153,7 +154,7 @@ def test_cli_flags_sweepable_names_and_declarations_agree():
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(where.describe())):
           option.parse(repr(value))
   parser = cli.build_parser()
-  for option in cli._SWEEPABLE_OPTIONS:  # `train` takes one value, `sweep` a list
+  for option in parsing.SWEEPABLE_OPTIONS:  # `train` takes one value, `sweep` a list
     assert getattr(parser.parse_args(["train", "bandit", option.flag, "0.5"]),
                    option.field) == 0.5
     assert getattr(parser.parse_args(["sweep", "bandit", option.flag, "0.5,0.25"]),

@@ -9,8 +9,8 @@ from conftest import random_linear_params
 
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole, ContextualBandit
-from reinforce_jax.policies import CategoricalPolicy
-from reinforce_jax.presets import PRESETS
+from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.rl.policies import CategoricalPolicy
 
 SMALL = rj.TrainConfig(num_envs=32, num_steps=6)
 
@@ -435,7 +435,7 @@ def test_ppo_value_clipping_is_on_by_default_and_changes_the_critic_update():
 
 @pytest.mark.parametrize("algo, per_step", [("reinforce", 1), ("ppo", 6)])
 def test_linear_anneal_follows_purejaxrls_schedule(algo, per_step):
-  from reinforce_jax.train import linear_anneal, updates_per_step
+  from reinforce_jax.rl.train import linear_anneal, updates_per_step
 
   epochs = {"num_epochs": 2, "num_minibatches": 3} if algo == "ppo" else {}
   config = rj.TrainConfig(algo=algo, num_envs=6, num_steps=5, **epochs)

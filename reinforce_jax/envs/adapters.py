@@ -35,6 +35,13 @@ import numpy as np
 from reinforce_jax.envs.base import Environment, _auto_reset
 from reinforce_jax.envs.gymnax_env import GymnaxEnv
 
+__all__ = [
+    "BraxEnv",
+    "is_legacy_gymnax",
+    "JumanjiEnv",
+    "LegacyGymnaxEnv",
+]
+
 
 def _continuous_check(name: str, shape: tuple[int, ...], action) -> None:
   dtype = jnp.result_type(action)

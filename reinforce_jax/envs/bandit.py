@@ -13,8 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from reinforce_jax._sampling import inverse_cdf
+from reinforce_jax._src.categorical import inverse_cdf
 from reinforce_jax.envs.base import Environment
+
+__all__ = [
+    "BanditParams",
+    "BanditState",
+    "ContextualBandit",
+    "make_params",
+    "seed_params",
+]
 
 
 @struct.dataclass

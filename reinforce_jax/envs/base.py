@@ -20,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "Environment",
+]
+
 S = TypeVar("S")
 P = TypeVar("P")
 

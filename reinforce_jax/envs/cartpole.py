@@ -18,6 +18,12 @@ from flax import struct
 
 from reinforce_jax.envs.base import Environment
 
+__all__ = [
+    "CartPole",
+    "CartPoleParams",
+    "CartPoleState",
+]
+
 
 @struct.dataclass
 class CartPoleParams:

@@ -17,6 +17,10 @@ import numpy as np
 
 from reinforce_jax.envs.base import Environment
 
+__all__ = [
+    "GymnaxEnv",
+]
+
 
 class GymnaxEnv(Environment):
   """Wraps `env, params = gymnax.make(name)` (or a user's gymnax-style pair)."""

@@ -17,6 +17,12 @@ from flax import struct
 
 from reinforce_jax.envs.base import Environment
 
+__all__ = [
+    "Pendulum",
+    "PendulumParams",
+    "PendulumState",
+]
+
 
 @struct.dataclass
 class PendulumParams:

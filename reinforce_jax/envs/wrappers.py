@@ -17,6 +17,16 @@ from flax import struct
 from reinforce_jax.envs.base import Environment
 from reinforce_jax.envs.cartpole import CartPole
 
+__all__ = [
+    "EpisodeStatistics",
+    "EpisodeStatisticsState",
+    "hide_velocities",
+    "NormalizeObservation",
+    "NormalizeObservationState",
+    "ObservationMask",
+    "Wrapper",
+]
+
 
 class Wrapper(Environment):
   def __init__(self, env):

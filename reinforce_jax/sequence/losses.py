@@ -49,7 +49,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from reinforce_jax import _checks
+from reinforce_jax._src import checks
+
+__all__ = [
+    "aggregate",
+    "group_advantages",
+    "kl_penalty",
+    "policy_gradient_loss",
+]
 
 ESTIMATORS = ("none", "rloo", "grpo", "dr_grpo")
 AGGREGATIONS = ("sequence_sum", "token_mean", "sequence_mean", "constant")
@@ -96,15 +103,15 @@ def group_advantages(
     ValueError: at trace time, if `rewards` is not a floating `[B, G]` array, the estimator
       is unknown, `"rloo"` gets `G < 2`, or `eps` is negative.
   """
-  _checks.check_floating(rewards=rewards)
+  checks.check_floating(rewards=rewards)
   if jnp.ndim(rewards) != 2:
-    raise ValueError(f"rewards must have shape [B, G], got shape {_checks.shape_of(rewards)}")
+    raise ValueError(f"rewards must have shape [B, G], got shape {checks.shape_of(rewards)}")
   if callable(estimator):
     advantages = estimator(rewards)
-    _checks.check_same_shape(rewards=rewards, advantages=advantages)
+    checks.check_same_shape(rewards=rewards, advantages=advantages)
     return advantages
   _check_name("estimator", estimator, ESTIMATORS)
-  _checks.check_number("eps", eps, low=0.0)
+  checks.check_number("eps", eps, low=0.0)
   num = rewards.shape[1]
   if estimator == "none":
     return rewards
@@ -116,7 +123,7 @@ def group_advantages(
   if num < 2:
     raise ValueError(
         f"estimator='rloo' needs at least 2 completions per group, got rewards of shape "
-        f"{_checks.shape_of(rewards)}")
+        f"{checks.shape_of(rewards)}")
   # r_i - (sum_j r_j - r_i) / (G - 1), written without the sum of the others so that no
   # large total cancels.
   return (rewards - mean) * (num / (num - 1))
@@ -150,10 +157,10 @@ def aggregate(
   Raises:
     ValueError: at trace time, if the shapes differ or are not rank 2, or the name is unknown.
   """
-  _checks.check_floating(values=values)
-  _checks.check_same_shape(values=values, mask=mask)
+  checks.check_floating(values=values)
+  checks.check_same_shape(values=values, mask=mask)
   if jnp.ndim(values) != 2:
-    raise ValueError(f"values must have shape [N, L], got shape {_checks.shape_of(values)}")
+    raise ValueError(f"values must have shape [N, L], got shape {checks.shape_of(values)}")
   if callable(aggregation):
     return aggregation(values, mask)
   _check_name("aggregation", aggregation, AGGREGATIONS)
@@ -224,30 +231,30 @@ def policy_gradient_loss(
       is not in `[0, inf)` (`clip_eps` also below 1), or `clip_eps_high` comes without
       `clip_eps`.
   """
-  _checks.check_floating(log_probs=log_probs, advantages=advantages)
+  checks.check_floating(log_probs=log_probs, advantages=advantages)
   if jnp.ndim(log_probs) != 2:
     raise ValueError(
-        f"log_probs must have shape [N, L], got shape {_checks.shape_of(log_probs)}")
-  _checks.check_same_shape(log_probs=log_probs, mask=mask)
-  if _checks.shape_of(advantages) != _checks.shape_of(log_probs)[:1]:
+        f"log_probs must have shape [N, L], got shape {checks.shape_of(log_probs)}")
+  checks.check_same_shape(log_probs=log_probs, mask=mask)
+  if checks.shape_of(advantages) != checks.shape_of(log_probs)[:1]:
     raise ValueError(
-        f"advantages must have shape [N] = {_checks.shape_of(log_probs)[:1]} for log_probs of "
-        f"shape {_checks.shape_of(log_probs)}, got shape {_checks.shape_of(advantages)}")
+        f"advantages must have shape [N] = {checks.shape_of(log_probs)[:1]} for log_probs of "
+        f"shape {checks.shape_of(log_probs)}, got shape {checks.shape_of(advantages)}")
   if ratio_level not in RATIO_LEVELS:
     raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
   if clip_eps_high is not None and clip_eps is None:
     raise ValueError("clip_eps_high needs clip_eps (the lower clip range)")
   if clip_eps is not None:
-    _checks.check_number("clip_eps", clip_eps, low=0.0, high=1.0, high_open=True)
+    checks.check_number("clip_eps", clip_eps, low=0.0, high=1.0, high_open=True)
   if clip_eps_high is not None:
-    _checks.check_number("clip_eps_high", clip_eps_high, low=0.0)
+    checks.check_number("clip_eps_high", clip_eps_high, low=0.0)
   advantages = jax.lax.stop_gradient(advantages).astype(log_probs.dtype)[:, None]
   if old_log_probs is None and clip_eps is None:
     return -aggregate(advantages * log_probs, mask, aggregation=aggregation)
 
   if old_log_probs is None:
     old_log_probs = log_probs
-  _checks.check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
+  checks.check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
   old_log_probs = jax.lax.stop_gradient(old_log_probs).astype(log_probs.dtype)
   on = jnp.asarray(mask) > 0
   log_ratio = jnp.where(on, log_probs - old_log_probs, 0.0)
@@ -311,11 +318,11 @@ def kl_penalty(
     Tang, Y., Munos, R. (2025). On a few pitfalls in KL divergence gradient estimation for
     RL. arXiv:2506.09477.
   """
-  _checks.check_floating(log_probs=log_probs, ref_log_probs=ref_log_probs)
-  _checks.check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs, mask=mask)
+  checks.check_floating(log_probs=log_probs, ref_log_probs=ref_log_probs)
+  checks.check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs, mask=mask)
   if jnp.ndim(log_probs) != 2:
     raise ValueError(
-        f"log_probs must have shape [N, L], got shape {_checks.shape_of(log_probs)}")
+        f"log_probs must have shape [N, L], got shape {checks.shape_of(log_probs)}")
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
   on = jnp.asarray(mask) > 0

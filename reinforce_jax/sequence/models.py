@@ -21,6 +21,11 @@ import jax.numpy as jnp
 
 from reinforce_jax.sequence.sampling import Decoder
 
+__all__ = [
+    "CausalTransformer",
+    "decoder",
+]
+
 LayerCache = tuple[jax.Array, jax.Array]  # keys, values: [N, max_len, heads, head_dim] each
 
 

@@ -30,6 +30,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "Completions",
+    "Decoder",
+    "sample",
+    "token_log_probs",
+]
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, tokens [N, L]) -> logits [N, L, V]
 
 

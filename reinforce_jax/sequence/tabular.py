@@ -26,6 +26,22 @@ import numpy as np
 
 from reinforce_jax.sequence import losses
 
+__all__ = [
+    "batch_gradients",
+    "content_and_length_reward",
+    "enumerate_sequences",
+    "EstimatorConfig",
+    "exact_batch_expectation",
+    "exact_expectation",
+    "group_gradients",
+    "group_loss",
+    "objective",
+    "sample",
+    "sequence_log_probs",
+    "SequenceTable",
+    "token_log_probs",
+]
+
 
 class SequenceTable(NamedTuple):
   """Every sequence of a tabular policy, padded to `max_length` (`S` sequences, `L` long).

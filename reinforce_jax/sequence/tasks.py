@@ -16,6 +16,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "SortTask",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class SortTask:

@@ -30,9 +30,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reinforce_jax import prng
 from reinforce_jax.sequence import losses
 from reinforce_jax.sequence.sampling import ApplyFn, Decoder, sample, token_log_probs
+from reinforce_jax.xla import prng
+
+__all__ = [
+    "make_sequence_train_step",
+    "SequenceConfig",
+    "SequencePolicy",
+    "SequenceTrainState",
+    "transformer_policy",
+]
 
 Metrics = dict[str, jax.Array]
 # (prompts [N, P], completions [N, T], mask [N, T]) -> rewards [N]
@@ -231,5 +239,5 @@ def make_sequence_train_step(
                                    ref_params=state.ref_params, step=state.step + 1)
     return new_state, metrics
 
-  # Threefry keys take the unrolled hash inside (`reinforce_jax.prng`: the same numbers).
-  return init_fn, prng.with_fast_keys(train_step)
+  # Threefry keys take the unrolled hash inside (`reinforce_jax.xla.prng`: the same numbers).
+  return jax.jit(init_fn), prng.with_fast_keys(train_step)  # init: one compile, then µs

@@ -1,0 +1,220 @@
+"""What a run request must pass before training: its folder, resume record, memory,
+cluster options and logging extras. Each check raises `ValueError` with one line that
+names the problem (the command reports it with exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import socket
+import tempfile
+
+from reinforce_jax.cli.parsing import LOG_EXTRAS, RUN_OPTIONS, check_options_apply
+from reinforce_jax.experiments.checkpoints import CONFIG_FILE, RUN_FILES, SWEEP_FILES
+from reinforce_jax.experiments.presets import Preset
+from reinforce_jax.rl.config import TrainConfig
+
+__all__ = ["run_bytes"]
+
+
+
+def check_log_extras(backends) -> None:
+  """Raises ValueError naming the extra to install for a `--log` backend that is missing."""
+  import importlib.util
+
+  for backend in dict.fromkeys(backends):
+    module, extra = LOG_EXTRAS[backend]
+    if importlib.util.find_spec(module) is None:
+      raise ValueError(f"--log {backend} needs {module}: pip install 'reinforce_jax[{extra}]'")
+  if "wandb" in backends and not _wandb_can_start():
+    raise ValueError("--log wandb: no W&B credentials (WANDB_API_KEY or `wandb login`); "
+                     "log in, or set WANDB_MODE=offline to keep the run in OUT/wandb/")
+
+
+def _wandb_can_start() -> bool:
+  """Whether `wandb.init` can start without asking for a key (which, with no terminal, fails
+  only after the program has compiled)."""
+  if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+    return True
+  if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_BASE_URL"):
+    return True
+  netrc = pathlib.Path(os.environ.get("NETRC", pathlib.Path.home() / ".netrc"))
+  try:
+    return "api.wandb.ai" in netrc.read_text()
+  except OSError:
+    return False
+
+
+# Settings newer than some recorded runs, with the behaviour those runs had.
+_ADDED_FIELDS = {"clip_value": False, "anneal_lr": False}
+
+
+def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
+  """The config, seed, seed count, checkpoint interval and stop setting of `--resume DIR`.
+
+  A `config.json` holds `TrainConfig.to_dict()` and the run's own keys; one written
+  before hyperparameters were declared per algorithm holds every algorithm's
+  settings (those the run's algorithm lacks are ignored).
+
+  Raises:
+    ValueError: no readable, complete `config.json`, another environment, or an
+      option that contradicts the stored run or that its algorithm does not have.
+  """
+  folder = pathlib.Path(args.resume)
+  where = f"--resume {args.resume}"
+  try:
+    stored = json.loads((folder / CONFIG_FILE).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{where}: no readable {CONFIG_FILE} ({e})") from None
+  if not isinstance(stored, dict):
+    raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
+  # Fields added after a run was recorded take the value that reproduces it.
+  stored = {**_ADDED_FIELDS, **stored}
+  missing = [k for k in ("env", "seed", "num_seeds", "algo", "baseline") if k not in stored]
+  try:
+    if not missing:  # the settings a complete record of this algorithm holds
+      expected = TrainConfig.from_dict({"algo": stored["algo"], "baseline": stored["baseline"]})
+      missing = [k for k in expected.to_dict() if k not in stored]
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
+  if missing:
+    raise ValueError(f"{where}: {CONFIG_FILE} lacks {', '.join(map(repr, missing))}; "
+                     "it is not the record of a complete run")
+  if stored["env"] != args.env:
+    raise ValueError(f"{where} holds a {stored['env']!r} run, not {args.env!r}")
+  if args.overwrite:
+    raise ValueError("--overwrite and --resume contradict each other")
+  if args.out is not None and pathlib.Path(args.out).resolve() != folder.resolve():
+    raise ValueError(f"--out {args.out} contradicts {where}: a resumed run stays in its folder")
+  try:
+    config = TrainConfig.from_dict(stored)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {CONFIG_FILE} holds an invalid config ({e})") from None
+  # Compared with the config read back, not the raw record: an old record's value
+  # of a setting the run's algorithm lacks must not let that option through.
+  check_options_apply(args, config, where=f"the run in {args.resume}: ")
+  recorded = {**config.to_dict(), "seed": stored["seed"], "num_seeds": stored["num_seeds"]}
+  for flag, key in RUN_OPTIONS:
+    value = getattr(args, key)
+    if value is not None and value != recorded[key]:
+      raise ValueError(f"{flag} {value} contradicts the run in {args.resume} ({key} "
+                       f"{recorded[key]}); a resumed run keeps its settings")
+  if args.steps is not None:
+    if config.anneal_lr and args.steps != config.num_steps:
+      raise ValueError(f"--steps {args.steps} contradicts the run in {args.resume}: its "
+                       f"learning rate anneals to 0 over num_steps {config.num_steps}")
+    config = config.replace(num_steps=args.steps)
+  for key, kind in (("seed", int), ("num_seeds", int)):
+    if not isinstance(stored[key], kind) or isinstance(stored[key], bool):
+      raise ValueError(f"{where}: {CONFIG_FILE} has {key} {stored[key]!r}, not an integer")
+  return (config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every"),
+          stored.get("stop_at_return"))
+
+
+def check_writable(path: pathlib.Path, flag: str) -> None:
+  """Raises ValueError unless `path` is, or can be created as, a folder this process writes in."""
+  try:
+    if path.exists() and not path.is_dir():
+      raise ValueError(f"{flag} {path}: exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+      raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    with tempfile.TemporaryFile(dir=existing):  # as real as a check gets (root passes chmod)
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag} {path}: cannot write in {e.filename or path} "
+                     f"({e.strerror or e})") from None
+
+
+def check_new_folder(path: pathlib.Path, flag: str, *, overwrite: bool) -> None:
+  """Raises ValueError if `path` already holds a run (or sweep) and `overwrite` is off."""
+  check_writable(path, flag)
+  held = [name for name in (*RUN_FILES, *SWEEP_FILES) if (path / name).exists()]
+  if held and not overwrite:
+    raise ValueError(f"{flag} {path} already holds a run ({', '.join(held)}); give another "
+                     "folder, --resume it, or --overwrite to replace it")
+
+
+def clear_run_files(path: pathlib.Path) -> None:
+  """Deletes the files of a run (or sweep) in `path`, for `--overwrite`."""
+  for name in (*RUN_FILES, *SWEEP_FILES):
+    target = path / name
+    if target.is_dir() and not target.is_symlink():
+      shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+      target.unlink()
+
+
+def run_bytes(preset: Preset, config: TrainConfig, *, steps_per_call: int) -> int:
+  """An estimate, from below, of the memory one run of `config` holds at once, in bytes.
+
+  A train step keeps its `[T, B]` trajectory (observations, actions, rewards,
+  flags, log-probabilities, values, returns, advantages) and, for the backward
+  pass, every layer's activations for the transitions of a gradient step (all
+  of them; one minibatch in ppo), all float32; a call of `steps_per_call` steps
+  also buffers each step's metrics. The compiled program needs more (CartPole
+  REINFORCE, 4096 x 200: 840 MB measured, 490 MB estimated), so a run above
+  this estimate cannot fit.
+  """
+  transitions = config.num_envs * config.rollout_length
+  trajectory = 2 * preset.obs_size + preset.action_size + 8
+  networks = 2 if config.uses_value else 1
+  activations = networks * (sum(preset.hidden) + preset.action_size + 1)
+  # An algorithm that splits the batch into minibatches back-propagates one at a time.
+  activations = math.ceil(activations / getattr(config.algorithm, "num_minibatches", 1))
+  return 4 * (transitions * (trajectory + activations) + 16 * steps_per_call)
+
+
+def _memory_limit(jax) -> tuple[int, bool, str]:
+  """(bytes one device can hold, whether the devices share them, what the bytes are)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  if "bytes_limit" in stats:
+    return stats["bytes_limit"], False, f"{stats['bytes_limit'] / 2**30:.1f} GiB of {device}"
+  physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return physical, True, f"{physical / 2**30:.1f} GiB of physical memory"
+
+
+def check_memory(parser, jax, need: int, *, devices: int, what: str) -> None:
+  """Refuses a run whose estimated memory (`need` bytes over `devices` devices) cannot fit."""
+  limit, shared, where = _memory_limit(jax)
+  per_device = need if shared else -(-need // devices)
+  if per_device > limit:
+    parser.error(f"{what} need about {per_device / 2**30:,.1f} GiB of memory at once, more "
+                 f"than the {where}; use fewer environments, steps per rollout or seeds")
+
+
+def check_cluster_options(args) -> None:
+  """Raises ValueError for multi-process options that cannot work together."""
+  if (args.num_processes is not None or args.process_id is not None) and not (
+      args.coordinator or args.distributed):
+    raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT "
+                     "(or --distributed, on a cluster JAX detects)")
+  if args.process_id is not None and args.num_processes is not None and (
+      args.process_id >= args.num_processes):
+    raise ValueError(f"--process-id {args.process_id} must be < --num-processes "
+                     f"{args.num_processes}")
+  if args.coordinator:
+    host, _, port = args.coordinator.rpartition(":")
+    try:
+      socket.getaddrinfo(host.strip("[]"), int(port))
+    except OSError as e:
+      raise ValueError(f"--coordinator {args.coordinator}: unknown host {host!r} "
+                       f"({e.strerror or e})") from None
+
+
+def join_cluster(args, parser) -> None:
+  """Connects to the other processes (before anything touches a JAX backend)."""
+  from reinforce_jax.experiments.distributed import initialize
+
+  try:
+    initialize(args.coordinator, args.num_processes, args.process_id)
+  except Exception as e:  # JAX raises ValueError, RuntimeError, XlaRuntimeError, ...
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    parser.error(f"cannot join a multi-process run ({type(e).__name__}: {first})")
+
+

@@ -1,0 +1,190 @@
+"""Hyperparameter sweeps as one program: `jax.vmap` over a grid and over seeds.
+
+The runs are spread over the local devices (each trains its share; nothing is
+communicated).
+
+The learning rate lives in the optimizer state (`optax.inject_hyperparams`) and
+the algorithm's hyperparameters in `TrainState.hyperparams` (`algorithms.traced`),
+so a batch of runs with different values is one `vmap` of a run: one compile,
+every run in parallel.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from reinforce_jax.experiments import plotting
+from reinforce_jax.experiments.distributed import AXIS, make_mesh
+from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.rl.algorithms import traced
+from reinforce_jax.rl.config import TrainConfig, sweep_grid
+from reinforce_jax.rl.train import make_optimizer, make_run, make_train_step
+
+__all__ = [
+    "make_sweep_optimizer",
+    "run_sweep",
+    "set_learning_rate",
+]
+
+
+def make_sweep_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """Adam with its learning rate as state (then clipping, as `make_optimizer`)."""
+  return make_optimizer(
+      config, adam=optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate))
+
+
+def set_learning_rate(opt_state, learning_rate):
+  """The optimizer state of `make_sweep_optimizer` with another learning rate."""
+  # Duck-typed: the state's class is InjectHyperparamsState or, in newer optax,
+  # InjectStatefulHyperparamsState; both carry a `hyperparams` dict.
+  def has_hyperparams(state):
+    return hasattr(state, "hyperparams") and "learning_rate" in state.hyperparams
+
+  def replace(state):
+    if has_hyperparams(state):
+      hyperparams = {**state.hyperparams,
+                     "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+      return state._replace(hyperparams=hyperparams)
+    return state
+  return jax.tree.map(replace, opt_state, is_leaf=has_hyperparams)
+
+
+def _label(combo: Mapping[str, float]) -> str:
+  short = {"learning_rate": "lr"}
+  return ", ".join(f"{short.get(k, k)} {v:g}" for k, v in combo.items())
+
+
+def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[float]], *,
+              seed: int = 0, num_seeds: int = 1, devices: int | None = None,
+              out_dir: str | pathlib.Path,
+              should_stop: Callable[[], bool] | None = None,
+              loggers: Sequence[Any] = ()) -> dict:
+  """Trains every (grid point, seed) pair in one jit and writes a table and a plot.
+
+  Args:
+    env_name: a preset (`reinforce_jax.experiments.presets.PRESETS`).
+    config: the settings shared by every run.
+    grid: values per swept name, e.g. `{"learning_rate": [1e-3, 3e-3],
+      "entropy_coef": [0.0, 0.01]}`: every combination is trained. Names:
+      `learning_rate` and the algorithm's float hyperparameters (`config.SWEEPABLE`).
+    seed, num_seeds: seed `i` uses the same key at every grid point.
+    devices: local devices to spread the runs over (default: all). Runs are
+      independent, so each device trains its share with no communication; the
+      run count is padded up to a multiple of `devices` (the padding is dropped).
+    out_dir: where `sweep.json` (per grid point: each seed's final mean return
+      (mean of its last 10 finite steps), their mean and standard deviation, the
+      mean learning curve), `sweep.csv` (the table) and `sweep.png` (one mean
+      curve per grid point) go, once the runs are done (the folder too).
+    should_stop: polled once the program has compiled and once it has run; when
+      true, `KeyboardInterrupt` is raised and nothing is written (the CLI passes
+      its Ctrl-C flag).
+    loggers: `reinforce_jax.experiments.loggers` loggers (anything with `log_curves`): each
+      is given every run's `mean_return` curve, `[runs, steps]` in the order of
+      `metrics.jsonl`'s `run`.
+
+  `metrics.jsonl` holds one JSON object per train step and run: `step`
+  (1-based), `run` (grid point major: run `r` is grid point `r // num_seeds`,
+  seed `r % num_seeds`), `seed`, the grid point's values and `mean_return`
+  (null where no episode finished).
+
+  Each run equals the standalone run with `config.replace(**grid_point)`.
+  """
+  combos = sweep_grid(config, grid)
+  names = list(grid)
+  preset = PRESETS[env_name]
+  env = preset.make_env()
+  policy = preset.policy(env, config)
+  sweep_lr = "learning_rate" in names
+  optimizer = make_sweep_optimizer(config) if sweep_lr else make_optimizer(config)
+  init_fn, train_step = make_train_step(env, policy, optimizer, config)
+  run = make_run(train_step, max(config.num_steps, 1))
+  hp_names = [n for n in names if n != "learning_rate"]
+
+  def one(values, key):
+    key_init, key_run = jax.random.split(key)
+    state = init_fn(key_init)
+    if sweep_lr:
+      state = state._replace(
+          opt_state=set_learning_rate(state.opt_state, values["learning_rate"]))
+    if hp_names:
+      state = state._replace(hyperparams=traced(
+          config.algorithm, **{n: values[n] for n in hp_names}))
+    return run(state, key_run, config.num_steps).metrics["mean_return"]
+
+  # One flat batch of runs, grid point major: run r = (combo r // S, seed r % S).
+  num_runs = len(combos) * num_seeds
+  num_devices = jax.local_device_count() if devices is None else devices
+  if not 1 <= num_devices <= jax.local_device_count():
+    raise ValueError(f"devices must be in [1, {jax.local_device_count()}], got {num_devices}")
+  padded = -(-num_runs // num_devices) * num_devices
+  index = np.minimum(np.arange(padded), num_runs - 1)  # padding repeats the last run
+  values = {n: jnp.asarray([combos[r // num_seeds][n] for r in index], jnp.float32)
+            for n in names}
+  keys = jax.random.split(jax.random.key(seed), num_seeds)[index % num_seeds]
+  if num_devices > 1:
+    runs_axis = NamedSharding(make_mesh(num_devices), PartitionSpec(AXIS))
+    values, keys = jax.device_put((values, keys), runs_axis)
+  start = time.perf_counter()
+  compiled = jax.jit(jax.vmap(one)).lower(values, keys).compile()
+  compile_s = time.perf_counter() - start
+  if should_stop is not None and should_stop():
+    raise KeyboardInterrupt("before the sweep ran; nothing written")
+  returns = np.asarray(compiled(values, keys))[:num_runs]
+  if should_stop is not None and should_stop():
+    raise KeyboardInterrupt("while the sweep ran; nothing written")
+  returns = returns.reshape(len(combos), num_seeds, -1)  # [grid points, seeds, steps]
+  wall_s = time.perf_counter() - start
+  rows = []
+  for combo, curves in zip(combos, returns, strict=True):
+    finals = []
+    for curve in curves:
+      finite = curve[np.isfinite(curve)]
+      finals.append(float(finite[-10:].mean()) if finite.size else float("nan"))
+    rows.append({**combo, "label": _label(combo), "final_return_per_seed": finals,
+                 "final_return_mean": float(np.mean(finals)),
+                 "final_return_std": float(np.std(finals)),
+                 "curve_mean": np.nanmean(np.where(np.isfinite(curves), curves, np.nan),
+                                          axis=0).tolist()})
+  means = [r["final_return_mean"] for r in rows]
+  best = int(np.nanargmax(means)) if np.isfinite(means).any() else None
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  result = {"env": env_name, "algo": config.algo, "swept": {n: list(grid[n]) for n in names},
+            "num_seeds": num_seeds, "num_steps": config.num_steps, "compile_s": compile_s,
+            "wall_s": wall_s, "runs": num_runs, "devices": num_devices,
+            "best": None if best is None else {n: rows[best][n] for n in names},
+            "config": {k: v for k, v in config.to_dict().items() if k not in names},
+            "rows": rows}
+  (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+  with open(out / "metrics.jsonl", "w") as f:
+    for step in range(returns.shape[-1]):
+      for run in range(num_runs):
+        value = float(returns[run // num_seeds, run % num_seeds, step])
+        f.write(json.dumps({"step": step + 1, "run": run, "seed": run % num_seeds,
+                            **combos[run // num_seeds],
+                            "mean_return": value if np.isfinite(value) else None}) + "\n")
+  for logger in loggers:
+    logger.log_curves({"mean_return": returns.reshape(num_runs, -1)})
+  with open(out / "sweep.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([*names, "final_return_mean", "final_return_std",
+                     *(f"seed_{i}" for i in range(num_seeds))])
+    for row in rows:
+      writer.writerow([*(row[n] for n in names), row["final_return_mean"],
+                       row["final_return_std"], *row["final_return_per_seed"]])
+  swept = " x ".join(names)
+  plotting.plot_sweep(rows, out / "sweep.png",
+                      title=f"{config.algo.upper()} on {env.name}: {swept} sweep "
+                            f"({num_seeds} seed{'s' * (num_seeds > 1)} each)")
+  return result

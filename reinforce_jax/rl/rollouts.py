@@ -1,0 +1,212 @@
+"""Parallel rollouts: `vmap` over environments, `lax.scan` over time.
+
+The rollout evaluates the policy once per step and records `log_prob` of the
+sampled action with its dependence on the parameters intact, so a caller can
+differentiate a loss built on the trajectory without a second forward pass.
+Actions are sampled, then cut from the graph with `stop_gradient`: the score
+function estimator differentiates `log_prob(a)` at a fixed `a`.
+
+A sample is what `score` needs to evaluate `log_prob` again later (PPO's
+epochs): the action itself, or for a `policies.SquashedGaussian` the
+pre-`tanh` draw `u`, since inverting `tanh` near the bounds loses precision; the
+environment receives `bijector.forward(u)`. The distribution owns this (its
+`sample_and_score` and `score` methods); the rollout does not look at its type.
+
+A recurrent policy (`policies.Policy` with `recurrent=True`) keeps its carry in
+`EnvCarry.policy_carry`; the rollout resets it where an episode ended, and
+`replay` evaluates a recorded rollout again with the same resets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from reinforce_jax.rl import policies
+from reinforce_jax.rl.policies import Policy, as_policy, score, split_output
+
+act = policies.sample_and_score  # `(env_action, sample, log_prob, entropy)` of one draw
+
+__all__ = ["EnvCarry", "Trajectory", "act", "replay", "reset_envs", "rollout", "score",
+           "split_output"]
+
+
+def _carry_policy(apply_fn) -> Policy:
+  """A `Policy`, or a plain feedforward `apply(params, obs)` as one."""
+  if isinstance(apply_fn, Policy):
+    return apply_fn
+  return Policy(init=None, apply=lambda params, carry, obs: (carry, apply_fn(params, obs)))
+
+
+def _reset_where(done: jax.Array, fresh, carry):
+  """`carry` with the entries of finished episodes replaced by `fresh` ones."""
+  def pick(f, c):
+    return jnp.where(done.reshape(done.shape + (1,) * (c.ndim - done.ndim)), f, c)
+  return jax.tree.map(pick, fresh, carry)
+
+
+class EnvCarry(NamedTuple):
+  """What a rollout advances: batched environment state and episode counters."""
+
+  env_state: Any              # EnvState pytree, leaves [B, ...]
+  obs: jax.Array              # [B, ...] current observations
+  episode_return: jax.Array   # [B] float32, undiscounted return so far
+  episode_length: jax.Array   # [B] int32, steps so far in the current episode
+  policy_carry: Any = ()      # a recurrent policy's state, leaves [B, ...]; () if none
+
+
+class Trajectory(NamedTuple):
+  """Time-major `[T, B]` record of a rollout."""
+
+  obs: jax.Array             # [T, B, ...] observations the actions were taken in
+  sample: jax.Array          # [T, B, ...] what `score` re-evaluates (usually the action)
+  log_prob: jax.Array        # [T, B] float32, differentiable w.r.t. params
+  entropy: jax.Array         # [T, B] float32, entropy of the policy at each obs
+  value: jax.Array           # [T, B] float32 value estimates (zeros without a critic)
+  bootstrap_value: jax.Array  # [T, B] value of the final observation where truncated, else 0
+  reward: jax.Array          # [T, B] float32
+  terminated: jax.Array      # [T, B] bool
+  truncated: jax.Array       # [T, B] bool
+  episode_return: jax.Array  # [T, B] float32, return of the episode that ended at t (else 0)
+  episode_length: jax.Array  # [T, B] int32, length of the episode that ended at t (else 0)
+
+
+def reset_envs(key: jax.Array, env, env_params, num_envs: int, policy=None) -> EnvCarry:
+  """Resets `num_envs` environments: an `EnvCarry` with batch size `num_envs`.
+
+  With a recurrent `policy` (a `Policy`, or a module `as_policy` takes), the
+  carry starts from its `initial_carry`.
+  """
+  if hasattr(env, "reset_batch"):
+    obs, env_state = env.reset_batch(key, env_params, num_envs)
+  else:  # a bare gymnax-style environment
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key, num_envs), env_params)
+  return EnvCarry(
+      env_state=env_state,
+      obs=obs,
+      episode_return=jnp.zeros((num_envs,), jnp.float32),
+      episode_length=jnp.zeros((num_envs,), jnp.int32),
+      policy_carry=() if policy is None else as_policy(policy).initial_carry(num_envs),
+  )
+
+
+def rollout(
+    key: jax.Array,
+    params: Any,
+    apply_fn: Callable[[Any, jax.Array], Any],
+    env,
+    env_params: Any,
+    carry: EnvCarry,
+    num_steps: int,
+    *,
+    unroll: int = 1,
+) -> tuple[EnvCarry, Trajectory]:
+  """Steps `B` environments `num_steps` times with the policy `apply_fn(params, obs)`.
+
+  Args:
+    key: PRNG key for the whole rollout.
+    params: policy parameters.
+    apply_fn: maps `(params, obs [B, ...])` to a distribution with batch shape
+      `[B]`, or to `(distribution, value [B])`; or a `policies.Policy`, whose
+      carry (`carry.policy_carry`) is reset where an episode ends.
+    env: an environment with the gymnax 1.x `step` (auto-resetting).
+    env_params: the environment's params, shared by all `B` environments.
+    carry: the batched environment state to continue from.
+    num_steps: rollout length `T` (static).
+    unroll: steps per iteration of the compiled loop (`lax.scan`'s `unroll`):
+      fewer, larger iterations for small batches, where each iteration's fixed
+      cost dominates; the same values either way.
+
+  Returns:
+    `(carry, trajectory)`: the advanced `EnvCarry` and a `[T, B]` `Trajectory`.
+    With a critic, `trajectory.bootstrap_value` holds the value of the final
+    observation of every truncated episode (computed only on steps where some
+    environment was truncated).
+  """
+  num_envs = carry.episode_return.shape[0]
+  policy = _carry_policy(apply_fn)
+  fresh = policy.initial_carry(num_envs) if policy.recurrent else ()
+  if hasattr(env, "step_batch"):
+    env_step = env.step_batch
+  else:  # a bare gymnax-style environment: one key per environment
+    def env_step(key, state, action, params):
+      return jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+          jax.random.split(key, num_envs), state, action, params)
+
+  def value_of(policy_carry, obs):
+    return jax.lax.stop_gradient(split_output(policy.apply(params, policy_carry, obs)[1])[1])
+
+  def one_step(carry: EnvCarry, keys):
+    key_action, key_env = keys
+    policy_carry, output = policy.apply(params, carry.policy_carry, carry.obs)
+    dist, value = split_output(output)
+    action, sample, log_prob, entropy = act(dist, key_action)
+    obs, env_state, reward, terminated, truncated, info = env_step(
+        key_env, carry.env_state, action, env_params)
+    if value is None:
+      value = bootstrap = jnp.zeros_like(reward)
+    else:
+      bootstrap = jax.lax.cond(
+          jnp.any(truncated),
+          lambda: jnp.where(truncated, value_of(policy_carry, info["final_observation"]), 0.0),
+          lambda: jnp.zeros_like(reward))
+    episode_return = carry.episode_return + reward
+    episode_length = carry.episode_length + 1
+    done = jnp.logical_or(terminated, truncated)
+    transition = Trajectory(
+        obs=carry.obs,
+        sample=sample,
+        log_prob=log_prob,
+        entropy=entropy,
+        value=value,
+        bootstrap_value=bootstrap,
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated,
+        episode_return=jnp.where(done, episode_return, 0.0),
+        episode_length=jnp.where(done, episode_length, 0),
+    )
+    carry = EnvCarry(
+        env_state=env_state,
+        obs=obs,
+        episode_return=jnp.where(done, 0.0, episode_return),
+        episode_length=jnp.where(done, 0, episode_length),
+        policy_carry=_reset_where(done, fresh, policy_carry) if policy.recurrent else (),
+    )
+    return carry, transition
+
+  # Every step's (action, environment) keys in one draw: on a CPU each threefry
+  # call is a small loop, so fewer, larger calls are cheaper.
+  keys = jax.random.split(key, (num_steps, 2))
+  return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]),
+                      unroll=num_steps if num_steps == 1 else min(unroll, num_steps))
+
+
+def replay(params, policy: Policy, policy_carry, obs: jax.Array, sample: jax.Array,
+           done: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(log_prob, entropy, value)`, `[T, B]`, of a recorded rollout, evaluated again.
+
+  A recurrent policy is run over the sequence from the rollout's first carry,
+  reset where an episode ended (`done`, `[T, B]`) just as in the rollout, so
+  the same parameters give the rollout's own values. `value` is zeros without a
+  critic.
+  """
+  fresh = policy.initial_carry(done.shape[1]) if policy.recurrent else ()
+
+  def one_step(carry, inputs):
+    obs_t, sample_t, done_t = inputs
+    carry, output = policy.apply(params, carry, obs_t)
+    dist, value = split_output(output)
+    log_prob, entropy = score(dist, sample_t)
+    if value is None:
+      value = jnp.zeros_like(log_prob)
+    if policy.recurrent:
+      carry = _reset_where(done_t, fresh, carry)
+    return carry, (log_prob, entropy, value)
+
+  _, out = jax.lax.scan(one_step, policy_carry, (obs, sample, done))
+  return out
