@@ -1,6 +1,6 @@
 """A/B of this working tree against an earlier commit, interleaved in one run.
 
-Measures what the open-core redesign must not slow down, with the API both
+Measures the programs a change must not slow down, with the API both
 trees share (`TrainConfig` + `make_train_step`, the presets, the CLI):
 
   * `bandit_plain_jit_us`: the seed's bandit at 4096 environments, a Python
@@ -41,8 +41,11 @@ import json, time, statistics, sys
 import jax, jax.numpy as jnp, optax
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole, ContextualBandit
-from reinforce_jax.rl.policies import CategoricalPolicy
-from reinforce_jax.experiments.presets import PRESETS
+CategoricalPolicy = rj.policies.CategoricalPolicy
+try:  # the package layout (reinforce_jax.experiments), or the flat one before it
+  from reinforce_jax.experiments.presets import PRESETS
+except ImportError:
+  from reinforce_jax.presets import PRESETS
 assert rj.__file__.startswith(sys.argv[1]), rj.__file__
 
 def loop_us(config, env, policy, steps, lr):

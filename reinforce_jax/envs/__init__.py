@@ -1,4 +1,11 @@
-"""Functional environments (gymnax 1.x interface), one file each, and `make`."""
+"""Functional environments (gymnax 1.x interface), one file each, and `make`.
+
+`base` (the interface and auto-reset), `bandit` (the seed's contextual bandit),
+`cartpole`, `pendulum`, `wrappers` (episode statistics, observation normalisation and
+masking), `gymnax_env` and `adapters` (gymnax, Brax and Jumanji environments).
+
+Imports: `reinforce_jax._src` only.
+"""
 
 from reinforce_jax.envs import adapters
 from reinforce_jax.envs.adapters import BraxEnv, JumanjiEnv, LegacyGymnaxEnv

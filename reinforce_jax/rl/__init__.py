@@ -10,7 +10,8 @@
 * `algorithms`: REINFORCE, A2C and PPO as values made of public parts.
 * `train`: `make_train_step` (the jitted-ready `(init_fn, train_step)` pair) and whole runs.
 
-Imports: `reinforce_jax.core`, `reinforce_jax.envs`, `reinforce_jax.xla`, `reinforce_jax._src`.
+Imports: `reinforce_jax.core`, `reinforce_jax.xla` and `reinforce_jax._src` (an environment is
+anything with the gymnax interface; nothing here imports `reinforce_jax.envs`).
 Names are imported on first use, so `hparams` and `config` stay JAX-free for the CLI.
 """
 

@@ -1,6 +1,6 @@
-"""Score-function gradients for sequence models (issue 11).
+"""Score-function gradients for sequence models: RLOO, GRPO and relatives, audited exactly.
 
-A plain module of re-exports, one line per name, grouped by the module that owns it:
+The subpackage re-exports, grouped by the module that owns it:
 
 * `losses`: group advantages (RLOO, GRPO, Dr. GRPO), the policy-gradient surrogate with its
   token aggregations and PPO/DAPO/GSPO clipping, and the k1/k2/k3 KL estimators.
@@ -11,6 +11,8 @@ A plain module of re-exports, one line per name, grouped by the module that owns
 * `models`: a small flax `CausalTransformer` with an explicit KV cache (`decoder`).
 * `train`: `make_sequence_train_step`, the `(init_fn, train_step)` pair built on `losses`.
 * `tasks`: `SortTask`, a verifiable task (`reinforce-jax train sort`).
+
+Imports: `reinforce_jax.xla` and `reinforce_jax._src`.
 """
 
 from reinforce_jax.sequence.losses import (
