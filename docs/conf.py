@@ -1,7 +1,6 @@
 """Sphinx configuration for the reinforce_jax documentation (`make docs`; see docs/README.md)."""
 
 import pathlib
-import shutil
 import sys
 
 DOCS = pathlib.Path(__file__).resolve().parent
@@ -54,6 +53,9 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 add_module_names = False
 
+# Figures stay in benchmarks/results/; a page shows one as ![...](../benchmarks/results/x.png):
+# Sphinx copies an image from outside docs/ into the build's _images/ like any other.
+
 html_theme = "sphinx_book_theme"
 html_title = "reinforce_jax"
 html_theme_options = {
@@ -66,19 +68,3 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 
-
-def _copy_benchmark_figures(app):
-  """Serve benchmarks/results/*.png as static files, so pages can link the figures' pages.
-
-  Images written ![...](../benchmarks/results/x.png) already work: Sphinx copies an image from
-  outside the docs folder into _images/. This also puts every figure under
-  _static/benchmarks/ (a build-time folder, never committed), for raw HTML or links.
-  """
-  target = pathlib.Path(app.outdir) / "_static" / "benchmarks"
-  target.mkdir(parents=True, exist_ok=True)
-  for figure in sorted((ROOT / "benchmarks" / "results").glob("*.png")):
-    shutil.copy2(figure, target / figure.name)
-
-
-def setup(app):
-  app.connect("builder-inited", _copy_benchmark_figures)
