@@ -134,16 +134,23 @@ def _qualify(entry: str, current: str | None) -> str:
 
 
 def _check(app, env) -> None:
-  from sphinx.errors import ExtensionError
+  from sphinx.util import logging
 
-  documented = env.get_domain("py").objects
-  absent = missing(documented)
-  if absent:
-    raise ExtensionError(
-        f"{len(absent)} public name(s) have no entry in the API reference (docs/api/*.rst): "
-        + ", ".join(absent))
+  logger = logging.getLogger(__name__)
+  absent = missing(env.get_domain("py").objects)
+  for name in absent:
+    logger.warning("%s is in a public __all__ but has no entry in docs/api/*.rst", name,
+                   type="coverage_check", subtype="missing")
+  app.env.coverage_check_missing = absent
+
+
+def _fail(app, exception) -> None:
+  # A warning fails `make docs` (-W); a build without -W fails here all the same.
+  if exception is None and getattr(app.env, "coverage_check_missing", None):
+    app.statuscode = 1
 
 
 def setup(app):
   app.connect("env-check-consistency", _check)
+  app.connect("build-finished", _fail)
   return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
