@@ -121,3 +121,86 @@ def test_ctrl_c_during_a_sweep_exits_130_and_writes_nothing(tmp_path, monkeypatc
   assert code == 130
   assert "nothing written" in _one_line(capsys.readouterr().err)
   assert not out.exists()
+
+
+def test_ctrl_c_is_honoured_within_seconds_at_any_step_count(tmp_path):
+  """Chunks of about a second: 2e8 steps would be minutes of one call in 50 chunks."""
+  out = tmp_path / "run"
+  process = _start(out, "--steps", "200000000")
+  metrics = out / "metrics.jsonl"
+  deadline = time.monotonic() + 120
+  while not (metrics.exists() and metrics.stat().st_size > 0):
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline, "no metrics were written"
+    time.sleep(0.01)
+  signalled = time.monotonic()
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=60)
+  assert process.returncode == 130, err
+  assert time.monotonic() - signalled < 15, "the run took too long to stop"
+  assert "interrupted; saved the state of step" in _one_line(err)
+  done = json.loads((out / "summary.json").read_text())["steps_done"]
+  assert latest_step(out / "checkpoints") == done > 0
+
+
+def test_a_second_ctrl_c_ends_the_process_at_once():
+  """The first Ctrl-C restores the default action, so the next one kills the process even
+  inside a long computation, where no Python handler could run."""
+  handler = signal.getsignal(signal.SIGINT)
+  with cli.commands._Interrupts() as interrupts:
+    assert not interrupts()
+    signal.raise_signal(signal.SIGINT)  # handled by the run's flag, not KeyboardInterrupt
+    assert interrupts()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is handler
+  code = ("import signal, time\n"
+          "from reinforce_jax.cli.commands import _Interrupts\n"
+          "with _Interrupts() as interrupts:\n"
+          "  signal.raise_signal(signal.SIGINT)\n"
+          "  print('first', interrupts(), flush=True)\n"
+          "  signal.raise_signal(signal.SIGINT)\n"
+          "  print('never printed', flush=True)\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=60)
+  assert done.returncode == -signal.SIGINT, done
+  assert done.stdout.split() == ["first", "True"]
+
+
+def _out_of_memory(*args, **kwargs):
+  import jax
+
+  raise jax.errors.JaxRuntimeError(
+      "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.")
+
+
+def test_out_of_memory_in_a_new_run_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch,
+                                                                     capsys):
+  monkeypatch.setattr(experiment.loop, "run_loop", _out_of_memory)
+  out = tmp_path / "run"
+  code = cli.main(["train", "bandit", "--steps", "5", "--num-envs", "8", "--out", str(out),
+                   "--no-progress"])
+  assert code == 1
+  line = _one_line(capsys.readouterr().err)
+  assert "out of memory (RESOURCE_EXHAUSTED" in line and "nothing was kept" in line, line
+  assert not out.exists()
+  # The folder is free for the same command again.
+  monkeypatch.undo()
+  assert cli.main(["train", "bandit", "--steps", "5", "--num-envs", "8", "--out", str(out),
+                   "--no-progress"]) == 0
+
+
+def test_out_of_memory_after_a_checkpoint_leaves_the_run_resumable(tmp_path, monkeypatch,
+                                                                    capsys):
+  out = tmp_path / "run"
+  assert cli.main(["train", "bandit", "--steps", "6", "--num-envs", "8", "--out", str(out),
+                   "--no-progress"]) == 0
+  capsys.readouterr()
+  monkeypatch.setattr(experiment.loop, "run_loop", _out_of_memory)
+  code = cli.main(["train", "bandit", "--steps", "12", "--resume", str(out), "--no-progress"])
+  assert code == 1
+  line = _one_line(capsys.readouterr().err)
+  assert f"keeps its checkpoint of step 6 (continue with --resume {out})" in line, line
+  monkeypatch.undo()
+  assert cli.main(["train", "bandit", "--steps", "12", "--resume", str(out),
+                   "--no-progress"]) == 0
+  assert json.loads((out / "summary.json").read_text())["steps_done"] == 12

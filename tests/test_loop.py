@@ -311,3 +311,52 @@ def test_final_returns_weights_episodes_and_skips_steps_that_finished_none():
     loop.final_returns(mean_return, num_episodes, last=0)
   with pytest.raises(ValueError, match=r"\(2, 5\) and \(5,\)"):
     loop.final_returns(mean_return, num_episodes[0], last=1)
+
+
+def test_bounded_chunks_sizes_each_chunk_from_the_time_per_step_of_the_last():
+  bounded = loop.BoundedChunks(1.0, first=1, growth=16.0)
+  ctx = loop.LoopContext(num_steps=10**9, start_step=0, chunk=10**6, step=0, state=None,
+                         key=None)
+  bounded.on_start(ctx)
+  sizes = [bounded.max_chunk(ctx)]
+  # 1 ms per step: grows 16-fold per chunk until a chunk would take a second.
+  for _ in range(3):
+    ctx.chunk_steps, ctx.chunk_seconds = sizes[-1], sizes[-1] * 1e-3
+    bounded.after_chunk(ctx)
+    sizes.append(bounded.max_chunk(ctx))
+  assert sizes == [1, 16, 256, 1000]
+  # The steps slow down to 10 ms: the next chunk shrinks at once.
+  ctx.chunk_steps, ctx.chunk_seconds = 1000, 10.0
+  bounded.after_chunk(ctx)
+  assert bounded.max_chunk(ctx) == 100
+  # A step slower than the budget still runs, one at a time; an instant one is capped.
+  ctx.chunk_steps, ctx.chunk_seconds = 100, 500.0
+  bounded.after_chunk(ctx)
+  assert bounded.max_chunk(ctx) == 1
+  ctx.chunk_steps, ctx.chunk_seconds = 1, 0.0
+  bounded.after_chunk(ctx)
+  assert bounded.max_chunk(ctx) == 16
+  for bad in ({"seconds": 0.0}, {"seconds": float("inf")}, {"first": 0}, {"growth": 0.5}):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      loop.BoundedChunks(**{"seconds": 1.0, **bad})
+
+
+def test_bounded_chunks_keep_the_run_bit_identical():
+  events = []
+  chunked = rj.run_loop(_toy_runner(64), _toy(), jax.random.key(0), num_steps=200, chunk=64,
+                        callbacks=[loop.BoundedChunks(1e-9, first=3), Recorder("r", events)])
+  whole = rj.run_loop(_toy_runner(200), _toy(), jax.random.key(0), num_steps=200, chunk=200)
+  chex.assert_trees_all_equal(chunked.state, whole.state)
+  sizes = [n for _, hook, n in events if hook == "before_chunk"]
+  assert sizes[0] == 3 and set(sizes[1:-1]) == {1} and sum(sizes) == 200  # a tiny budget
+
+
+@pytest.mark.parametrize(("every_seconds", "expected"), [(1e-9, [1, 2, 3]), (1e9, [3])])
+def test_checkpoints_also_land_on_a_timer(tmp_path, monkeypatch, every_seconds, expected):
+  saved = []
+  monkeypatch.setattr(checkpoints, "save", lambda directory, step, state: saved.append(step))
+  rj.run_loop(_toy_runner(1), _toy(), jax.random.key(0), num_steps=3, chunk=1,
+              callbacks=[loop.Checkpoint(tmp_path, every_seconds=every_seconds)])
+  assert saved == expected
+  with pytest.raises(ValueError, match="every_seconds"):
+    loop.Checkpoint(tmp_path, every_seconds=float("nan"))

@@ -15,7 +15,6 @@ exits with status 130 (a second Ctrl-C stops at once).
 from __future__ import annotations
 
 import contextlib
-import math
 import pathlib
 import signal
 import sys
@@ -62,9 +61,12 @@ class _Interrupts:
 
   Python's own handler raises `KeyboardInterrupt` wherever the main thread is,
   where it can be lost (JAX's garbage-collection callback swallows it) or land
-  in the middle of writing a file. A second Ctrl-C raises at once. Nothing is
-  installed outside the main thread, or where SIGINT is ignored (a background
-  job of a non-interactive shell).
+  in the middle of writing a file. The run polls the request between chunks of
+  about a second. The first Ctrl-C also restores the operating system's default
+  action, so a second one ends the process at once, even inside a long compile or
+  computation (every file is written whole and renamed into place, so the folder
+  keeps its last checkpoint). Nothing is installed outside the main thread, or
+  where SIGINT is ignored (a background job of a non-interactive shell).
   """
 
   def __init__(self):
@@ -82,10 +84,11 @@ class _Interrupts:
       signal.signal(signal.SIGINT, self._previous)
 
   def _handle(self, signum, frame) -> None:
-    del signum, frame
+    del frame
     self.count += 1
-    if self.count > 1:
+    if self.count > 1:  # a second signal that arrived before the first was handled
       raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)  # the next Ctrl-C ends the process at once
 
   def __call__(self) -> bool:
     return self.count > 0
@@ -94,6 +97,18 @@ class _Interrupts:
     """Raises `KeyboardInterrupt` if Ctrl-C came before the run has written anything."""
     if self.count:
       raise KeyboardInterrupt("before the first train step; nothing written")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+  """Whether `error` is XLA's report of a failed device allocation."""
+  text = str(error)
+  return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+      "RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _sweep(args, parser, interrupts: _Interrupts) -> int:
@@ -185,15 +200,15 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   import jax  # imported after the cheap argument checks
 
   from reinforce_jax.experiments.checkpoints import CheckpointError, latest_step
-  from reinforce_jax.experiments.runner import run_experiment
+  from reinforce_jax.experiments.runner import run_experiment, steps_per_call
 
   devices = args.devices or jax.device_count()
   if devices > jax.device_count():
     parser.error(f"--devices {devices}: only {jax.device_count()} device(s)")
   if config.num_envs % devices:
     parser.error(f"--num-envs {config.num_envs} must be divisible by --devices {devices}")
-  steps_per_call = max(1, math.ceil(config.num_steps / PROGRESS_CHUNKS))
-  need = num_seeds * checks.run_bytes(preset, config, steps_per_call=steps_per_call)
+  per_call = steps_per_call(config.num_steps, PROGRESS_CHUNKS, checkpoint_every)
+  need = num_seeds * checks.run_bytes(preset, config, steps_per_call=per_call)
   checks.check_memory(parser, jax, need, devices=devices,
                       what=f"{num_seeds} seed(s) of {config.num_envs} environments x "
                            f"{config.rollout_length} steps")
@@ -224,6 +239,15 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
                                 **config.to_dict()}) if jax.process_index() == 0 else ())
   except CheckpointError as e:
     parser.error(str(e))
+  except Exception as e:
+    if not _out_of_memory(e):
+      raise
+    saved = latest_step(out / CHECKPOINTS_DIR) if out.is_dir() else None
+    kept = (f"{out} keeps its checkpoint of step {saved} (continue with --resume {out})"
+            if saved is not None else "nothing was kept")
+    print(f"reinforce-jax: out of memory ({_first_line(e)}); {kept}; lower --num-envs, "
+          "--rollout-length or --num-seeds", file=sys.stderr)
+    return 1
   returns = [r for r in result.final_mean_return if r is not None]
   print(f"{result.env} {config.algo}: {result.status} {result.steps_done} steps x "
         f"{config.num_envs} envs x "

@@ -1,7 +1,8 @@
 """Experiments: everything around the train step that a run needs.
 
 * `loop`: `run_loop`, a thin driver over jitted chunks with callbacks (metrics, early
-  stopping, checkpoints, progress).
+  stopping, checkpoints, progress, chunks of bounded wall time).
+* `episodes`: statistics of finished episodes (final returns, the recent-episodes window).
 * `checkpoints`: save, find and restore a run's state with orbax.
 * `loggers`: TensorBoard and Weights & Biases as run-loop callbacks.
 * `sweep`: hyperparameter sweeps as one program (`vmap` over a grid and seeds).
@@ -19,6 +20,7 @@ from reinforce_jax._src.lazy import lazy_exports
 _ORIGINS = {
     "checkpoints": "reinforce_jax.experiments.checkpoints",
     "distributed": "reinforce_jax.experiments.distributed",
+    "episodes": "reinforce_jax.experiments.episodes",
     "loggers": "reinforce_jax.experiments.loggers",
     "loop": "reinforce_jax.experiments.loop",
     "plotting": "reinforce_jax.experiments.plotting",

@@ -28,7 +28,6 @@ so a run in chunks is bit-identical to the same run in one call.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
@@ -44,9 +43,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from reinforce_jax.experiments import checkpoints
+from reinforce_jax.experiments.episodes import (
+    SOLVED_EPISODES,
+    RecentEpisodes,
+    final_returns,
+    last_finite,
+    mean_over_seeds,
+)
 from reinforce_jax.rl.train import RunOutput
 
 __all__ = [
+    "BoundedChunks",
     "Callback",
     "Checkpoint",
     "EarlyStop",
@@ -61,9 +68,6 @@ __all__ = [
     "run_loop",
     "WriteMetrics",
 ]
-
-SOLVED_EPISODES = 100  # gymnasium's reward threshold is a mean over 100 consecutive episodes
-
 
 @dataclasses.dataclass
 class LoopContext:
@@ -85,6 +89,8 @@ class LoopContext:
     chunk_start: `step` before the latest chunk.
     chunk_steps: the steps asked of the latest (in `before_chunk`: the next) chunk.
     chunks: chunks completed.
+    chunk_seconds: wall time of the latest chunk's runner call, its results on the
+      host included (0.0 before the first chunk).
     num_seeds: the seed axis's size, None until the first chunk has run.
     seed_axis: whether the runner is vmapped over seeds (False: the loop added
       the axis), None until the first chunk has run.
@@ -103,6 +109,7 @@ class LoopContext:
   chunk_start: int = 0
   chunk_steps: int = 0
   chunks: int = 0
+  chunk_seconds: float = 0.0
   num_seeds: int | None = None
   seed_axis: bool | None = None
   status: str = "running"
@@ -242,7 +249,9 @@ def run_loop(
         ctx.chunk_steps = min(chunk, num_steps - ctx.step, *caps)
         for callback in callbacks:
           callback.before_chunk(ctx)
+        started = time.perf_counter()
         output, seed_axis = _host_output(runner(ctx.state, key, jnp.int32(ctx.chunk_steps)))
+        ctx.chunk_seconds = time.perf_counter() - started
         # The state and the step count change together: a checkpoint pairs them.
         ctx.chunk_start, ctx.step = ctx.step, ctx.step + int(output.steps_done.min())
         ctx.state, ctx.output, ctx.chunks = output.state, output, ctx.chunks + 1
@@ -276,84 +285,11 @@ def run_loop(
   return LoopResult(ctx.state, ctx.step, ctx.status, ctx.output, stopped_by)
 
 
-def _last_finite(values: np.ndarray) -> float | None:
-  finite = values[np.isfinite(values)]
-  return float(finite[-1]) if finite.size else None
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-  """Mean over seeds, NaN (without a warning) where no seed has a finite value."""
-  finite = np.isfinite(values)
-  total = np.where(finite, values, 0.0).sum(axis=0)
-  count = finite.sum(axis=0)
-  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
 def _jsonable(x: Any):
   x = x.item() if hasattr(x, "item") else x
   if isinstance(x, float) and not math.isfinite(x):
     return None
   return x
-
-
-def final_returns(mean_return, num_episodes, last: int) -> np.ndarray:
-  """Per seed, the mean return of the episodes finished in its last `last` steps that finished any.
-
-  Args:
-    mean_return: `[num_seeds, steps]` (or `[steps]`) metrics: each step's mean
-      return over the episodes it finished (NaN or anything where it finished none).
-    num_episodes: the same shape: how many episodes each step finished.
-    last: how many of the steps that finished an episode to count (>= 1).
-
-  Returns:
-    `[num_seeds]` (or a scalar) episode-weighted means; NaN for a seed that
-    finished no episode. A step that finished none is skipped, not read as a
-    return of 0: an update through which every pole stays up is not a failure.
-  """
-  if isinstance(last, bool) or not isinstance(last, int | np.integer) or last < 1:
-    raise ValueError(f"last must be an integer >= 1, got {last!r}")
-  returns, episodes = np.asarray(mean_return, np.float64), np.asarray(num_episodes)
-  if returns.shape != episodes.shape or returns.ndim not in (1, 2):
-    raise ValueError(f"mean_return and num_episodes must both be [steps] or [num_seeds, steps], "
-                     f"got {returns.shape} and {episodes.shape}")
-  finals = []
-  for seed_returns, seed_episodes in zip(np.atleast_2d(returns), np.atleast_2d(episodes),
-                                         strict=True):
-    idx = np.flatnonzero(seed_episodes > 0)[-last:]
-    count = seed_episodes[idx].sum()
-    finals.append((seed_returns[idx] * seed_episodes[idx]).sum() / count if count else np.nan)
-  return np.array(finals) if returns.ndim == 2 else finals[0]
-
-
-class RecentEpisodes:
-  """Per seed, the mean return of the last `SOLVED_EPISODES` finished episodes.
-
-  Fed one train step at a time with each seed's mean return and episode count
-  of that step; a step's episodes are kept or dropped together, so the window
-  holds at least `SOLVED_EPISODES` episodes once that many have finished.
-  """
-
-  def __init__(self, num_seeds: int, episodes: int = SOLVED_EPISODES):
-    self.episodes = episodes
-    self.windows = [collections.deque() for _ in range(num_seeds)]
-
-  def add(self, mean_return: np.ndarray, num_episodes: np.ndarray) -> None:
-    """`[num_seeds, steps]` arrays of one chunk, oldest step first."""
-    for window, means, counts in zip(self.windows, mean_return, num_episodes, strict=True):
-      for mean, count in zip(means, counts, strict=True):
-        if count > 0 and np.isfinite(mean):
-          window.append((float(mean) * int(count), int(count)))
-          while sum(c for _, c in window) - window[0][1] >= self.episodes:
-            window.popleft()
-
-  def means(self) -> np.ndarray:
-    """`[num_seeds]`: the window's mean return, NaN until `episodes` have finished."""
-    out = np.full(len(self.windows), np.nan)
-    for i, window in enumerate(self.windows):
-      count = sum(c for _, c in window)
-      if count >= self.episodes:
-        out[i] = sum(total for total, _ in window) / count
-    return out
 
 
 class EarlyStop(Callback):
@@ -389,6 +325,52 @@ class EarlyStop(Callback):
   def means(self, num_seeds: int = 0) -> np.ndarray:
     """`[num_seeds]` means, NaN until `episodes` have finished (before any chunk: `num_seeds`)."""
     return np.full(num_seeds, np.nan) if self.recent is None else self.recent.means()
+
+
+class BoundedChunks(Callback):
+  """Sizes chunks to take about `seconds` of wall time each, so the loop stays responsive.
+
+  Between chunks the loop polls `should_stop` (the command line's Ctrl-C), writes
+  metrics and saves checkpoints; one chunk of millions of steps would hold all of
+  that off for minutes. The first chunk runs `first` steps; each later one is sized
+  from the time per step the previous one took (`LoopContext.chunk_seconds`, which
+  excludes the callbacks' own work), growing at most `growth`-fold from one chunk to
+  the next, and never past the runner's `chunk`. Sizes depend on timings, but results
+  do not: a run in chunks is bit-identical to the same run in one call.
+
+  Args:
+    seconds: the wall time to aim each chunk at.
+    first: the steps of the first chunk.
+    growth: the largest factor from one chunk's size to the next.
+
+  Raises:
+    ValueError: if `seconds` is not a positive finite number, `first` is not a
+      positive integer, or `growth` is below 1.
+  """
+
+  def __init__(self, seconds: float = 1.0, *, first: int = 1, growth: float = 16.0):
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+      raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+      raise ValueError(f"first must be a positive integer, got {first!r}")
+    if not (isinstance(growth, (int, float)) and math.isfinite(growth) and growth >= 1):
+      raise ValueError(f"growth must be a finite number >= 1, got {growth!r}")
+    self.seconds, self.first, self.growth = float(seconds), first, float(growth)
+    self._next = first
+
+  def on_start(self, ctx: LoopContext) -> None:
+    del ctx
+    self._next = self.first
+
+  def max_chunk(self, ctx: LoopContext) -> int:
+    del ctx
+    return self._next
+
+  def after_chunk(self, ctx: LoopContext) -> None:
+    asked = max(ctx.chunk_steps, 1)
+    per_step = ctx.chunk_seconds / asked
+    fits = self.seconds / per_step if per_step > 0 else math.inf
+    self._next = max(1, int(min(fits, asked * self.growth, 2**31 - 1)))
 
 
 class WriteMetrics(Callback):
@@ -438,36 +420,57 @@ class WriteMetrics(Callback):
 class Checkpoint(Callback):
   """Saves the state with orbax (`experiments.checkpoints`) every `every` steps and at the end.
 
-  Chunks are capped to end on the checkpoint steps. The final state is saved
-  when the loop ends without an exception (completed, stopped, non-finite,
+  Chunks are capped to end on the checkpoint steps. With `every_seconds`, a
+  chunk that ends that long or longer after the latest save is saved too (so a
+  killed process loses at most about that much training). The final state is
+  saved when the loop ends without an exception (completed, stopped, non-finite,
   interrupted), unless that step is saved already.
 
   Args:
     directory: the checkpoints folder (`checkpoints.save`'s `directory`).
     every: save every that many steps (None: only at the end).
+    every_seconds: also save after the first chunk that ends at least this many
+      seconds of wall time after the latest save or the start (None: no timed saves).
     saved_step: the step of a checkpoint of the starting state already in
       `directory` (a resumed run), which is not written again.
   """
 
   def __init__(self, directory: str | os.PathLike, *, every: int | None = None,
-               saved_step: int | None = None):
+               saved_step: int | None = None, every_seconds: float | None = None):
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
       raise ValueError(f"every must be a positive integer or None, got {every!r}")
+    if every_seconds is not None and not (
+        isinstance(every_seconds, (int, float)) and not isinstance(every_seconds, bool)
+        and math.isfinite(every_seconds) and every_seconds > 0):
+      raise ValueError(f"every_seconds must be a positive finite number or None, "
+                       f"got {every_seconds!r}")
     self.directory, self.every, self.saved_step = directory, every, saved_step
+    self.every_seconds = every_seconds
+    self._saved_at = time.monotonic()
+
+  def on_start(self, ctx: LoopContext) -> None:
+    del ctx
+    self._saved_at = time.monotonic()
+
+  def _save(self, ctx: LoopContext) -> None:
+    checkpoints.save(self.directory, ctx.step, ctx.state)
+    self.saved_step, self._saved_at = ctx.step, time.monotonic()
 
   def max_chunk(self, ctx: LoopContext) -> int | None:
     return None if self.every is None else self.every - ctx.step % self.every
 
   def after_chunk(self, ctx: LoopContext) -> None:
-    if (self.every and ctx.step % self.every == 0 and ctx.step < ctx.num_steps
-        and ctx.step != self.saved_step):
-      checkpoints.save(self.directory, ctx.step, ctx.state)
-      self.saved_step = ctx.step
+    if ctx.step >= ctx.num_steps or ctx.step == self.saved_step:
+      return  # the last step is saved in `on_end`
+    due = self.every and ctx.step % self.every == 0
+    late = (self.every_seconds is not None
+            and time.monotonic() - self._saved_at >= self.every_seconds)
+    if due or late:
+      self._save(ctx)
 
   def on_end(self, ctx: LoopContext) -> None:
     if ctx.error is None and self.saved_step != ctx.step:
-      checkpoints.save(self.directory, ctx.step, ctx.state)
-      self.saved_step = ctx.step
+      self._save(ctx)
 
 
 class ProfileFirstChunk(Callback):
@@ -530,7 +533,7 @@ class ProgressBar(Callback):
     good = ctx.new_steps
     self.bar.update(good)
     if good and self.metric in ctx.output.metrics:
-      recent = _last_finite(_nanmean(ctx.output.metrics[self.metric][:, :good]))
+      recent = last_finite(mean_over_seeds(ctx.output.metrics[self.metric][:, :good]))
       if recent is not None:
         self.bar.set_postfix({self.metric: f"{recent:.3g}"})
 
@@ -557,7 +560,7 @@ class PrintMetrics(Callback):
     values = []
     for k in self.keys:
       if k in metrics:
-        value = _nanmean(np.asarray(metrics[k][:, good - 1], np.float64))
+        value = mean_over_seeds(np.asarray(metrics[k][:, good - 1], np.float64))
         values.append(f"{k}={float(value):.4g}")
     tqdm.write(f"step {ctx.step}: " + " ".join(values), file=self.file)
 

@@ -32,10 +32,10 @@ from reinforce_jax.experiments.checkpoints import (
   CheckpointError,
 )
 from reinforce_jax.experiments.distributed import make_mesh, shard_state
-from reinforce_jax.experiments.loop import (  # noqa: F401 (the first two lived here before loop.py)
+from reinforce_jax.experiments.episodes import (  # noqa: F401 (the first two lived here once)
   SOLVED_EPISODES,
   RecentEpisodes,
-  _last_finite,
+  last_finite,
 )
 from reinforce_jax.experiments.presets import PRESETS
 from reinforce_jax.rl.config import TrainConfig
@@ -44,6 +44,7 @@ from reinforce_jax.rl.train import make_optimizer, make_run, make_train_step
 __all__ = [
     "Result",
     "run_experiment",
+    "steps_per_call",
 ]
 
 
@@ -84,7 +85,7 @@ class _LatestReturns(loop.Callback):
 
   def after_chunk(self, ctx: loop.LoopContext) -> None:
     for seed_index, curve in enumerate(ctx.output.metrics["mean_return"][:, :ctx.new_steps]):
-      last = _last_finite(curve)
+      last = last_finite(curve)
       self.values[seed_index] = self.values[seed_index] if last is None else last
 
 
@@ -143,6 +144,28 @@ def _remove(created: list[pathlib.Path], files: list[pathlib.Path]) -> None:
       break
 
 
+# A call of the chunk program runs at most this many steps (its metrics buffer holds as
+# many), and about CHUNK_SECONDS of wall time (`loop.BoundedChunks`), so that Ctrl-C, the
+# progress bar and the metrics file answer within a few seconds at any step count.
+MAX_STEPS_PER_CALL = 1 << 14
+CHUNK_SECONDS = 1.0
+# A checkpoint is saved after the first chunk that ends this long after the latest save,
+# so a killed process loses at most a few minutes of training.
+CHECKPOINT_SECONDS = 120.0
+
+
+def steps_per_call(num_steps: int, num_chunks: int, checkpoint_every: int | None = None) -> int:
+  """The most steps one call of a run's chunk program takes (its metrics buffer's length).
+
+  At most `num_steps / num_chunks` (rounded up), `checkpoint_every` and
+  `MAX_STEPS_PER_CALL`, and at least 1.
+  """
+  chunk = min(math.ceil(num_steps / num_chunks), MAX_STEPS_PER_CALL)
+  if checkpoint_every:
+    chunk = min(chunk, checkpoint_every)
+  return max(1, chunk)
+
+
 def run_experiment(
     env_name: str,
     config: TrainConfig,
@@ -192,7 +215,13 @@ def run_experiment(
   call created is removed. `should_stop` is polled after compiling and after
   every chunk: true before the first chunk raises `KeyboardInterrupt` with
   nothing written; later it ends the run as "interrupted". A
-  `KeyboardInterrupt` during training also ends it as "interrupted".
+  `KeyboardInterrupt` during training also ends it as "interrupted". Chunks
+  take about `CHUNK_SECONDS` each (at most `MAX_STEPS_PER_CALL` steps), so the
+  poll comes within seconds at any step count; a checkpoint is also saved after
+  the first chunk that ends `CHECKPOINT_SECONDS` after the latest one. An error
+  that leaves training (out of memory, a failed write) keeps the folder as its
+  latest checkpoint left it, for `resume`; a new run with no checkpoint yet
+  removes what it wrote.
 
   `callbacks` (such as `reinforce_jax.experiments.loggers`' TensorBoard and W&B loggers)
   run after the metrics file is written, in process 0 only.
@@ -205,9 +234,7 @@ def run_experiment(
   else:
     policy = preset.policy(env, config)
     init_fn, train_step = make_train_step(env, policy, make_optimizer(config), config)
-  chunk = max(1, math.ceil(config.num_steps / num_chunks))
-  if checkpoint_every:
-    chunk = min(chunk, checkpoint_every)
+  chunk = steps_per_call(config.num_steps, num_chunks, checkpoint_every)
   out = pathlib.Path(out_dir)
   # In a multi-process run every process trains; the first one writes the files.
   writer = jax.process_index() == 0
@@ -254,6 +281,9 @@ def run_experiment(
       raise
 
   latest = _LatestReturns(num_seeds)
+  checkpoint = loop.Checkpoint(
+      out / CHECKPOINTS_DIR, every=checkpoint_every, saved_step=saved,
+      every_seconds=CHECKPOINT_SECONDS if jax.process_count() == 1 else None)
   recent = loop.EarlyStop(stop_at_return)
   extra_callbacks = list(callbacks)
   callbacks = [loop.ProfileFirstChunk(profile_dir)] if profile_dir is not None else []
@@ -264,10 +294,18 @@ def run_experiment(
   callbacks += [
       loop.ProgressBar(desc=env_name, disable=not progress, tqdm_class=tqdm),
       recent, latest,
-      loop.Checkpoint(out / CHECKPOINTS_DIR, every=checkpoint_every, saved_step=saved)]
-  with sink:
-    outcome = loop.run_loop(runner, state, run_keys, num_steps=config.num_steps, chunk=chunk,
-                            start_step=done, callbacks=callbacks, should_stop=should_stop)
+      checkpoint]
+  if jax.process_count() == 1:  # timings differ between processes, and chunks may not
+    callbacks.append(loop.BoundedChunks(CHUNK_SECONDS))
+  try:
+    with sink:
+      outcome = loop.run_loop(runner, state, run_keys, num_steps=config.num_steps,
+                              chunk=chunk, start_step=done, callbacks=callbacks,
+                              should_stop=should_stop)
+  except BaseException:  # out of memory, a failed write, a second Ctrl-C, ...
+    if writer and not resume and checkpoint.saved_step is None:
+      _remove(created, written)  # nothing to resume from: no half-made run is left behind
+    raise  # otherwise the folder resumes from its latest checkpoint
   state, done, status = outcome.state, outcome.step, outcome.status
   solved_at, solved_after = None, None
   if status == "solved":
@@ -290,7 +328,7 @@ def run_experiment(
     files = [METRICS_FILE, CONFIG_FILE, PARAMS_FILE, "learning_curve.png", SUMMARY_FILE,
              CHECKPOINTS_DIR]
     mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)  # resumed runs included
-    final_mean_return = [_last_finite(r) for r in mean_return]
+    final_mean_return = [last_finite(r) for r in mean_return]
     (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
     plotting.plot_learning_curve(
         mean_return, out / "learning_curve.png",
