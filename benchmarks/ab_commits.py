@@ -42,9 +42,12 @@ import jax, jax.numpy as jnp, optax
 import reinforce_jax as rj
 from reinforce_jax.envs import CartPole, ContextualBandit
 CategoricalPolicy = rj.policies.CategoricalPolicy
-try:  # the package layout (reinforce_jax.experiments), or the flat one before it
+# The package layout (reinforce_jax.experiments), or the flat one before it. Decided by
+# the tree, not by trying: an editable install would find the other tree's subpackage.
+import os
+if os.path.isdir(os.path.join(sys.argv[1], "reinforce_jax", "experiments")):
   from reinforce_jax.experiments.presets import PRESETS
-except ImportError:
+else:
   from reinforce_jax.presets import PRESETS
 assert rj.__file__.startswith(sys.argv[1]), rj.__file__
 
@@ -91,7 +94,9 @@ def probe(tree: pathlib.Path) -> dict:
   env = {**os.environ, "PYTHONPATH": str(tree)}
   with tempfile.TemporaryDirectory() as cwd:  # not the repository: PYTHONPATH decides
     result = subprocess.run([sys.executable, "-c", PROBE, str(tree)], env=env, cwd=cwd,
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True)
+    if result.returncode:
+      raise SystemExit(f"the probe failed in {tree}:\n{result.stderr}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "reinforce_jax", "train", "cartpole",
