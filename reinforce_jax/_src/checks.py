@@ -41,11 +41,13 @@ def check_rank_at_least(name: str, x, rank: int) -> None:
 
 
 def check_number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
-                  low_open: bool = False, high_open: bool = False) -> None:
+                  low_open: bool = False, high_open: bool = False, dtype: Any = None) -> None:
   """Raises `ValueError` unless `value` is real and every entry is finite and in range.
 
-  A traced value (under `jit`, `vmap`, `grad`: `algorithms.traced` makes traced
-  discounts in sweeps) is unknown at trace time and passes unchecked.
+  With `dtype` (e.g. `jnp.float32`), the value must also stay finite and in range once cast
+  to it (1e300 is finite in Python, inf in float32). A traced value (under `jit`, `vmap`,
+  `grad`: `algorithms.traced` makes traced discounts in sweeps) is unknown at trace time and
+  passes unchecked.
   """
   if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
     return
@@ -56,11 +58,73 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
   if not real:
     raise ValueError(f"{name} must be a real number, got {value!r}")
   values = np.asarray(value).astype(np.float64)
-  above = values > low if low_open else values >= low
-  below = values < high if high_open else values <= high
-  if not np.all(np.isfinite(values) & above & below):
+
+  def fits(v):
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    return bool(np.all(np.isfinite(v) & above & below))
+
+  note = ""
+  ok = fits(values)
+  if ok and dtype is not None:
+    with np.errstate(over="ignore", under="ignore"):
+      cast = values.astype(dtype).astype(np.float64)
+    ok = fits(cast)
+    shown = f"{float(cast):g}" if cast.ndim == 0 else "out of range"
+    note = f" ({shown} in {np.dtype(dtype).name}, the dtype used)"
+  if not ok:
     left = "(" if low_open or low == -math.inf else "["
     right = ")" if high_open or high == math.inf else "]"
     interval = f"{left}{low:g}, {high:g}{right}"
     bound = "" if (low, high) == (-math.inf, math.inf) else f" and in {interval}"
-    raise ValueError(f"{name} must be finite{bound}, got {value!r}")
+    raise ValueError(f"{name} must be finite{bound}, got {value!r}{note}")
+
+
+def is_concrete(value: Any) -> bool:
+  """Whether `value` holds no tracer, so its numbers can be read at trace time."""
+  return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def check_mask(name: str, mask: Any) -> None:
+  """Raises `ValueError` unless `mask` is bool, or real and (where concrete) only 0 and 1.
+
+  A mask selects entries; it must not scale them (real weights have their own argument). A
+  traced mask cannot be read and passes the value check.
+  """
+  kind = jnp.result_type(mask)
+  if kind == jnp.bool_:
+    return
+  if not is_real_dtype(kind):
+    raise ValueError(f"{name} must be a bool or 0/1 array, got dtype {kind}")
+  if not is_concrete(mask):
+    return
+  values = np.asarray(mask)
+  bad = values[(values != 0) & (values != 1)]
+  if bad.size:
+    raise ValueError(
+        f"{name} must hold only 0 and 1 (or be bool), got {bad.size} other value(s) such as "
+        f"{bad.flat[0].item()!r}; pass real non-negative weights as `weights`")
+
+
+def where_on(on: jax.Array, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Each array with its entries off `on` replaced by 0, before any arithmetic touches them.
+
+  Masked entries may hold anything (nan, +-inf: padding, finished episodes). `0 * nan` is nan,
+  so a product with the mask is not enough; and a `where` applied only to the result still
+  lets nan through the gradient (its cotangent 0 is multiplied by the nan operand). Replacing
+  the inputs first (the "double where") makes both the value and the gradient at those entries
+  exactly 0.
+  """
+  return tuple(jnp.where(on, x, jnp.zeros((), jnp.result_type(x))) for x in arrays)
+
+
+def check_kept(name: str, value: Any, on: Any, **bounds) -> None:
+  """`check_number` on the entries of `value` that the bool array `on` keeps (a scalar: all).
+
+  Entries that `on` drops may hold anything (they never reach a result). With a traced `on`,
+  which entries count is unknown, and an array `value` is not checked.
+  """
+  if jnp.ndim(value) == 0:
+    check_number(name, value, **bounds)
+  elif is_concrete(on) and is_concrete(value):
+    check_number(name, np.asarray(value)[np.asarray(on)], **bounds)

@@ -19,8 +19,34 @@ from reinforce_jax._src import checks
 __all__ = ["batch_mean", "ema_update", "leave_one_out"]
 
 
+def _centred(values: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """`(first, values - first)` with `first` the first entry along `axis` (kept as an axis).
+
+  Centring on a member before any sum makes equal entries exact zeros: a baseline of equal
+  values is then exactly that value (no rounding residue in `reward - baseline`), and a large
+  common offset does not cancel.
+  """
+  first = jax.lax.slice_in_dim(values, 0, 1, axis=axis)
+  return first, values - first
+
+
+def _check_samples(name: str, values: jax.Array, axis: int) -> int:
+  shape = checks.shape_of(values)
+  if not -len(shape) <= axis < len(shape):
+    raise ValueError(f"{name}: axis {axis} is out of range for values of shape {shape}")
+  n = shape[axis]
+  if n < 2:
+    raise ValueError(
+        f"{name} needs at least 2 samples along axis {axis} (with one, the baseline is the "
+        f"sample itself or undefined), got shape {shape}")
+  return n
+
+
 def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:
   """Mean of the other entries along `axis`: `(sum(v) - v_i) / (n - 1)`.
+
+  Where every entry along `axis` is equal, the result is exactly that value (so
+  `values - leave_one_out(values)` is exactly 0), at any magnitude.
 
   Args:
     values: float array; entries along `axis` must be independent samples
@@ -29,13 +55,14 @@ def leave_one_out(values: jax.Array, *, axis: int = -1) -> jax.Array:
 
   Returns:
     An array of the same shape as `values`.
+
+  Raises:
+    ValueError: at trace time, if `axis` has fewer than 2 entries.
   """
-  n = values.shape[axis]
-  if n < 2:
-    raise ValueError(
-        f"leave_one_out needs at least 2 samples along axis {axis}, got shape {values.shape}")
-  total = jnp.sum(values, axis=axis, keepdims=True)
-  return (total - values) / (n - 1)
+  n = _check_samples("leave_one_out", values, axis)
+  first, centred = _centred(values, axis)
+  total = jnp.sum(centred, axis=axis, keepdims=True)
+  return first + (total - centred) / (n - 1)
 
 
 def batch_mean(values: jax.Array, *, axis: int = -1) -> jax.Array:
@@ -43,9 +70,17 @@ def batch_mean(values: jax.Array, *, axis: int = -1) -> jax.Array:
 
   Because each entry sees its own return, the expected gradient shrinks by the
   factor `(n - 1) / n` (its direction is unchanged); `leave_one_out` is the same
-  baseline rescaled to remove exactly that factor.
+  baseline rescaled to remove exactly that factor. Where every entry along `axis` is
+  equal, the result is exactly that value.
+
+  Raises:
+    ValueError: at trace time, if `axis` has fewer than 2 entries (with one sample, the
+      baseline is the sample itself and every advantage is 0).
   """
-  return jnp.broadcast_to(jnp.mean(values, axis=axis, keepdims=True), values.shape)
+  _check_samples("batch_mean", values, axis)
+  first, centred = _centred(values, axis)
+  mean = first + jnp.mean(centred, axis=axis, keepdims=True)
+  return jnp.broadcast_to(mean, values.shape)
 
 
 def ema_update(average: jax.Array, values: jax.Array, *, decay: float) -> jax.Array:

@@ -36,6 +36,7 @@ def reinforce_loss(
     reward: jax.Array,
     baseline: jax.Array | float | None = None,
     *,
+    mask: jax.Array | None = None,
     weights: jax.Array | None = None,
 ) -> jax.Array:
   """Scalar REINFORCE surrogate `-mean(log_prob * stop_gradient(reward - baseline))`.
@@ -43,6 +44,11 @@ def reinforce_loss(
   The gradient of the result with respect to whatever produced `log_prob` is the
   (negated) score-function estimate of the gradient of the expected reward; the
   gradient with respect to `reward` and `baseline` is exactly zero.
+
+  Entries that `mask` drops (or that have weight 0) never reach the loss or its gradient,
+  whatever they hold: padding and finished episodes may hold nan or +-inf in `log_prob`,
+  `reward` or `baseline`, and the loss is the same, and the gradient with respect to
+  `log_prob` is exactly 0 there, as if they held 0.
 
   Args:
     log_prob: `[...]` float array, log-probability of each sampled action under
@@ -52,39 +58,71 @@ def reinforce_loss(
     baseline: `None`, a scalar, or an array of the same shape as `reward`. It is
       subtracted from `reward` to lower the variance; it must not depend on the
       action it is paired with, or the estimator is biased.
-    weights: optional non-negative array of the same shape as `log_prob`; the
-      loss becomes a weighted mean `sum(w * l) / sum(w)` (use a 0/1 mask to drop
-      padded steps). An all-zero mask gives a loss of 0.
+    mask: optional bool (or 0/1) array of the same shape as `log_prob`; the loss is the
+      mean over the entries it keeps. An all-false mask gives a loss of 0.
+    weights: optional real non-negative array of the same shape as `log_prob`; the loss
+      becomes a weighted mean `sum(w * l) / sum(w)` (over the entries `mask` keeps, if
+      both are given); all-zero weights give a loss of 0. A bool array here is taken as a
+      mask.
 
   Returns:
     A float scalar: minimise it to ascend the expected reward.
 
   Raises:
     ValueError: at trace time, if shapes differ (naming both) or dtypes are not
-      floating point; and for a concrete (untraced) baseline that is not finite
-      or concrete weights that are negative or not finite.
+      floating point; and, where they are concrete (not traced), for a baseline that is
+      not finite, a mask that holds values other than 0 and 1, or weights that are
+      negative or not finite (entries the mask drops are not checked).
 
   Example:
     >>> dist = policy.apply(params, obs)          # distrax.Categorical
     >>> action = dist.sample(seed=key)
     >>> loss = reinforce_loss(dist.log_prob(action), reward)
+    >>> padded = reinforce_loss(log_probs, returns, mask=steps_before_done)
   """
   checks.check_floating(log_prob=log_prob)
   checks.check_same_shape(log_prob=log_prob, reward=reward)
+  if baseline is not None and jnp.ndim(baseline) != 0:
+    checks.check_same_shape(reward=reward, baseline=baseline)
+  if weights is not None and jnp.result_type(weights) == jnp.bool_:
+    checks.check_same_shape(log_prob=log_prob, weights=weights)
+    if mask is not None:
+      checks.check_same_shape(log_prob=log_prob, mask=mask)
+      checks.check_mask("mask", mask)
+      weights = jnp.logical_and(jnp.asarray(mask) != 0, weights)
+    mask, weights = weights, None
+  if mask is None and weights is None:
+    advantage = reward
+    if baseline is not None:
+      checks.check_number("baseline", baseline)
+      advantage = reward - baseline
+    advantage = jax.lax.stop_gradient(advantage).astype(log_prob.dtype)
+    return -jnp.mean(log_prob * advantage)
+
+  on = jnp.ones(jnp.shape(log_prob), bool)
+  if mask is not None:
+    checks.check_same_shape(log_prob=log_prob, mask=mask)
+    checks.check_mask("mask", mask)
+    on = jnp.asarray(mask) != 0
+  if weights is not None:
+    checks.check_same_shape(log_prob=log_prob, weights=weights)
+    checks.check_kept("weights", weights, on, low=0.0)
+    weights = jax.lax.stop_gradient(jnp.asarray(weights))
+    on = on & (weights != 0)
+  if baseline is not None:
+    checks.check_kept("baseline", baseline, on)
+  # Replace the dropped entries before any arithmetic: their values and gradients are 0.
+  log_prob, reward = checks.where_on(on, log_prob, reward)
   advantage = reward
   if baseline is not None:
     if jnp.ndim(baseline) != 0:
-      checks.check_same_shape(reward=reward, baseline=baseline)
-    checks.check_number("baseline", baseline)
+      (baseline,) = checks.where_on(on, baseline)
     advantage = reward - baseline
-  advantage = jax.lax.stop_gradient(advantage).astype(log_prob.dtype)
-  per_item = log_prob * advantage
+  per_item = log_prob * jax.lax.stop_gradient(advantage).astype(log_prob.dtype)
   if weights is None:
-    return -jnp.mean(per_item)
-  checks.check_same_shape(log_prob=log_prob, weights=weights)
-  if jnp.result_type(weights) != jnp.bool_:  # a bool mask is fine as it is
-    checks.check_number("weights", weights, low=0.0)
-  weights = jax.lax.stop_gradient(weights).astype(log_prob.dtype)
+    total = jnp.sum(on).astype(log_prob.dtype)
+    return -jnp.sum(per_item) / jnp.maximum(total, 1)
+  (weights,) = checks.where_on(on, weights.astype(log_prob.dtype))
   total = jnp.sum(weights)
   return -jnp.sum(weights * per_item) / jnp.where(total == 0, 1, total)
 

@@ -178,6 +178,9 @@ class TrainConfig:
                          f"(its settings: {sorted(_algorithm_names(algorithm))})")
       raise ValueError(f"unknown setting {name!r}; TrainConfig takes {sorted(run)}, "
                        f"'algo', 'baseline', 'algorithm' and the algorithm's settings")
+    # Every float of the algorithm, a JAX array's entries too (its class checks the rest).
+    for name, _, _, where in hp._hparam_fields(algorithm):
+      check_value(name, algorithm.flat()[name], where, device_arrays=True)
     algorithm.check_batch(run["num_envs"], run["rollout_length"])
     for name, value in run.items():
       object.__setattr__(self, name, value)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from reinforce_jax._src.scalars import is_concrete_number
+from reinforce_jax._src.scalars import is_concrete_number, is_real_dtype
 
 __all__ = [
     "A2C",
@@ -98,17 +99,32 @@ def child(default: Any = None, *, help: str = ""):
 
 
 
-def check_value(name: str, value: Any, where: Range) -> None:
+def check_value(name: str, value: Any, where: Range, *, device_arrays: bool = False) -> None:
   """Raises `ValueError` naming `name` unless a concrete `value` lies in range.
 
   The value is checked as given and as float32, the dtype training uses (1e300
-  is finite in Python, inf in float32). A string or a bool is refused; arrays,
-  tracers and JAX's placeholders pass (they are checked where they are made, or
-  cannot be).
+  is finite in Python, inf in float32). A string or a bool is refused; a NumPy
+  array is checked entry by entry. JAX arrays are checked entry by entry only
+  with `device_arrays=True` (reading one waits for its computation: a train
+  step's output must not wait); tracers and JAX's placeholders always pass
+  (they are checked where they are made, or cannot be).
   """
   if isinstance(value, str | bool | np.bool_):
     raise ValueError(f"{name} must be a real number, got {value!r}")
   if not is_concrete_number(value):
+    array = _concrete_array(value, device_arrays)
+    if array is None:
+      return
+    if not is_real_dtype(array.dtype):
+      raise ValueError(f"{name} must hold real numbers, got {value!r}")
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+      as_float = array.astype(np.float64).ravel()
+      as_float32 = as_float.astype(np.float32).astype(np.float64)
+    for values, note in ((as_float, ""), (as_float32, " (in float32, the dtype used)")):
+      bad = [v for v in values if not where.contains(float(v))]
+      if bad:
+        got = f"{value!r}{note}" if array.ndim == 0 else f"{bad[0]:g}{note} in {value!r}"
+        raise ValueError(f"{name} must be {where.describe()}, got {got}")
     return
   try:
     as_float = float(value)
@@ -119,6 +135,20 @@ def check_value(name: str, value: Any, where: Range) -> None:
   for v, note in ((as_float, ""), (as_float32, f" ({as_float32} in float32, the dtype used)")):
     if not where.contains(v):
       raise ValueError(f"{name} must be {where.describe()}, got {value!r}{note}")
+
+
+def _concrete_array(value: Any, device_arrays: bool) -> np.ndarray | None:
+  """`value` as a NumPy array if it is a concrete array to check, else None.
+
+  JAX is not imported here: a JAX array can only exist if JAX is already loaded.
+  """
+  if isinstance(value, np.ndarray | np.generic):
+    return np.asarray(value)
+  jax = sys.modules.get("jax")
+  if not device_arrays or jax is None or not isinstance(value, jax.Array) or isinstance(
+      value, jax.core.Tracer):
+    return None
+  return np.asarray(value)
 
 
 class Hyperparameters:

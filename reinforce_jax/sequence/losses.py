@@ -89,11 +89,16 @@ def group_advantages(
   * `"dr_grpo"`: `r_i - mean_j r_j`, which is `(G - 1) / G` times the RLOO advantage, so its
     gradient is unbiased for `(G - 1) / G` times `grad E[R]`.
 
+  A group whose rewards are all equal gets advantages of exactly 0 under every estimator but
+  `"none"`, whatever their magnitude: each group is first centred on its first member, so
+  equal rewards are exact zeros before any mean or standard deviation is taken (no rounding
+  residue for `"grpo"`'s small divisor to blow up), and a large common offset does not cancel.
+
   Args:
     rewards: `[B, G]` float array, `B` prompts with `G` completions each.
     estimator: one of the names above, or a function `[B, G] -> [B, G]`.
-    eps: added to the standard deviation by `"grpo"` so that a group of equal rewards
-      gets advantages of 0 instead of 0/0.
+    eps: added to the standard deviation by `"grpo"` (a group of equal rewards gets
+      advantages of 0, also with `eps=0`).
 
   Returns:
     `[B, G]` advantages, same dtype as `rewards`. Gradients are not stopped here;
@@ -101,7 +106,8 @@ def group_advantages(
 
   Raises:
     ValueError: at trace time, if `rewards` is not a floating `[B, G]` array, the estimator
-      is unknown, `"rloo"` gets `G < 2`, or `eps` is negative.
+      is unknown, `"rloo"`, `"grpo"` or `"dr_grpo"` gets `G < 2` (a group of one has no
+      others to compare with), or `eps` is negative or not finite.
   """
   checks.check_floating(rewards=rewards)
   if jnp.ndim(rewards) != 2:
@@ -115,18 +121,30 @@ def group_advantages(
   num = rewards.shape[1]
   if estimator == "none":
     return rewards
-  mean = jnp.mean(rewards, axis=1, keepdims=True)
-  if estimator == "dr_grpo":
-    return rewards - mean
-  if estimator == "grpo":
-    return (rewards - mean) / (jnp.std(rewards, axis=1, keepdims=True) + eps)
   if num < 2:
     raise ValueError(
-        f"estimator='rloo' needs at least 2 completions per group, got rewards of shape "
-        f"{checks.shape_of(rewards)}")
+        f"estimator={estimator!r} compares each completion with the others of its group and "
+        f"needs at least 2 completions per group, got rewards of shape "
+        f"{checks.shape_of(rewards)} (G = {num}); use estimator='none' for single samples")
+  # Centred on a member first: equal rewards are exact zeros from here on.
+  centred = rewards - rewards[:, :1]
+  deviation = centred - jnp.mean(centred, axis=1, keepdims=True)
+  if estimator == "dr_grpo":
+    return deviation
+  if estimator == "grpo":
+    scale = _std(deviation) + eps
+    return deviation / jnp.where(scale > 0, scale, 1)
   # r_i - (sum_j r_j - r_i) / (G - 1), written without the sum of the others so that no
   # large total cancels.
-  return (rewards - mean) * (num / (num - 1))
+  return deviation * (num / (num - 1))
+
+
+def _std(deviation: jax.Array) -> jax.Array:
+  """Population standard deviation from deviations from the mean; its gradient is finite
+  (0 from the square root) where every deviation is 0."""
+  variance = jnp.mean(jnp.square(deviation), axis=1, keepdims=True)
+  positive = variance > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
 
 
 def aggregate(
@@ -134,47 +152,67 @@ def aggregate(
     mask: jax.Array,
     *,
     aggregation: str | AggregationFn,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
   """Reduces per-token values `[N, L]` to a scalar, counting only tokens where `mask` is set.
 
-  With `m` the mask, `|y_n| = sum_t m_{n,t}`:
+  With `m` the mask, `w` the weights (1 without them), `|y_n| = sum_t m_{n,t}`:
 
-  * `"sequence_sum"`: `mean_n sum_t m v` (the unbiased REINFORCE sum over each sequence).
-  * `"token_mean"`: `sum_{n,t} m v / sum_{n,t} m` (DAPO; TRL's `"dapo"`/`"bnpo"`).
-  * `"sequence_mean"`: `mean_n (sum_t m v) / |y_n|` (GRPO as published; TRL's `"grpo"`).
-  * `"constant"`: `sum_{n,t} m v / (N * L)` with `L` the padded length (Dr. GRPO).
+  * `"sequence_sum"`: `mean_n sum_t m w v` (the unbiased REINFORCE sum over each sequence).
+  * `"token_mean"`: `sum_{n,t} m w v / sum_{n,t} m` (DAPO; TRL's `"dapo"`/`"bnpo"`).
+  * `"sequence_mean"`: `mean_n (sum_t m w v) / |y_n|` (GRPO as published; TRL's `"grpo"`).
+  * `"constant"`: `sum_{n,t} m w v / (N * L)` with `L` the padded length (Dr. GRPO).
 
+  The mask only selects tokens: the normalisers count tokens, and weights scale each token's
+  value without changing them. Masked-out tokens (and tokens of weight 0) never reach the
+  result or its gradient, whatever they hold (nan, +-inf): the gradient there is exactly 0.
   An empty row (or batch) contributes 0 rather than 0/0.
 
   Args:
     values: `[N, L]` float array.
-    mask: `[N, L]` bool or 0/1 float array; 1 marks a real token.
-    aggregation: one of the names above, or a function `(values, mask) -> scalar`.
+    mask: `[N, L]` bool or 0/1 array; 1 marks a real token.
+    aggregation: one of the names above, or a function `(values, mask) -> scalar`, which
+      gets `values` with the masked-out tokens set to 0 (and the weights applied).
+    weights: optional `[N, L]` real non-negative per-token weights (gradient stopped).
 
   Returns:
     A float scalar.
 
   Raises:
-    ValueError: at trace time, if the shapes differ or are not rank 2, or the name is unknown.
+    ValueError: at trace time, if the shapes differ or are not rank 2, or the name is
+      unknown; where they are concrete (not traced), if `mask` holds values other than 0
+      and 1, or `weights` on real tokens are negative or not finite.
   """
   checks.check_floating(values=values)
   checks.check_same_shape(values=values, mask=mask)
   if jnp.ndim(values) != 2:
     raise ValueError(f"values must have shape [N, L], got shape {checks.shape_of(values)}")
+  if not callable(aggregation):
+    _check_name("aggregation", aggregation, AGGREGATIONS)
+  checks.check_mask("mask", mask)
+  on = jnp.asarray(mask) != 0
+  live = on
+  if weights is not None:
+    checks.check_same_shape(values=values, weights=weights)
+    checks.check_kept("weights", weights, on, low=0.0)
+    weights = jax.lax.stop_gradient(jnp.asarray(weights))
+    live = on & (weights != 0)
+    # `where` before the product: a masked-out token may hold nan, and 0 * nan is nan.
+    values, weights = checks.where_on(live, values, weights.astype(values.dtype))
+    values = values * weights
+  else:
+    (values,) = checks.where_on(live, values)
   if callable(aggregation):
     return aggregation(values, mask)
-  _check_name("aggregation", aggregation, AGGREGATIONS)
-  mask = jax.lax.stop_gradient(mask).astype(values.dtype)
-  # `where`, not a product: a padded position may hold -inf or nan, and 0 * inf is nan.
-  masked = jnp.where(mask > 0, values, 0.0) * mask
+  tokens = on.astype(values.dtype)
   num, length = values.shape
   if aggregation == "sequence_sum":
-    return jnp.sum(masked) / num
+    return jnp.sum(values) / num
   if aggregation == "constant":
-    return jnp.sum(masked) / (num * length)
+    return jnp.sum(values) / (num * length)
   if aggregation == "token_mean":
-    return jnp.sum(masked) / jnp.maximum(jnp.sum(mask), 1.0)
-  per_sequence = jnp.sum(masked, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+    return jnp.sum(values) / jnp.maximum(jnp.sum(tokens), 1.0)
+  per_sequence = jnp.sum(values, axis=1) / jnp.maximum(jnp.sum(tokens, axis=1), 1.0)
   return jnp.mean(per_sequence)
 
 
@@ -188,11 +226,12 @@ def policy_gradient_loss(
     clip_eps: float | None = None,
     clip_eps_high: float | None = None,
     ratio_level: str = "token",
+    weights: jax.Array | None = None,
 ) -> jax.Array:
   """The sequence score-function surrogate, optionally importance-weighted and PPO-clipped.
 
   Each token of completion `n` gets the objective `o_{n,t}` below and the loss is
-  `-aggregate(o, mask, aggregation=aggregation)`:
+  `-aggregate(o, mask, aggregation=aggregation, weights=weights)`:
 
   * without `old_log_probs` or `clip_eps`: `o_{n,t} = A_n log pi_{n,t}`, whose gradient is
     `A_n grad log pi_{n,t}` (REINFORCE; with `"sequence_sum"` the unbiased estimator);
@@ -209,18 +248,24 @@ def policy_gradient_loss(
   the parameters only through `log_probs`. At `old_log_probs == log_probs` every ratio is 1,
   clipping does not bind, and the gradient equals the plain surrogate's.
 
+  Masked-out tokens never reach the loss or its gradient, whatever `log_probs` and
+  `old_log_probs` hold there (padding may hold nan or +-inf), and neither does the advantage
+  of a completion without tokens: the loss is the same as with zeros there, and its gradient
+  with respect to `log_probs` is exactly 0 at masked-out tokens.
+
   Args:
     log_probs: `[N, L]` float array, `log pi(y_{n,t} | y_{n,<t})` under the parameters being
       differentiated (`N = B * G` completions, `L` the padded length).
     advantages: `[N]` float array, one advantage per completion (e.g. `group_advantages(...)`
       reshaped from `[B, G]`).
-    mask: `[N, L]` bool or 0/1 float array, 1 for the completion's tokens (its EOS included).
+    mask: `[N, L]` bool or 0/1 array, 1 for the completion's tokens (its EOS included).
     aggregation: how tokens are summed and normalised, see `aggregate`.
     old_log_probs: `[N, L]` log-probs under the sampling policy, or `None` (on-policy).
     clip_eps: PPO's clip range `epsilon`, or `None` for no clipping.
     clip_eps_high: the upper clip range (DAPO's clip-higher, e.g. 0.28 with `clip_eps=0.2`);
       `None` means `clip_eps`. Needs `clip_eps`.
     ratio_level: `"token"` or `"sequence"` (GSPO).
+    weights: optional `[N, L]` real non-negative per-token weights, passed to `aggregate`.
 
   Returns:
     A float scalar; minimise it.
@@ -229,7 +274,7 @@ def policy_gradient_loss(
     ValueError: at trace time, naming the shapes, if `log_probs`, `mask` and `old_log_probs`
       are not all `[N, L]` or `advantages` is not `[N]`; if a name is unknown; if a clip range
       is not in `[0, inf)` (`clip_eps` also below 1), or `clip_eps_high` comes without
-      `clip_eps`.
+      `clip_eps`; where it is concrete, if `mask` holds values other than 0 and 1.
   """
   checks.check_floating(log_probs=log_probs, advantages=advantages)
   if jnp.ndim(log_probs) != 2:
@@ -248,16 +293,22 @@ def policy_gradient_loss(
     checks.check_number("clip_eps", clip_eps, low=0.0, high=1.0, high_open=True)
   if clip_eps_high is not None:
     checks.check_number("clip_eps_high", clip_eps_high, low=0.0)
-  advantages = jax.lax.stop_gradient(advantages).astype(log_probs.dtype)[:, None]
+  checks.check_mask("mask", mask)
+  on = jnp.asarray(mask) != 0
+  # Masked-out entries become 0 before any arithmetic (see `checks.where_on`).
+  (advantages,) = checks.where_on(
+      jnp.any(on, axis=1), jax.lax.stop_gradient(advantages).astype(log_probs.dtype))
+  advantages = advantages[:, None]
   if old_log_probs is None and clip_eps is None:
-    return -aggregate(advantages * log_probs, mask, aggregation=aggregation)
+    (log_probs,) = checks.where_on(on, log_probs)
+    return -aggregate(advantages * log_probs, mask, aggregation=aggregation, weights=weights)
 
   if old_log_probs is None:
     old_log_probs = log_probs
   checks.check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
   old_log_probs = jax.lax.stop_gradient(old_log_probs).astype(log_probs.dtype)
-  on = jnp.asarray(mask) > 0
-  log_ratio = jnp.where(on, log_probs - old_log_probs, 0.0)
+  log_probs, old_log_probs = checks.where_on(on, log_probs, old_log_probs)
+  log_ratio = log_probs - old_log_probs
   if ratio_level == "sequence":
     lengths = jnp.maximum(jnp.sum(on, axis=1, keepdims=True), 1).astype(log_probs.dtype)
     sequence_log_ratio = jnp.sum(log_ratio, axis=1, keepdims=True) / lengths
@@ -269,7 +320,7 @@ def policy_gradient_loss(
     high = clip_eps if clip_eps_high is None else clip_eps_high
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
     objective = jnp.minimum(objective, clipped)
-  return -aggregate(objective, mask, aggregation=aggregation)
+  return -aggregate(objective, mask, aggregation=aggregation, weights=weights)
 
 
 def kl_penalty(
@@ -304,15 +355,16 @@ def kl_penalty(
   Args:
     log_probs: `[N, L]` float array, log-probs of the sampled tokens under `pi`.
     ref_log_probs: `[N, L]` float array, the same tokens under `pi_ref` (gradient stopped).
-    mask: `[N, L]` bool or 0/1 float array; masked positions give 0.
+    mask: `[N, L]` bool or 0/1 array; masked positions give 0.
     estimator: `"k1"`, `"k2"` or `"k3"`.
 
   Returns:
-    `[N, L]` per-token estimates, zero where `mask` is not set.
+    `[N, L]` per-token estimates, exactly 0 where `mask` is not set, whatever the inputs hold
+    there (nan, +-inf); the gradient with respect to `log_probs` is exactly 0 there too.
 
   Raises:
     ValueError: at trace time, if the three shapes differ or are not rank 2, or the estimator
-      is unknown.
+      is unknown; where it is concrete, if `mask` holds values other than 0 and 1.
 
   References:
     Tang, Y., Munos, R. (2025). On a few pitfalls in KL divergence gradient estimation for
@@ -325,9 +377,13 @@ def kl_penalty(
         f"log_probs must have shape [N, L], got shape {checks.shape_of(log_probs)}")
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-  on = jnp.asarray(mask) > 0
-  # Padded positions may hold anything; zero d there so exp(-d) cannot overflow.
-  d = jnp.where(on, log_probs - jax.lax.stop_gradient(ref_log_probs), 0.0)
+  checks.check_mask("mask", mask)
+  on = jnp.asarray(mask) != 0
+  # Padded positions may hold anything: zero them before any arithmetic, so that neither the
+  # value nor the gradient sees them (and exp(-d) cannot overflow there).
+  log_probs, ref_log_probs = checks.where_on(
+      on, log_probs, jax.lax.stop_gradient(ref_log_probs).astype(log_probs.dtype))
+  d = log_probs - ref_log_probs
   if estimator == "k1":
     kl = d
   elif estimator == "k2":

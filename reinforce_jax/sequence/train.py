@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from reinforce_jax._src import checks
 from reinforce_jax.sequence import losses
 from reinforce_jax.sequence.sampling import ApplyFn, Decoder, sample, token_log_probs
 from reinforce_jax.xla import prng
@@ -73,6 +74,10 @@ def transformer_policy(model, *, cached: bool = True) -> SequencePolicy:
 class SequenceConfig:
   """The settings of a sequence train step.
 
+  Every float setting is checked at construction: finite (in float32 too, the dtype used)
+  and in its range (`kl_coef >= 0`, `temperature > 0`, `clip_eps` in `[0, 1)`,
+  `clip_eps_high >= 0`, which needs `clip_eps`); a bad one raises `ValueError` naming it.
+
   Attributes:
     max_new_tokens: `T`, tokens sampled per completion.
     group_size: `G`, completions per prompt (at least 2 for "rloo", "grpo" and "dr_grpo").
@@ -114,10 +119,19 @@ class SequenceConfig:
     if self.estimator != "none" and self.group_size < 2:
       raise ValueError(f"estimator={self.estimator!r} compares completions within a group: "
                        f"group_size must be at least 2, got {self.group_size}")
-    if not self.kl_coef >= 0:
-      raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+    # Each float finite (in float32, the dtype used) and in its range: inf or nan here
+    # would turn the parameters into nan on the first step.
+    checks.check_number("kl_coef", self.kl_coef, low=0.0, dtype=jnp.float32)
+    checks.check_number("temperature", self.temperature, low=0.0, low_open=True,
+                        dtype=jnp.float32)
+    if self.clip_eps is not None:
+      checks.check_number("clip_eps", self.clip_eps, low=0.0, high=1.0, high_open=True,
+                          dtype=jnp.float32)
+    if self.clip_eps_high is not None:
+      if self.clip_eps is None:
+        raise ValueError(f"clip_eps_high={self.clip_eps_high!r} needs clip_eps (the lower "
+                         "clip range); set clip_eps too")
+      checks.check_number("clip_eps_high", self.clip_eps_high, low=0.0, dtype=jnp.float32)
 
 
 class SequenceTrainState(NamedTuple):
