@@ -18,9 +18,23 @@ def test_leave_one_out_is_the_mean_of_the_others():
   np.testing.assert_allclose(baselines.leave_one_out(values, axis=0), values[::-1])
 
 
-def test_leave_one_out_needs_two_samples():
-  with pytest.raises(ValueError, match=r"\(3, 1\)"):
-    baselines.leave_one_out(jnp.zeros((3, 1)), axis=1)
+def test_leave_one_out_and_batch_mean_need_two_samples():
+  for baseline in (baselines.leave_one_out, baselines.batch_mean):
+    with pytest.raises(ValueError, match=r"at least 2 samples along axis 1.*\(3, 1\)"):
+      baseline(jnp.zeros((3, 1)), axis=1)
+
+
+def test_batch_mean_is_the_mean_of_all():
+  values = jnp.array([[1.0, 2.0, 6.0], [0.0, 3.0, 3.0]])
+  np.testing.assert_allclose(baselines.batch_mean(values, axis=1), [[3.0] * 3, [2.0] * 3])
+  np.testing.assert_allclose(baselines.batch_mean(values, axis=0), [[0.5, 2.5, 4.5]] * 2)
+
+
+def test_equal_values_give_exactly_themselves():
+  """Summing first once left a float32 residue: 123.456 minus its own mean was -7.6e-6."""
+  values = jnp.full((2, 3), 123.456)
+  for baseline in (baselines.leave_one_out, baselines.batch_mean):
+    assert np.all(np.asarray(values - baseline(values, axis=1)) == 0.0)
 
 
 # --- Every baseline keeps train_step's gradient unbiased; how much variance each removes ---

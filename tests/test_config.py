@@ -421,3 +421,26 @@ def test_traced_sets_every_sweepable_hyperparameter(name):
   assert jax.tree.structure(batch) == jax.tree.structure(traced(config.algorithm))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(batch))
   assert len(sweep_grid(config, {name: [0.25, 0.75]})) == 2
+
+
+@pytest.mark.parametrize("value", [np.array([0.1, np.inf]), np.array([0.1, 1e300]),
+                                   np.array(np.nan), np.float32(np.inf)])
+def test_numpy_arrays_in_hyperparameters_are_checked_entry_by_entry(value):
+  with pytest.raises(ValueError, match="clip_eps must be finite and non-negative"):
+    hparams.PPO(clip_eps=value)
+  with pytest.raises(ValueError, match="clip_eps must hold real numbers"):
+    hparams.PPO(clip_eps=np.array([True, False]))
+
+
+@pytest.mark.parametrize("algorithm", [
+    lambda: hparams.PPO(clip_eps=jnp.asarray(jnp.inf)),
+    lambda: hparams.A2C(gamma=jnp.asarray(jnp.nan, jnp.bfloat16)),
+    lambda: hparams.Reinforce(baseline=hparams.Constant(jnp.asarray([0.0, -jnp.inf])))])
+def test_train_config_checks_jax_arrays_in_its_algorithm(algorithm):
+  """A JAX array in a hyperparameter value is read by TrainConfig (the class itself does not
+  read device arrays: a train step's output would wait for its computation)."""
+  with pytest.raises(ValueError, match=r"^(clip_eps|gamma|baseline_constant) must be "
+                                       r"(finite|in \[0, 1\]).*got"):
+    TrainConfig(algorithm=algorithm())
+  good = TrainConfig(algorithm=hparams.PPO(clip_eps=jnp.asarray(0.1)))
+  assert float(good.clip_eps) == pytest.approx(0.1)

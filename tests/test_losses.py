@@ -35,6 +35,38 @@ def test_weights_give_a_weighted_mean_and_mask_entries():
   assert reinforce_loss(log_prob, reward, weights=jnp.zeros(4)) == 0.0
 
 
+def test_a_mask_drops_entries_whatever_they_hold():
+  """Padding and finished episodes hold nan rewards and -inf log-probs: once a nan loss."""
+  log_prob = jnp.array([-0.1, -2.0, -0.5, -jnp.inf, jnp.nan])
+  reward = jnp.array([1.0, 2.0, 3.0, jnp.nan, jnp.inf])
+  mask = jnp.array([True, True, True, False, False])
+  want = reinforce_loss(log_prob[:3], reward[:3], 0.5)
+  grad_want = jax.grad(reinforce_loss)(log_prob[:3], reward[:3], 0.5)
+  for kwargs in ({"mask": mask}, {"mask": mask.astype(jnp.float32)}, {"weights": mask},
+                 {"weights": mask.astype(jnp.float32)},
+                 {"mask": mask, "weights": jnp.array([1.0, 1.0, 1.0, jnp.nan, -1.0])}):
+    loss, grad = jax.value_and_grad(reinforce_loss)(log_prob, reward, 0.5, **kwargs)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(grad[:3], grad_want, rtol=1e-6)
+    np.testing.assert_array_equal(grad[3:], 0.0)
+  assert reinforce_loss(log_prob, reward, mask=jnp.zeros(5, bool)) == 0.0
+
+
+@pytest.mark.parametrize("mask", [[1.0, 2.0, 0.0], [1.0, -1.0, 1.0], [0.5, 1.0, 1.0],
+                                  [1.0, np.nan, 0.0]])
+def test_a_concrete_mask_must_hold_zeros_and_ones(mask):
+  """`2 * mask` or a -1 entry once rescaled the loss without a word."""
+  with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+    reinforce_loss(jnp.full(3, -0.5), jnp.ones(3), mask=jnp.array(mask))
+
+
+def test_weights_and_mask_combine_into_a_weighted_mean_of_the_kept_entries():
+  log_prob, reward = jnp.array([-1.0, -2.0, -3.0]), jnp.array([1.0, 1.0, 1.0])
+  loss = reinforce_loss(log_prob, reward, mask=jnp.array([1, 1, 0]),
+                        weights=jnp.array([1.0, 3.0, 5.0]))
+  np.testing.assert_allclose(loss, (1.0 * 1 + 2.0 * 3) / 4, rtol=1e-6)
+
+
 def test_gradient_wrt_reward_and_baseline_is_exactly_zero():
   log_prob = jnp.array([-0.3, -1.2, -0.7])
   reward, baseline = jnp.array([1.0, -2.0, 0.5]), jnp.array([0.1, 0.2, 0.3])

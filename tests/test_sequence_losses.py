@@ -35,11 +35,14 @@ def test_group_advantages_match_their_definitions(estimator):
   np.testing.assert_allclose(got, _by_hand(REWARDS, estimator), rtol=1e-5, atol=1e-6)
 
 
-def test_group_advantages_of_equal_rewards_are_zero_but_for_none():
-  equal = jnp.full((1, 5), 0.7)
-  for estimator in ("rloo", "grpo", "dr_grpo"):
-    np.testing.assert_allclose(losses.group_advantages(equal, estimator=estimator), 0.0,
-                               atol=1e-6)
+def test_group_advantages_of_equal_rewards_are_exactly_zero_but_for_none():
+  """Float32 rounding of the mean once left ~1e-5, which grpo's eps-sized std blew up:
+  three rewards of 123.456 got -0.884 each."""
+  for equal in (jnp.full((1, 5), 0.7), jnp.full((1, 3), 123.456), jnp.full((1, 3), 1.1)):
+    for estimator in ("rloo", "grpo", "dr_grpo"):
+      for eps in (1e-6, 0.0):
+        got = np.asarray(losses.group_advantages(equal, estimator=estimator, eps=eps))
+        assert np.all(got == 0.0), (estimator, got)
 
 
 def test_dr_grpo_is_rloo_scaled_by_g_minus_one_over_g():
@@ -59,8 +62,10 @@ def test_group_advantages_take_a_function_and_check_it():
 def test_group_advantages_reject_bad_input():
   with pytest.raises(ValueError, match=r"\[B, G\], got shape \(4,\)"):
     losses.group_advantages(jnp.ones(4), estimator="rloo")
-  with pytest.raises(ValueError, match=r"at least 2 completions.*\(3, 1\)"):
-    losses.group_advantages(jnp.ones((3, 1)), estimator="rloo")
+  for estimator in ("rloo", "grpo", "dr_grpo"):  # grpo and dr_grpo once gave zeros
+    with pytest.raises(ValueError, match=rf"'{estimator}'.*at least 2 completions.*\(3, 1\)"):
+      losses.group_advantages(jnp.ones((3, 1)), estimator=estimator)
+  np.testing.assert_array_equal(losses.group_advantages(jnp.ones((3, 1)), estimator="none"), 1)
   with pytest.raises(ValueError, match="estimator must be one of"):
     losses.group_advantages(jnp.ones((3, 2)), estimator="ppo")
 
@@ -90,6 +95,31 @@ def test_policy_gradient_loss_weights_tokens_as_documented(aggregation):
   np.testing.assert_allclose(-grad, weights, rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(value, -np.sum(weights * np.where(MASK, LOG_PROBS, 0.0)),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", losses.AGGREGATIONS)
+def test_aggregate_weights_scale_tokens_and_the_mask_only_selects(aggregation):
+  values = jnp.asarray(np.where(MASK, LOG_PROBS, 0.0))
+  weights = jnp.asarray([[2.0, 0.5, np.nan], [3.0, -1.0, np.inf], [1.0, 0.0, 4.0]])
+  got = losses.aggregate(jnp.asarray(LOG_PROBS), MASK, aggregation=aggregation,
+                         weights=weights)
+  want = losses.aggregate(values * np.where(MASK, weights, 0.0), MASK, aggregation=aggregation)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert np.isfinite(want)
+  # A 0/1 float or int mask is the bool mask; any other value is refused.
+  plain = losses.aggregate(jnp.asarray(LOG_PROBS), MASK, aggregation=aggregation)
+  for mask in (MASK.astype(np.float32), MASK.astype(np.int32)):
+    assert losses.aggregate(jnp.asarray(LOG_PROBS), mask, aggregation=aggregation) == plain
+  for bad in (2 * MASK.astype(np.float32), np.where(MASK, 1.0, -1.0)):
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got \d+ other"):
+      losses.aggregate(jnp.asarray(LOG_PROBS), bad, aggregation=aggregation)
+  with pytest.raises(ValueError, match=r"weights must be finite and in \[0, inf\)"):
+    losses.aggregate(values, MASK, aggregation=aggregation, weights=-jnp.ones(MASK.shape))
+
+
+def test_a_callable_aggregation_sees_masked_tokens_as_zero():
+  seen = losses.aggregate(jnp.asarray(LOG_PROBS), MASK, aggregation=lambda v, m: v)
+  np.testing.assert_array_equal(seen, np.where(MASK, LOG_PROBS, 0.0))
 
 
 def test_advantages_get_no_gradient():
