@@ -229,14 +229,16 @@ def test_a_failed_start_leaves_no_folder(tmp_path, capsys, monkeypatch):
   assert not (tmp_path / "a").exists()
 
   # A disk that fills up while the run writes its config: what it created goes again.
-  real_write_text = pathlib.Path.write_text
+  from reinforce_jax.experiments import run_folder
 
-  def full_disk(self, *args, **kwargs):
-    if self.name == "config.json":
-      raise OSError(28, "No space left on device", str(self))
-    return real_write_text(self, *args, **kwargs)
+  real_write_text = run_folder.write_text
 
-  monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+  def full_disk(path, *args, **kwargs):
+    if pathlib.Path(path).name == "config.json":
+      raise OSError(28, "No space left on device", str(path))
+    return real_write_text(path, *args, **kwargs)
+
+  monkeypatch.setattr(run_folder, "write_text", full_disk)
   _exit_2_one_line(["train", "bandit", "--steps", "2", "--num-envs", "8", "--out", str(out),
                     "--no-progress"], capsys, "No space left on device")
   assert not (tmp_path / "a").exists()

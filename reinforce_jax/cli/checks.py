@@ -16,6 +16,7 @@ import tempfile
 from reinforce_jax.cli.parsing import LOG_EXTRAS, RUN_OPTIONS, check_options_apply
 from reinforce_jax.experiments.checkpoints import CONFIG_FILE, RUN_FILES, SWEEP_FILES
 from reinforce_jax.experiments.presets import Preset
+from reinforce_jax.experiments.run_folder import LOCK_FILE
 from reinforce_jax.rl.config import TrainConfig
 
 __all__ = ["run_bytes"]
@@ -116,8 +117,15 @@ def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
 
 
 def check_writable(path: pathlib.Path, flag: str) -> None:
-  """Raises ValueError unless `path` is, or can be created as, a folder this process writes in."""
+  """Raises ValueError unless `path` is, or can be created as, a folder this process writes in.
+
+  `path` may be a symbolic link to a folder, not a link to nothing (creating the
+  folder would fail, or make it where the link points).
+  """
   try:
+    if path.is_symlink() and not path.exists():
+      raise ValueError(f"{flag} {path}: a symbolic link to {os.readlink(path)}, which does not "
+                       "exist; remove the link, or give the folder it should point to")
     if path.exists() and not path.is_dir():
       raise ValueError(f"{flag} {path}: exists and is not a folder")
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
@@ -130,18 +138,33 @@ def check_writable(path: pathlib.Path, flag: str) -> None:
                      f"({e.strerror or e})") from None
 
 
+def _run_files() -> list[str]:
+  """The names of a run's (or sweep's) files but the lock file, which is not a run by itself."""
+  return [name for name in dict.fromkeys((*RUN_FILES, *SWEEP_FILES)) if name != LOCK_FILE]
+
+
 def check_new_folder(path: pathlib.Path, flag: str, *, overwrite: bool) -> None:
-  """Raises ValueError if `path` already holds a run (or sweep) and `overwrite` is off."""
+  """Raises ValueError if `path` already holds a run (or sweep) and `overwrite` is off.
+
+  A symbolic link with a run file's name counts as that file, even a link to
+  nothing (a run would otherwise create the file it points to). The lock file
+  does not: a live run's lock is refused when the lock is taken, naming its
+  process, and one left by a killed process is taken over.
+  """
   check_writable(path, flag)
-  held = [name for name in (*RUN_FILES, *SWEEP_FILES) if (path / name).exists()]
+  held = [name for name in _run_files() if os.path.lexists(path / name)]
   if held and not overwrite:
     raise ValueError(f"{flag} {path} already holds a run ({', '.join(held)}); give another "
                      "folder, --resume it, or --overwrite to replace it")
 
 
 def clear_run_files(path: pathlib.Path) -> None:
-  """Deletes the files of a run (or sweep) in `path`, for `--overwrite`."""
-  for name in (*RUN_FILES, *SWEEP_FILES):
+  """Deletes the files of a run (or sweep) in `path`, for `--overwrite`.
+
+  Links are removed, not followed. The lock file stays: the run that clears the
+  folder holds it.
+  """
+  for name in _run_files():
     target = path / name
     if target.is_dir() and not target.is_symlink():
       shutil.rmtree(target)

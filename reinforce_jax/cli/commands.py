@@ -15,6 +15,7 @@ exits with status 130 (a second Ctrl-C stops at once).
 from __future__ import annotations
 
 import contextlib
+import functools
 import pathlib
 import signal
 import sys
@@ -30,6 +31,7 @@ from reinforce_jax.cli.parsing import (
 )
 from reinforce_jax.experiments.checkpoints import CHECKPOINTS_DIR
 from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.experiments.run_folder import FolderInUseError, lock_folder
 from reinforce_jax.rl.config import sweep_grid
 
 __all__ = ["build_parser", "main"]
@@ -111,7 +113,38 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
   return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _sweep(args, parser, interrupts: _Interrupts) -> int:
+def _holding_folder(command):
+  """Gives `command` an `ExitStack` that holds its run folder's lock until it returns."""
+  @functools.wraps(command)
+  def run(args, parser, interrupts: _Interrupts) -> int:
+    with contextlib.ExitStack() as held:
+      return command(args, parser, interrupts, held)
+  return run
+
+
+def _lock(args, parser, out: pathlib.Path, held: contextlib.ExitStack) -> None:
+  """Takes the lock on run folder `out` for the rest of the command, or exits with status 2.
+
+  Taken before anything in the folder is read, written or removed. A new run
+  checks the folder again under the lock: a run that ended meanwhile may have
+  filled it.
+  """
+  resume = getattr(args, "resume", None)
+  flag = "--resume" if resume else "--out"
+  try:
+    lock = held.enter_context(lock_folder(out))
+  except FolderInUseError as e:
+    parser.error(f"{flag} {e}")
+  if not resume:
+    try:
+      checks.check_new_folder(out, flag, overwrite=args.overwrite)
+    except ValueError as e:
+      lock.release()
+      parser.error(str(e))
+
+
+@_holding_folder
+def _sweep(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) -> int:
   grid = {o.field: getattr(args, o.field) for o in SWEEPABLE_OPTIONS
           if getattr(args, o.field) is not None}
   if not grid:
@@ -144,6 +177,7 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
   checks.check_memory(parser, jax, -(-runs // devices) * devices * per_run, devices=devices,
                 what=f"{runs} runs of {config.num_envs} environments x {config.rollout_length} "
                      f"steps")
+  _lock(args, parser, out, held)
   interrupts.check()
   if args.overwrite:
     checks.clear_run_files(out)
@@ -170,7 +204,8 @@ def _sweep(args, parser, interrupts: _Interrupts) -> int:
   return 0
 
 
-def _train(args, parser, interrupts: _Interrupts) -> int:
+@_holding_folder
+def _train(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) -> int:
   preset = PRESETS[args.env]
   seed = 0 if args.seed is None else args.seed
   num_seeds, checkpoint_every = args.num_seeds or 1, args.checkpoint_every
@@ -212,6 +247,8 @@ def _train(args, parser, interrupts: _Interrupts) -> int:
   checks.check_memory(parser, jax, need, devices=devices,
                       what=f"{num_seeds} seed(s) of {config.num_envs} environments x "
                            f"{config.rollout_length} steps")
+  if jax.process_index() == 0:  # the process that writes the files holds the folder
+    _lock(args, parser, out, held)
   if args.resume:
     step = latest_step(out / CHECKPOINTS_DIR)
     if step is None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from reinforce_jax.experiments.run_folder import LOCK_FILE, refuse_links
+
 __all__ = [
     "CheckpointError",
     "CHECKPOINTS_DIR",
@@ -33,10 +35,12 @@ PARAMS_FILE = "params.msgpack"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS_DIR = "checkpoints"
 # Everything `reinforce-jax train` and `sweep` write into a run folder (and all
-# that `--overwrite` removes: other files in the folder are left alone).
+# that `--overwrite` removes: other files in the folder are left alone). The lock
+# file (`run_folder.LOCK_FILE`) is there only while a run holds the folder: it is
+# not a run by itself, and `--overwrite` keeps it (the new run holds it).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, PARAMS_FILE, SUMMARY_FILE, CHECKPOINTS_DIR,
-             "learning_curve.png", "policy.png")
-SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png")
+             "learning_curve.png", "policy.png", LOCK_FILE)
+SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png", LOCK_FILE)
 
 
 class CheckpointError(ValueError):
@@ -51,9 +55,15 @@ def _manager(directory: pathlib.Path, *, create: bool):
 
 
 def save(directory: str | pathlib.Path, step: int, state: Any) -> None:
-  """Writes `state` as checkpoint `step` under `directory` (blocks until committed)."""
+  """Writes `state` as checkpoint `step` under `directory` (blocks until committed).
+
+  Raises:
+    reinforce_jax.experiments.run_folder.SymlinkError: `directory`, or anything in
+      it, is a symbolic link (orbax would write, or delete old checkpoints, through it).
+  """
   import orbax.checkpoint as ocp
 
+  refuse_links(directory)
   manager = _manager(pathlib.Path(directory), create=True)
   manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()

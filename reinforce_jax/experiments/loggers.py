@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from reinforce_jax.experiments import run_folder
 from reinforce_jax.experiments.loop import Callback, LoopContext
 
 __all__ = [
@@ -143,14 +144,23 @@ class TensorBoardLogger(_Logger):
     per_run_hparams: extra hyperparameters per run (a sweep's grid values).
     metric_prefix: put before every metric's name (TensorBoard groups tags by
       the part before the first `/`).
+    root: the run folder `log_dir` lies in (default: `log_dir`'s parent). Before
+      the event files are opened, neither `log_dir`, anything in it, nor a folder
+      between `root` and it may be a symbolic link (tensorboardX would write
+      through it).
+
+  Raises:
+    reinforce_jax.experiments.run_folder.SymlinkError: such a link is there.
   """
 
   def __init__(self, log_dir: str | os.PathLike, *, hparams: Mapping[str, Any] | None = None,
                run_names: Sequence[str] | None = None,
                per_run_hparams: Sequence[Mapping[str, Any]] | None = None,
-               metric_prefix: str = "train/"):
+               metric_prefix: str = "train/", root: str | os.PathLike | None = None):
     super().__init__(run_names)
     self.log_dir = os.fspath(log_dir)
+    self.root = root
+    run_folder.refuse_links(self.log_dir, root=root)  # refused before a run compiles
     self.hparams = dict(hparams or {})
     self.per_run_hparams = per_run_hparams
     self.metric_prefix = metric_prefix
@@ -160,6 +170,7 @@ class TensorBoardLogger(_Logger):
   def _open(self, num_runs: int, metric_names: Sequence[str]) -> None:
     from tensorboardX.summary import hparams as hparams_summary
 
+    run_folder.refuse_links(self.log_dir, root=self.root)
     for index in range(num_runs):
       writer = self._module.SummaryWriter(os.path.join(self.log_dir, self._name(index)))
       values = {**self.hparams, "seed_index": index}

@@ -1,7 +1,14 @@
-"""Figures for a finished run (matplotlib, no display needed)."""
+"""Figures for a finished run (matplotlib, no display needed).
+
+A figure given a path is written whole and renamed into place, and never through
+a symbolic link (`reinforce_jax.experiments.run_folder`); one given an open binary
+file is written to it.
+"""
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
 
 import matplotlib
@@ -10,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from reinforce_jax.experiments import run_folder  # noqa: E402
+
 __all__ = [
     "plot_bandit_policy",
     "plot_learning_curve",
@@ -17,12 +26,25 @@ __all__ = [
 ]
 
 
+def _save(fig, path) -> None:
+  """Writes `fig` to `path` (a file path: as a whole file; or an open binary file), closes it."""
+  try:
+    if hasattr(path, "write"):
+      fig.savefig(path, format="png")
+    else:  # the format from the suffix, as `savefig(path)` takes it
+      buffer = io.BytesIO()
+      fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1][1:] or None)
+      run_folder.write_bytes(path, buffer.getvalue())
+  finally:
+    plt.close(fig)
+
+
 def plot_learning_curve(mean_return: np.ndarray, path, *, title: str) -> None:
   """Mean episode return per train step, one line per seed.
 
   Args:
     mean_return: `[S, N]` float, NaN where no episode finished.
-    path: where to write the PNG.
+    path: where to write the PNG (a file path, or an open binary file).
     title: figure title.
   """
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -41,8 +63,7 @@ def plot_learning_curve(mean_return: np.ndarray, path, *, title: str) -> None:
   if mean_return.shape[0] <= 10:
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_bandit_policy(action_probs: np.ndarray, contexts: np.ndarray, path, *,
@@ -52,7 +73,7 @@ def plot_bandit_policy(action_probs: np.ndarray, contexts: np.ndarray, path, *,
   Args:
     action_probs: `[S, C, A]` probabilities.
     contexts: `[C, D]` the observation shown in each context (for the labels).
-    path: where to write the PNG.
+    path: where to write the PNG (a file path, or an open binary file).
     title: figure title.
   """
   mean = action_probs.mean(axis=0)
@@ -71,12 +92,17 @@ def plot_bandit_policy(action_probs: np.ndarray, contexts: np.ndarray, path, *,
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_sweep(rows, path, *, title: str) -> None:
-  """Mean learning curve per grid point (rows from `sweep.run_sweep`)."""
+  """Mean learning curve per grid point (rows from `sweep.run_sweep`).
+
+  Args:
+    rows: `run_sweep`'s rows (`label`, `curve_mean`, `final_return_mean`, ...).
+    path: where to write the PNG (a file path, or an open binary file).
+    title: figure title.
+  """
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   for row in rows:
     curve = np.asarray(row["curve_mean"], dtype=float)
@@ -90,5 +116,4 @@ def plot_sweep(rows, path, *, title: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _save(fig, path)

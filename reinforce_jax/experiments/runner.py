@@ -22,12 +22,13 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from reinforce_jax.experiments import checkpoints, loop, plotting
+from reinforce_jax.experiments import checkpoints, loop, plotting, run_folder
 from reinforce_jax.experiments.checkpoints import (
   CHECKPOINTS_DIR,
   CONFIG_FILE,
   METRICS_FILE,
   PARAMS_FILE,
+  RUN_FILES,
   SUMMARY_FILE,
   CheckpointError,
 )
@@ -123,7 +124,7 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
   if not path.exists():
     return
   rows = [row for row in _read_metrics(path) if row["step"] <= step]
-  path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  run_folder.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _make_folder(path: pathlib.Path) -> list[pathlib.Path]:
@@ -202,6 +203,13 @@ def run_experiment(
   With `profile_dir`, the first chunk of training runs under `jax.profiler.trace`
   (view it with TensorBoard's profile plugin or Perfetto).
 
+  Every file goes through `reinforce_jax.experiments.run_folder`: whole files
+  are written to a temporary file and renamed into place, `metrics.jsonl` is
+  appended to, and a symbolic link among the run's files (`RUN_FILES`, anything
+  in `checkpoints/`) raises `run_folder.SymlinkError` before compiling, and
+  before anything is written through it. Two runs must not share `out_dir`: the
+  CLI holds `run_folder.lock_folder(out_dir)` for the life of a run.
+
   The full training state is saved with orbax to `out_dir/checkpoints/` when
   the run ends, however it ends (completed, solved, non-finite: each seed's
   last finite state, interrupted), and with `checkpoint_every` also every that
@@ -238,6 +246,9 @@ def run_experiment(
   out = pathlib.Path(out_dir)
   # In a multi-process run every process trains; the first one writes the files.
   writer = jax.process_index() == 0
+  if writer:  # a link among the run's files is refused before compiling, not after training
+    for name in RUN_FILES:
+      run_folder.refuse_links(out / name)
 
   start = time.perf_counter()
   init_keys, run_keys = _seed_keys(seed, num_seeds)
@@ -267,7 +278,7 @@ def run_experiment(
       if resume:
         _truncate_metrics(out / METRICS_FILE, done)
       written.append(out / CONFIG_FILE)
-      (out / CONFIG_FILE).write_text(json.dumps(
+      run_folder.write_text(out / CONFIG_FILE, json.dumps(
           {"env": env_name, "seed": seed, "num_seeds": num_seeds,
            "stop_at_return": stop_at_return, "checkpoint_every": checkpoint_every,
            "hidden": list(preset.hidden), **config.to_dict(),
@@ -275,7 +286,8 @@ def run_experiment(
           indent=2) + "\n")
       if not resume:
         written.append(out / METRICS_FILE)
-      sink = (out / METRICS_FILE).open("a" if resume else "w")
+        run_folder.write_bytes(out / METRICS_FILE, b"")  # a new, empty file
+      sink = run_folder.open_append(out / METRICS_FILE)
     except BaseException:
       _remove(created, [] if resume else written)
       raise
@@ -329,7 +341,8 @@ def run_experiment(
              CHECKPOINTS_DIR]
     mean_return = _mean_return_curves(out / METRICS_FILE, num_seeds)  # resumed runs included
     final_mean_return = [last_finite(r) for r in mean_return]
-    (out / PARAMS_FILE).write_bytes(serialization.to_bytes(jax.device_get(state.params)))
+    run_folder.write_bytes(out / PARAMS_FILE,
+                           serialization.to_bytes(jax.device_get(state.params)))
     plotting.plot_learning_curve(
         mean_return, out / "learning_curve.png",
         title=f"{config.algo.upper()} on {env.name} ({num_seeds} seed{'s' * (num_seeds > 1)})")
@@ -348,6 +361,7 @@ def run_experiment(
       recent_mean_return=[None if np.isnan(r) else float(r) for r in recent.means(num_seeds)],
       **extra)
   if writer:
-    (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    run_folder.write_text(out / SUMMARY_FILE,
+                          json.dumps(dataclasses.asdict(result), indent=2) + "\n")
   return result
 

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from reinforce_jax.experiments import plotting
+from reinforce_jax.experiments import plotting, run_folder
 from reinforce_jax.experiments.distributed import AXIS, make_mesh
 from reinforce_jax.experiments.presets import PRESETS
 from reinforce_jax.rl.algorithms import traced
@@ -60,6 +60,10 @@ def set_learning_rate(opt_state, learning_rate):
   return jax.tree.map(replace, opt_state, is_leaf=has_hyperparams)
 
 
+# What a sweep writes into its folder (through `run_folder`: whole files, never through a link).
+_FILES = ("sweep.json", "metrics.jsonl", "sweep.csv", "sweep.png")
+
+
 def _label(combo: Mapping[str, float]) -> str:
   short = {"learning_rate": "lr"}
   return ", ".join(f"{short.get(k, k)} {v:g}" for k, v in combo.items())
@@ -85,7 +89,9 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     out_dir: where `sweep.json` (per grid point: each seed's final mean return
       (mean of its last 10 finite steps), their mean and standard deviation, the
       mean learning curve), `sweep.csv` (the table) and `sweep.png` (one mean
-      curve per grid point) go, once the runs are done (the folder too).
+      curve per grid point) go, once the runs are done (the folder too). Each
+      is written whole and renamed into place (`run_folder`); a symbolic link at
+      any of them raises `run_folder.SymlinkError` before one is written.
     should_stop: polled once the program has compiled and once it has run; when
       true, `KeyboardInterrupt` is raised and nothing is written (the CLI passes
       its Ctrl-C flag).
@@ -160,14 +166,16 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   best = int(np.nanargmax(means)) if np.isfinite(means).any() else None
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  for name in _FILES:  # no link among the outputs: refused before any of them is written
+    run_folder.refuse_links(out / name)
   result = {"env": env_name, "algo": config.algo, "swept": {n: list(grid[n]) for n in names},
             "num_seeds": num_seeds, "num_steps": config.num_steps, "compile_s": compile_s,
             "wall_s": wall_s, "runs": num_runs, "devices": num_devices,
             "best": None if best is None else {n: rows[best][n] for n in names},
             "config": {k: v for k, v in config.to_dict().items() if k not in names},
             "rows": rows}
-  (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-  with open(out / "metrics.jsonl", "w") as f:
+  run_folder.write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
+  with run_folder.atomic_writer(out / "metrics.jsonl") as f:
     for step in range(returns.shape[-1]):
       for run in range(num_runs):
         value = float(returns[run // num_seeds, run % num_seeds, step])
@@ -176,7 +184,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
                             "mean_return": value if np.isfinite(value) else None}) + "\n")
   for logger in loggers:
     logger.log_curves({"mean_return": returns.reshape(num_runs, -1)})
-  with open(out / "sweep.csv", "w", newline="") as f:
+  with run_folder.atomic_writer(out / "sweep.csv", newline="") as f:
     writer = csv.writer(f)
     writer.writerow([*names, "final_return_mean", "final_return_std",
                      *(f"seed_{i}" for i in range(num_seeds))])
