@@ -5,7 +5,6 @@ names the problem (the command reports it with exit status 2).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -13,9 +12,9 @@ import shutil
 import socket
 import tempfile
 
-from reinforce_jax.cli.parsing import LOG_EXTRAS, RUN_OPTIONS, check_options_apply
+from reinforce_jax.cli.parsing import LOG_EXTRAS, RUN_OPTIONS, check_options_apply, read_record
 from reinforce_jax.experiments.checkpoints import CONFIG_FILE, RUN_FILES, SWEEP_FILES
-from reinforce_jax.experiments.presets import Preset
+from reinforce_jax.experiments.presets import PRESETS, Preset
 from reinforce_jax.experiments.run_folder import LOCK_FILE
 from reinforce_jax.rl.config import TrainConfig
 
@@ -50,29 +49,33 @@ def _wandb_can_start() -> bool:
     return False
 
 
-# Settings newer than some recorded runs, with the behaviour those runs had.
+# Settings newer than some recorded runs, with the behaviour those runs had. A record
+# without them is complete; any other field a record lacks, or holds beyond the schema
+# (`parsing.CONFIG_SETTINGS`), is an error.
 _ADDED_FIELDS = {"clip_value": False, "anneal_lr": False}
 
 
 def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
   """The config, seed, seed count, checkpoint interval and stop setting of `--resume DIR`.
 
-  A `config.json` holds `TrainConfig.to_dict()` and the run's own keys; one written
+  Every field of `config.json` is checked as its command-line option checks the
+  same value (`parsing.read_record`): a seed of -1 or 1e14, a `checkpoint_every`
+  of "x" or a NaN `stop_at_return` is refused, as `--seed -1` is. A record written
   before hyperparameters were declared per algorithm holds every algorithm's
-  settings (those the run's algorithm lacks are ignored).
+  settings (checked too; those the run's algorithm lacks are ignored).
 
   Raises:
-    ValueError: no readable, complete `config.json`, another environment, or an
-      option that contradicts the stored run or that its algorithm does not have.
+    ValueError: no readable, complete `config.json`, a field with an invalid value,
+      an unknown field, another environment or policy, or an option that contradicts
+      the stored run or that its algorithm does not have.
   """
   folder = pathlib.Path(args.resume)
   where = f"--resume {args.resume}"
+  preset = PRESETS[args.env]
   try:
-    stored = json.loads((folder / CONFIG_FILE).read_text())
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{where}: no readable {CONFIG_FILE} ({e})") from None
-  if not isinstance(stored, dict):
-    raise ValueError(f"{where}: {CONFIG_FILE} is not a JSON object")
+    stored = read_record(folder, sequence=preset.build_step is not None)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
   # Fields added after a run was recorded take the value that reproduces it.
   stored = {**_ADDED_FIELDS, **stored}
   missing = [k for k in ("env", "seed", "num_seeds", "algo", "baseline") if k not in stored]
@@ -87,6 +90,10 @@ def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
                      "it is not the record of a complete run")
   if stored["env"] != args.env:
     raise ValueError(f"{where} holds a {stored['env']!r} run, not {args.env!r}")
+  if "hidden" in stored and stored["hidden"] != list(preset.hidden):
+    raise ValueError(f"{where}: {folder / CONFIG_FILE} holds hidden {stored['hidden']}, but "
+                     f"the {args.env} policy's hidden layers are {list(preset.hidden)}; it is "
+                     "not a run of this version's preset")
   if args.overwrite:
     raise ValueError("--overwrite and --resume contradict each other")
   if args.out is not None and pathlib.Path(args.out).resolve() != folder.resolve():
@@ -109,9 +116,6 @@ def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
       raise ValueError(f"--steps {args.steps} contradicts the run in {args.resume}: its "
                        f"learning rate anneals to 0 over num_steps {config.num_steps}")
     config = config.replace(num_steps=args.steps)
-  for key, kind in (("seed", int), ("num_seeds", int)):
-    if not isinstance(stored[key], kind) or isinstance(stored[key], bool):
-      raise ValueError(f"{where}: {CONFIG_FILE} has {key} {stored[key]!r}, not an integer")
   return (config, stored["seed"], stored["num_seeds"], stored.get("checkpoint_every"),
           stored.get("stop_at_return"))
 

@@ -90,28 +90,63 @@ class _LatestReturns(loop.Callback):
       self.values[seed_index] = self.values[seed_index] if last is None else last
 
 
-def _read_metrics(path: pathlib.Path) -> list[dict]:
+def _read_metrics(path: pathlib.Path, num_seeds: int) -> list[dict]:
   """The rows of `metrics.jsonl`, without a torn last line (said on stderr).
 
   A process killed while writing leaves its last line unfinished; any other
-  unreadable line is an error.
+  unreadable line, or a row that is not what `loop.WriteMetrics` writes for
+  `num_seeds` seeds, is an error.
+
+  Raises:
+    CheckpointError: naming the file, the line and what is wrong with it.
   """
   lines = path.read_text().splitlines() if path.exists() else []
   rows = []
   for number, line in enumerate(lines, start=1):
     try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
+      row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
       if number < len(lines):
         raise CheckpointError(f"{path}, line {number}: not a JSON row") from None
       tqdm.write(f"reinforce-jax: dropped the torn last line of {path} (line {number}, "
                  "left by a process stopped while writing it)", file=sys.stderr)
+      continue
+    problem = _row_problem(row, num_seeds)
+    if problem is not None:
+      raise CheckpointError(f"{path}, line {number}: {problem}")
+    rows.append(row)
   return rows
+
+
+def _row_problem(row, num_seeds: int) -> str | None:
+  """What makes `row` other than a metrics row of a run of `num_seeds` seeds, or None."""
+  def integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+  if not isinstance(row, dict):
+    return f"{_short(row)} is not a JSON object"
+  for key in ("step", "seed", "mean_return"):
+    if key not in row:
+      return f"the row has no {key!r}"
+  if not integer(row["step"]) or row["step"] < 1:
+    return f"step {_short(row['step'])} is not an integer >= 1"
+  if not integer(row["seed"]) or not 0 <= row["seed"] < num_seeds:
+    return f"seed {_short(row['seed'])} is not a seed index of this run's {num_seeds} seed(s)"
+  for key, value in row.items():
+    if key not in ("step", "seed") and value is not None and (
+        not isinstance(value, int | float) or isinstance(value, bool)):
+      return f"{key!r} is {_short(value)}, not a number or null"
+  return None
+
+
+def _short(value, limit: int = 60) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _mean_return_curves(path: pathlib.Path, num_seeds: int) -> np.ndarray:
   """`[num_seeds, steps]` mean returns read back from `metrics.jsonl` (NaN where none)."""
-  rows = _read_metrics(path)
+  rows = _read_metrics(path, num_seeds)
   curves = np.full((num_seeds, max((r["step"] for r in rows), default=0)), np.nan)
   for row in rows:
     if row["mean_return"] is not None:
@@ -119,11 +154,11 @@ def _mean_return_curves(path: pathlib.Path, num_seeds: int) -> np.ndarray:
   return curves
 
 
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+def _truncate_metrics(path: pathlib.Path, step: int, num_seeds: int) -> None:
   """Keeps the rows of steps up to `step` (a resumed run rewrites what followed)."""
   if not path.exists():
     return
-  rows = [row for row in _read_metrics(path) if row["step"] <= step]
+  rows = [row for row in _read_metrics(path, num_seeds) if row["step"] <= step]
   run_folder.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -276,7 +311,7 @@ def run_experiment(
     created, written = _make_folder(out), []
     try:
       if resume:
-        _truncate_metrics(out / METRICS_FILE, done)
+        _truncate_metrics(out / METRICS_FILE, done, num_seeds)
       written.append(out / CONFIG_FILE)
       run_folder.write_text(out / CONFIG_FILE, json.dumps(
           {"env": env_name, "seed": seed, "num_seeds": num_seeds,
