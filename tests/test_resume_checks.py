@@ -197,6 +197,7 @@ def test_sort_options_must_be_an_object_of_known_settings(run, capsys):
   (run / "config.json").write_text(json.dumps(
       {**config, "options": {**config["options"], "group_size": 1}}))
   assert "--group-size 1: --estimator rloo compares" in _resume_refused(capsys, run, env="sort")
+  assert "holds a 'sort' run, not 'bandit'" in _resume_refused(capsys, run)  # options and all
 
 
 @pytest.mark.slow  # a sort run compiles a transformer: ~20 s

@@ -73,7 +73,7 @@ def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:
   where = f"--resume {args.resume}"
   preset = PRESETS[args.env]
   try:
-    stored = read_record(folder, sequence=preset.build_step is not None)
+    stored = read_record(folder)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from None
   # Fields added after a run was recorded take the value that reproduces it.

@@ -378,13 +378,13 @@ def _add(command, setting: Setting, *, sweep: bool = False, **extra) -> None:
   command.add_argument(setting.flag, **kwargs)
 
 
-def read_record(folder: str | pathlib.Path, *, sequence: bool) -> dict[str, Any]:
+def read_record(folder: str | pathlib.Path) -> dict[str, Any]:
   """The `config.json` of the run in `folder`, every field checked as its option checks it.
 
-  Each field of `CONFIG_SETTINGS` (and, for a sequence task, of `SEQUENCE_SETTINGS`
-  under "options") must hold a value its command-line option would take (its type
-  and range; null where the option was not given). Fields are not required here
-  (`checks.stored_run` names those a complete record lacks).
+  Each field of `CONFIG_SETTINGS` (and, for a sequence task's record, of
+  `SEQUENCE_SETTINGS` under "options") must hold a value its command-line option
+  would take (its type and range; null where the option was not given). Fields are
+  not required here (`checks.stored_run` names those a complete record lacks).
 
   Raises:
     ValueError: no readable JSON object, an unknown field, or a field with an invalid
@@ -397,6 +397,9 @@ def read_record(folder: str | pathlib.Path, *, sequence: bool) -> dict[str, Any]
     raise ValueError(f"no readable {CONFIG_FILE} ({e})") from None
   if not isinstance(record, dict):
     raise ValueError(f"{path} is not a JSON object")
+  if "env" in record:  # first: which task's record this is decides its fields
+    _check_fields({"env": record["env"]}, CONFIG_SETTINGS, path, "")
+  sequence = "env" in record and PRESETS[record["env"]].build_step is not None
   known = {**CONFIG_SETTINGS, **({"options": None} if sequence else {})}
   _check_fields(record, known, path, "")
   if sequence and "options" in record:
@@ -496,7 +499,7 @@ def sequence_options(args, preset: Preset) -> dict[str, Any] | None:
   options = dict(preset.options or {})
   if args.resume:
     try:
-      stored = read_record(args.resume, sequence=True).get("options", {})
+      stored = read_record(args.resume).get("options", {})
     except ValueError as e:
       raise ValueError(f"--resume {args.resume}: {e}") from None
     for key, value in given.items():

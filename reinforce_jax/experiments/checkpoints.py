@@ -13,6 +13,8 @@ before it starts JAX).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 from typing import Any
 
@@ -241,22 +243,19 @@ def _describe(signature: tuple) -> str:
   return f"{dtype}{list(shape)}"
 
 
-class _quiet_orbax:  # noqa: N801 (used as a `with` statement, like contextlib's)
+@contextlib.contextmanager
+def _quiet_orbax():
   """Silences orbax's log lines while a checkpoint is read (its errors are raised, and
   reported in one line), and the stray reports of reads that orbax leaves in flight when a
   restore fails: their completions find orbax's event loop closed."""
-
-  def __enter__(self):
-    import logging
-
-    self._logger = logging.getLogger("absl")
-    self._level = self._logger.level
-    self._logger.setLevel(logging.CRITICAL)
-    _ignore_closed_loop_reports()
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self._logger.setLevel(self._level)
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  _ignore_closed_loop_reports()
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def _ignore_closed_loop_reports() -> None:
