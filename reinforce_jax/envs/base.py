@@ -147,16 +147,32 @@ class Environment(Generic[S, P]):
     no key and every environment's would-be reset comes from one
     `reset_batch(key, ...)`, so the batch costs one random draw instead of `B`
     keys and `B` draws. Same checks and auto-reset as `step`.
+
+    Raises:
+      ValueError: if `action` has no batch axis, or one of another size than
+        `state`'s (checked while tracing), and as `step` does.
     """
     if params is None:
       params = self.default_params
-    num_envs = jnp.shape(action)[0]
+    num_envs = self._batch_size(state, action)
     if not self.deterministic_transitions:
       return jax.vmap(self.step, in_axes=(0, 0, 0, None))(
           jax.random.split(key, num_envs), state, action, params)
     valid = self._check_batch_action(action)
     stepped = jax.vmap(self.step_env, in_axes=(None, 0, 0, None))(key, state, action, params)
     return _auto_reset(stepped, self.reset_batch(key, params, num_envs), valid)
+
+  def _batch_size(self, state: S, action) -> int:
+    """`B`, the leading axis of `action`, which must match the leading axis of `state`'s leaves."""
+    shape = tuple(jnp.shape(action))
+    sizes = {jnp.shape(leaf)[0] for leaf in jax.tree.leaves(state) if jnp.ndim(leaf)}
+    if not shape or (sizes and sizes != {shape[0]}):
+      expected = f"[{sizes.pop()}, ...]" if len(sizes) == 1 else "[B, ...]"
+      raise ValueError(
+          f"{self.name}: step_batch takes one action per environment, actions of shape "
+          f"{expected} (batch axis first), got shape {list(shape)}; a policy's distribution "
+          "must have batch shape [B]")
+    return shape[0]
 
   def _check_batch_action(self, action) -> jax.Array | None:
     """`_check_action` for a batch `[B, ...]` of actions; a `[B]` flag or None."""

@@ -46,6 +46,7 @@ from reinforce_jax.estimators.discrete import (
 from reinforce_jax.estimators.monte_carlo import (
     _check_num_samples,
     _check_reparameterised,
+    _scalar_function,
     _weak_derivative_grads,
 )
 from reinforce_jax.estimators.monte_carlo import _sample as _sample_with_key
@@ -199,7 +200,8 @@ def grad_estimate(
   """Estimates `grad_params E_{x ~ dist_builder(params)}[f(x)]`.
 
   Args:
-    f: maps one sample `x` to a scalar.
+    f: maps one sample `x` to a scalar (shape `[]`; an array of one element
+      is read as its scalar).
     dist_builder: maps the params pytree to a distribution with `sample` and
       `log_prob`: any distrax distribution, or one whose `sample(shape, key)`
       takes the key as `seed=`, `key=` or positionally (optax's `multi_normal`).
@@ -250,9 +252,11 @@ def grad_estimate(
       not an int in range, a non-finite constant baseline, `"pathwise"` on a
       distribution without a reparameterised sampler (discrete, mixtures),
       `"measure_valued"` on anything but a distrax Gaussian, a discrete
-      estimator on a distribution it is not defined for, or `"unordered_set"`
-      with more samples than (joint) outcomes or than `MAX_SET_SIZE`.
+      estimator on a distribution it is not defined for, `"unordered_set"`
+      with more samples than (joint) outcomes or than `MAX_SET_SIZE`, or an
+      `f` that returns more than one scalar per sample (checked while tracing).
   """
+  f = _scalar_function("grad_estimate", f, "f")
   _check_num_samples("num_samples", num_samples)
   if _is_rloo(baseline) and num_samples < 2:
     raise ValueError(f"baseline='rloo' needs num_samples >= 2, got {num_samples}")
@@ -340,7 +344,12 @@ def relax_gradients(
   References:
     Grathwohl, W. et al. (2018). Backpropagation through the void: optimizing
     control variates for black-box gradient estimation. ICLR.
+
+  Raises:
+    ValueError: if `num_samples` is not an int >= 1, or `f` returns more than
+      one scalar per sample.
   """
+  f = _scalar_function("relax_gradients", f, "f")
   _check_num_samples("num_samples", num_samples)
 
   def estimate(phi):

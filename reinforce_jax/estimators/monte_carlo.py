@@ -52,6 +52,7 @@ class MultiNormalDiag:
   def __init__(self, loc: jax.Array, log_scale: jax.Array):
     self.loc = jnp.asarray(loc)
     self.log_scale = jnp.asarray(log_scale)
+    _check_mean_and_log_scale("multi_normal", self.loc, self.log_scale)
     self.scale = jnp.exp(self.log_scale)
     self.param_shape = jnp.broadcast_shapes(self.loc.shape, self.scale.shape)
 
@@ -134,6 +135,46 @@ def _sample(dist: Any, key: jax.Array, sample_shape: Sequence[int]) -> Any:
       break
     args.append(values.pop(p.name))
   return sample(*args, **values)
+
+
+def _check_mean_and_log_scale(caller: str, mean: Any, log_scale: Any) -> None:
+  """Raises `ValueError` unless the shapes of a Gaussian's mean and log-scale broadcast."""
+  try:
+    jnp.broadcast_shapes(jnp.shape(mean), jnp.shape(log_scale))
+  except ValueError:
+    raise ValueError(
+        f"{caller}: the mean (params[0]) has shape {jnp.shape(mean)} and the log_scale "
+        f"(params[1]) has shape {jnp.shape(log_scale)}; they must be equal (or broadcast)"
+    ) from None
+
+
+def _build(caller: str, dist_builder: Callable[..., Any], params: Sequence[Any],
+           rng: jax.Array, num_samples: int) -> tuple[Any, Any]:
+  """`(dist_builder(*params), num_samples draws)`; a broadcasting error names the shapes."""
+  if _is_multi_normal(dist_builder):
+    _check_mean_and_log_scale(caller, params[0], params[1])
+  try:
+    dist = dist_builder(*params)
+    return dist, _sample(dist, rng, (num_samples,))
+  except (TypeError, ValueError) as error:
+    if "broadcast" not in str(error):
+      raise
+    shapes = ", ".join(f"params[{i}] {jnp.shape(p)}" for i, p in enumerate(params))
+    raise ValueError(f"{caller}: the distribution of params with shapes {shapes} cannot be "
+                     f"built or sampled: {error}") from error
+
+
+def _scalar_function(caller: str, function: Callable[[Any], Any], name: str = "function"):
+  """`function` checked, while tracing, to return one scalar per sample (shape `[]`)."""
+  def scalar(x):
+    value = jnp.asarray(function(x))
+    if value.size != 1:
+      raise ValueError(
+          f"{caller}: {name} must return one scalar per sample (shape [] for one sample, "
+          f"[num_samples] over all of them), got shape {list(value.shape)} for a sample of "
+          f"shape {list(jnp.shape(x))}; reduce it (e.g. with jnp.sum)")
+    return value.reshape(())
+  return scalar
 
 
 def _check_num_samples(name: str, value: Any, minimum: int = 1) -> None:
@@ -223,15 +264,16 @@ def score_function_jacobians(
     A sequence like `params` with entries `[num_samples, *param.shape]`.
 
   Raises:
-    ValueError: if `num_samples` is not an int >= 1 or `dist_builder` cannot
-      take `params`.
+    ValueError: if `num_samples` is not an int >= 1, `dist_builder` cannot
+      take `params` (or their shapes), or `function` returns more than a scalar.
   """
   _check_num_samples("num_samples", num_samples)
   _check_params("score_function_jacobians", params, dist_builder)
+  function = _scalar_function("score_function_jacobians", function)
 
   def per_sample_surrogates(params):
-    dist = dist_builder(*params)
-    xs = jax.lax.stop_gradient(_sample(dist, rng, (num_samples,)))
+    dist, xs = _build("score_function_jacobians", dist_builder, params, rng, num_samples)
+    xs = jax.lax.stop_gradient(xs)
     return jax.vmap(lambda x: jax.lax.stop_gradient(function(x)) * dist.log_prob(x))(xs)
 
   return jax.jacfwd(per_sample_surrogates)(params)
@@ -254,15 +296,16 @@ def pathwise_jacobians(
 
   Raises:
     ValueError: if `num_samples` is not an int >= 1, `dist_builder` cannot take
-      `params`, or its distribution has no reparameterised sampler (discrete
-      samples would get a zero gradient).
+      `params` (or their shapes), its distribution has no reparameterised sampler
+      (discrete samples would get a zero gradient), or `function` returns more
+      than a scalar.
   """
   _check_num_samples("num_samples", num_samples)
   _check_params("pathwise_jacobians", params, dist_builder)
+  function = _scalar_function("pathwise_jacobians", function)
 
   def per_sample_values(params):
-    dist = dist_builder(*params)
-    xs = _sample(dist, rng, (num_samples,))
+    dist, xs = _build("pathwise_jacobians", dist_builder, params, rng, num_samples)
     _check_reparameterised("pathwise_jacobians", dist, xs)
     return jax.vmap(function)(xs)
 
@@ -306,7 +349,8 @@ def measure_valued_jacobians(
   Raises:
     ValueError: for any `dist_builder` other than `multi_normal` (this
       module's or optax's), params other than `[mean, log_scale]` of shape
-      `[D]`, or `num_samples` not an int >= 1.
+      `[D]`, `num_samples` not an int >= 1, or a `function` that returns more
+      than a scalar.
   """
   if not _is_multi_normal(dist_builder):
     raise ValueError(
@@ -316,12 +360,13 @@ def measure_valued_jacobians(
         "estimator='measure_valued')")
   _check_num_samples("num_samples", num_samples)
   _check_params("measure_valued_jacobians", params, dist_builder, count=2)
+  if jnp.ndim(params[0]) != 1 or jnp.shape(params[1]) != jnp.shape(params[0]):
+    raise ValueError(
+        "measure_valued_jacobians needs a mean (params[0]) and a log_scale (params[1]) of the "
+        f"same shape [D], got shapes {jnp.shape(params[0])} and {jnp.shape(params[1])}")
+  function = _scalar_function("measure_valued_jacobians", function)
   dist = dist_builder(*params)
   loc, scale = dist.params[0], jnp.exp(dist.params[1])
-  if jnp.ndim(loc) != 1 or jnp.shape(scale) != jnp.shape(loc):
-    raise ValueError(
-        "measure_valued_jacobians needs a mean and a log_scale of the same shape [D], got "
-        f"shapes {jnp.shape(params[0])} and {jnp.shape(params[1])}")
   base = _sample(dist, rng, (num_samples,))
   key_plus, key_minus = jax.random.split(rng)
 
@@ -510,7 +555,7 @@ def control_variates_jacobians(
   else:
     coefficients = [1.0] * len(params)
   f_jacobians = grad_estimator(function, params, dist_builder, rng, num_samples)
-  samples = _sample(dist_builder(*params), rng, (num_samples,))
+  samples = _build("control_variates_jacobians", dist_builder, params, rng, num_samples)[1]
   state = update_state(params, samples, control_variate_state)
   frozen = jax.lax.stop_gradient(params)
   h_jacobians = grad_estimator(lambda x: control_variate(frozen, x, state), params,

@@ -26,6 +26,12 @@ Value heads (`value=`):
   * `"twin"`: the same two networks as `"separate"`, computed as one `TwinMLP`
     whose layers are single batched products over stacked `[2, in, out]`
     weights (one matrix product per layer instead of two).
+
+Observations with more than one axis per environment (images `[H, W, C]`):
+the built-in policies read one vector per environment, so pass `flatten=True`
+(each observation becomes one vector) or `torso="cnn"` (a 3x3 convolution with
+16 channels and a ReLU, flattened, before the MLP: the MinAtar network).
+`make_train_step` refuses an MLP policy without either on such observations.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ __all__ = [
 ]
 
 VALUE_HEADS = (None, "shared", "separate", "twin")
+TORSOS = ("mlp", "cnn")
 
 
 class Categorical(distrax.Categorical):
@@ -274,6 +281,9 @@ class TwinMLP(nn.Module):
   network's layer, initialised the same way); on a CPU the `[2, B, 64] x
   [2, 64, 64]` product of a layer replaces two `[B, 64] x [64, 64]` ones.
 
+  The input is one array both networks read, or a pair `(x_0, x_1)` of arrays
+  of the same shape, one per network (each with its own convolutional torso).
+
   Returns:
     `(features_0, features_1)`, each `[..., hidden[-1]]` (the input when
     `hidden` is empty).
@@ -283,8 +293,8 @@ class TwinMLP(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.tanh
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h = jnp.broadcast_to(x, (2, *x.shape))
+  def __call__(self, x) -> tuple[jax.Array, jax.Array]:
+    h = jnp.stack(x) if isinstance(x, tuple) else jnp.broadcast_to(x, (2, *x.shape))
     for i, width in enumerate(self.hidden):
       kernel = self.param(f"hidden_{i}_kernel",
                           _stacked(orthogonal(jnp.sqrt(2.0))),
@@ -295,6 +305,31 @@ class TwinMLP(nn.Module):
     return h[0], h[1]
 
 
+class _ConvTorso(nn.Module):
+  """One 3x3 convolution (stride 1, no padding), a ReLU, flattened: `[..., H, W, C]` to
+  `[..., (H - 2) * (W - 2) * channels]` (the torso of the MinAtar network)."""
+
+  channels: int = 16
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.relu(nn.Conv(self.channels, (3, 3), strides=1, padding="VALID",
+                        kernel_init=orthogonal(jnp.sqrt(2.0)), name="conv")(x))
+    return x.reshape(x.shape[:-3] + (-1,))
+
+
+def _encode(module: nn.Module, obs: jax.Array, name: str) -> jax.Array:
+  """What the MLP reads: `obs` itself, flattened after the batch axis, or the conv torso's."""
+  if module.torso == "cnn":
+    if obs.ndim < 3:
+      raise ValueError(f"{type(module).__name__}(torso='cnn') needs image observations "
+                       f"[B, H, W, C], got shape {obs.shape}")
+    return _ConvTorso(name=name)(obs)
+  if module.flatten:
+    return obs.reshape(obs.shape[:1] + (-1,))
+  return obs
+
+
 def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array,
                   value_features: jax.Array | None) -> jax.Array:
   if module.value == "shared":
@@ -302,7 +337,8 @@ def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array,
   elif module.value == "twin":
     trunk = value_features
   else:
-    trunk = MLP(module.hidden, module.activation, name="value_trunk")(obs)
+    trunk = MLP(module.hidden, module.activation, name="value_trunk")(
+        _encode(module, obs, "value_torso"))
   value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(trunk)
   return value[..., 0]
 
@@ -311,10 +347,39 @@ def _trunk(module: nn.Module, obs: jax.Array):
   """`(obs as float32, the policy's features, the critic's features or None)`."""
   if module.value not in VALUE_HEADS:
     raise ValueError(f"value must be one of {VALUE_HEADS}, got {module.value!r}")
+  if module.torso not in TORSOS:
+    raise ValueError(f"torso must be one of {TORSOS}, got {module.torso!r}")
   obs = jnp.asarray(obs, jnp.float32)
+  x = _encode(module, obs, "torso")
   if module.value == "twin":
-    return obs, *TwinMLP(module.hidden, module.activation, name="twin_trunk")(obs)
-  return obs, MLP(module.hidden, module.activation, name="trunk")(obs), None
+    if module.torso == "cnn":  # each network with its own convolution, as with "separate"
+      x = (x, _encode(module, obs, "value_torso"))
+    return obs, *TwinMLP(module.hidden, module.activation, name="twin_trunk")(x)
+  return obs, MLP(module.hidden, module.activation, name="trunk")(x), None
+
+
+def _check_observations(policy: Any, obs_shape: tuple[int, ...]) -> None:
+  """Raises `ValueError` if a built-in policy would misread observations of `obs_shape`.
+
+  `obs_shape` is one environment's observation shape. The MLP policies read
+  one vector per environment: a scalar or an image needs `flatten=True` (or
+  `torso="cnn"` for an image); the convolutional torso needs `[H, W, C]`.
+  Other policies pass unchecked.
+  """
+  if not isinstance(policy, CategoricalPolicy | GaussianPolicy | GRUPolicy):
+    return
+  name = type(policy).__name__
+  obs_shape = tuple(obs_shape)
+  if policy.torso == "cnn":
+    if len(obs_shape) != 3:
+      raise ValueError(f"{name}(torso='cnn') needs image observations [H, W, C] per "
+                       f"environment, got observations of shape {obs_shape}")
+    return
+  if len(obs_shape) != 1 and not policy.flatten:
+    raise ValueError(
+        f"{name} is an MLP that reads one vector per environment, but each observation has "
+        f"shape {obs_shape}: pass flatten=True to flatten each observation"
+        + (", or torso='cnn' for image observations [H, W, C]" if len(obs_shape) == 3 else ""))
 
 
 class CategoricalPolicy(nn.Module):
@@ -329,7 +394,15 @@ class CategoricalPolicy(nn.Module):
       The default 0.01 starts every policy close to uniform, so early episodes
       explore; hidden layers use orthogonal(sqrt(2)) (Andrychowicz et al., 2021,
       "What matters in on-policy reinforcement learning?").
-    value: `None`, `"shared"` or `"separate"` (see the module docstring).
+    value: `None`, `"shared"`, `"separate"` or `"twin"` (see the module
+      docstring).
+    flatten: flatten each observation into one vector (`[B, ...]` to `[B, -1]`;
+      the first axis is the batch): for observations with more than one axis
+      per environment.
+    torso: `"mlp"` (the observations go straight into the MLP) or `"cnn"`:
+      image observations `[B, H, W, C]` first pass a 3x3 convolution with 16
+      channels (stride 1, no padding) and a ReLU, flattened (the MinAtar
+      network). A `"separate"` or `"twin"` critic has a convolution of its own.
   """
 
   num_actions: int
@@ -337,6 +410,8 @@ class CategoricalPolicy(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.tanh
   logits_scale: float = 0.01
   value: str | None = None
+  flatten: bool = False
+  torso: str = "mlp"
 
   @nn.compact
   def __call__(self, obs: jax.Array):
@@ -364,7 +439,9 @@ class GaussianPolicy(nn.Module):
       to the box, a `distrax.Transformed` whose `log_prob` includes the change-of
       -variables correction `-sum log|d action / d u|`. Unsquashed policies emit
       an unbounded Gaussian (clip in the environment).
-    value: `None`, `"shared"` or `"separate"`.
+    value: `None`, `"shared"`, `"separate"` or `"twin"`.
+    flatten: flatten each observation into one vector, as in `CategoricalPolicy`.
+    torso: `"mlp"` or `"cnn"`, as in `CategoricalPolicy`.
   """
 
   action_dim: int
@@ -374,6 +451,8 @@ class GaussianPolicy(nn.Module):
   init_log_std: float = 0.0
   squash: tuple[float, float] | None = None
   value: str | None = None
+  flatten: bool = False
+  torso: str = "mlp"
 
   @nn.compact
   def __call__(self, obs: jax.Array):
@@ -410,17 +489,24 @@ class GRUPolicy(nn.Module):
   Attributes:
     num_actions: number of discrete actions.
     hidden: width of the embedding and of the GRU's state.
+    flatten: flatten each observation into one vector, as in `CategoricalPolicy`.
+    torso: `"mlp"` or `"cnn"` (a convolution before the embedding), as in
+      `CategoricalPolicy`.
   """
 
   num_actions: int
   hidden: int = 128
+  flatten: bool = False
+  torso: str = "mlp"
 
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> jax.Array:
     return jnp.zeros((*batch_shape, self.hidden), jnp.float32)
 
   @nn.compact
   def __call__(self, carry: jax.Array, obs: jax.Array):
-    x = jnp.asarray(obs, jnp.float32)
+    if self.torso not in TORSOS:
+      raise ValueError(f"torso must be one of {TORSOS}, got {self.torso!r}")
+    x = _encode(self, jnp.asarray(obs, jnp.float32), "torso")
     x = nn.relu(nn.Dense(self.hidden, kernel_init=orthogonal(jnp.sqrt(2.0)),
                          name="embed")(x))
     carry, features = nn.GRUCell(self.hidden, recurrent_kernel_init=orthogonal(),

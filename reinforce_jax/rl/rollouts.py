@@ -15,15 +15,23 @@ environment receives `bijector.forward(u)`. The distribution owns this (its
 A recurrent policy (`policies.Policy` with `recurrent=True`) keeps its carry in
 `EnvCarry.policy_carry`; the rollout resets it where an episode ended, and
 `replay` evaluates a recorded rollout again with the same resets.
+
+While tracing, the rollout checks what the policy returns against the batch
+and the environment: a distribution of batch shape `[B]`, a value of shape
+`[B]`, as many categories as the environment has discrete actions, or actions
+of the environment's `action_shape`. A mismatch raises `ValueError` naming
+both sides before anything is compiled.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reinforce_jax.rl import policies
 from reinforce_jax.rl.policies import Policy, as_policy, score, split_output
@@ -39,6 +47,86 @@ def _carry_policy(apply_fn) -> Policy:
   if isinstance(apply_fn, Policy):
     return apply_fn
   return Policy(init=None, apply=lambda params, carry, obs: (carry, apply_fn(params, obs)))
+
+
+def _env_name(env) -> str:
+  name = getattr(env, "name", None)
+  return name if isinstance(name, str) else type(env).__name__
+
+
+def _action_spec(env, env_params) -> tuple[int | None, tuple[int, ...]] | None:
+  """`(num_actions, ())` for discrete actions, `(None, action_shape)` for continuous ones.
+
+  Read from the environment's `num_actions` or `action_shape` (this library's
+  environments and adapters), else from a gymnax-style `action_space(params)`
+  (`.n`, or `.shape` for a box); `None` where the environment declares neither.
+  """
+  for attribute in ("num_actions", "action_shape"):
+    try:
+      value = getattr(env, attribute)
+    except (AttributeError, NotImplementedError):
+      continue
+    if attribute == "num_actions" and isinstance(value, int | np.integer):
+      return int(value), ()
+    if attribute == "action_shape" and isinstance(value, tuple | list):
+      return None, tuple(int(d) for d in value)
+  space_fn = getattr(env, "action_space", None)
+  if callable(space_fn):
+    try:
+      space = space_fn(env_params)
+    except Exception:  # noqa: BLE001 - an unreadable space is left unchecked
+      return None
+    if isinstance(getattr(space, "n", None), int | np.integer):
+      return int(space.n), ()
+    if hasattr(space, "low") and isinstance(getattr(space, "shape", None), tuple | list):
+      return None, tuple(int(d) for d in space.shape)
+  return None
+
+
+def _check_policy_output(dist, value, env_action, log_prob, env, env_params,
+                        num_envs: int) -> None:
+  """Raises `ValueError` unless one step's policy output fits `num_envs` environments of `env`.
+
+  Shapes only, so it costs nothing at run time: the distribution's batch shape
+  and `log_prob` are `[B]`, the value (if any) is `[B]`, and the actions fit
+  the environment's action space (the number of categories of a categorical
+  distribution against `num_actions`; the shape of one environment's action
+  against `action_shape`).
+  """
+  batch = getattr(dist, "batch_shape", None)
+  batch = tuple(jnp.shape(log_prob)) if batch is None else tuple(batch)
+  if batch != (num_envs,) or tuple(jnp.shape(log_prob)) != (num_envs,):
+    hint = ""
+    if len(batch) > 1 and batch[0] == num_envs:
+      hint = ("; observations with more than one axis per environment need a policy that "
+              "flattens them (flatten=True, or torso='cnn' for images)")
+    raise ValueError(
+        f"the policy's distribution must have batch shape [B] = [{num_envs}] (one entry per "
+        f"environment), got {list(batch)} (log_prob of shape {list(jnp.shape(log_prob))})"
+        f"{hint}")
+  if value is not None and tuple(jnp.shape(value)) != (num_envs,):
+    raise ValueError(f"the policy's value must have shape [B] = [{num_envs}], got "
+                     f"{list(jnp.shape(value))} (for a [B, 1] head, return value[..., 0])")
+  spec = _action_spec(env, env_params)
+  if spec is None:
+    return
+  num_actions, action_shape = spec
+  name = _env_name(env)
+  per_env = tuple(jnp.shape(env_action))[1:]
+  if num_actions is not None:
+    categories = getattr(dist, "num_categories", None)
+    if isinstance(categories, int | np.integer) and categories != num_actions:
+      raise ValueError(
+          f"the policy's distribution has {categories} actions but {name} has {num_actions}: "
+          f"build the policy with {num_actions} actions (e.g. CategoricalPolicy({num_actions}))")
+    if per_env != ():
+      raise ValueError(f"{name} takes one integer action per environment (actions [B]), but the "
+                       f"policy's actions have shape {list(jnp.shape(env_action))}")
+  elif per_env != action_shape and not (per_env == () and action_shape == (1,)):
+    raise ValueError(
+        f"{name} takes actions of shape {list(action_shape)} per environment, but the policy's "
+        f"actions have shape {list(per_env)} (actions {list(jnp.shape(env_action))}): build the "
+        f"policy with action_dim={math.prod(action_shape)}")
 
 
 def _reset_where(done: jax.Array, fresh, carry):
@@ -126,6 +214,12 @@ def rollout(
     With a critic, `trajectory.bootstrap_value` holds the value of the final
     observation of every truncated episode (computed only on steps where some
     environment was truncated).
+
+  Raises:
+    ValueError: while tracing, if the policy's output does not fit the batch
+      or the environment: a distribution whose batch shape is not `[B]`, a
+      value not of shape `[B]`, more or fewer categories than the
+      environment's actions, or actions of the wrong shape.
   """
   num_envs = carry.episode_return.shape[0]
   policy = _carry_policy(apply_fn)
@@ -145,6 +239,7 @@ def rollout(
     policy_carry, output = policy.apply(params, carry.policy_carry, carry.obs)
     dist, value = split_output(output)
     action, sample, log_prob, entropy = act(dist, key_action)
+    _check_policy_output(dist, value, action, log_prob, env, env_params, num_envs)
     obs, env_state, reward, terminated, truncated, info = env_step(
         key_env, carry.env_state, action, env_params)
     if value is None:

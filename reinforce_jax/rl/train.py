@@ -33,8 +33,22 @@ import optax
 from reinforce_jax.rl import algorithms as algorithms_lib
 from reinforce_jax.rl.config import TrainConfig
 from reinforce_jax.rl.hparams import AlgorithmParams
-from reinforce_jax.rl.policies import Policy, as_policy, from_function, score, split_output
-from reinforce_jax.rl.rollouts import EnvCarry, replay, reset_envs, rollout
+from reinforce_jax.rl.policies import (
+    Policy,
+    _check_observations,
+    as_policy,
+    from_function,
+    score,
+    split_output,
+)
+from reinforce_jax.rl.rollouts import (
+    EnvCarry,
+    _check_policy_output,
+    act,
+    replay,
+    reset_envs,
+    rollout,
+)
 from reinforce_jax.xla import compiler, prng
 
 __all__ = [
@@ -127,6 +141,31 @@ def _resolve(algorithm, num_envs, rollout_length):
       "rollout_length", rollout_length)
 
 
+def _check_policy_on_env(env, env_params, policy: Policy, module, num_envs: int,
+                         use_value: bool) -> None:
+  """Raises `ValueError` if `policy` does not fit `num_envs` environments of `env`.
+
+  One abstract evaluation (`jax.eval_shape`: shapes only, nothing runs or
+  compiles) of a reset, the policy's init and one action, whatever kind of
+  policy it is: the built-in MLP policies against the observations' shape,
+  then the output against the batch and the action space.
+  """
+  def probe(key):
+    key_params, key_env, key_action = jax.random.split(key, 3)
+    carry = reset_envs(key_env, env, env_params, num_envs, policy)
+    _check_observations(module, jnp.shape(carry.obs)[1:])
+    params = policy.init(key_params, carry.obs)
+    dist, value = split_output(policy.apply(params, carry.policy_carry, carry.obs)[1])
+    if use_value and value is None:
+      raise ValueError(
+          "this algorithm needs a value head: the policy must return (distribution, value); "
+          "build it with value='shared' or value='separate'")
+    action, _, log_prob, _ = act(dist, key_action)
+    _check_policy_output(dist, value, action, log_prob, env, env_params, num_envs)
+
+  jax.eval_shape(probe, jax.random.key(0))
+
+
 def make_train_step(
     env,
     policy: Any,
@@ -173,12 +212,24 @@ def make_train_step(
 
   The hyperparameters come from `state.hyperparams` when it holds them
   (`algorithms.traced`), else from the algorithm, as compile-time constants.
+
+  Raises:
+    ValueError: for a batch shape or `unroll` that is not a positive integer,
+      or a policy that does not fit the environment, found by one abstract
+      evaluation (shapes only) of a reset, the policy's init and one action:
+      a categorical policy with another number of actions than the
+      environment's, continuous actions of another shape than its
+      `action_shape`, a distribution whose batch shape is not `[B]`, a value
+      not of shape `[B]` or missing where the algorithm needs one, or a
+      built-in MLP policy given observations of more than one axis per
+      environment without `flatten=True` or `torso="cnn"`.
   """
   algorithm, num_envs, num_steps = _resolve(algorithm, num_envs, rollout_length)
   if env_params is None:
     env_params = env.default_params
   if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
     raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
+  module = policy
   if init_params is not None:
     policy = from_function(policy, init_params)
   elif not isinstance(policy, Policy):
@@ -187,6 +238,7 @@ def make_train_step(
   if hasattr(hp0, "check_batch"):
     hp0.check_batch(num_envs, num_steps)
   use_value = algorithm.needs_value
+  _check_policy_on_env(env, env_params, policy, module, num_envs, use_value)
 
   def init_fn(key: jax.Array) -> TrainState:
     key_params, key_env = jax.random.split(key)
