@@ -300,3 +300,22 @@ def test_monte_carlo_refuses_a_vector_valued_function(estimator):
 def test_multi_normal_names_its_shapes():
   with pytest.raises(ValueError, match=r"mean \(params\[0\]\) has shape \(3,\)"):
     mc.multi_normal(jnp.zeros(3), jnp.zeros(2))
+
+
+# --- Other rollout inputs ----------------------------------------------------------
+
+def test_reset_envs_and_replay_name_their_shapes():
+  env = CartPole()
+  with pytest.raises(ValueError, match=r"num_envs must be a positive integer, got 0"):
+    rollouts.reset_envs(jax.random.key(0), env, env.default_params, 0)
+  policy = policies.as_policy(CategoricalPolicy(2, hidden=()))
+  params = policy.init(jax.random.key(0), jnp.zeros((B, 4)))
+  done = jnp.zeros((T, B), bool)
+  with pytest.raises(ValueError, match=r"obs must have shape \[T, B, \.\.\.\] = \[4, 8\] \+ "
+                                       r"\[\.\.\.\], got \[8, 4\]"):
+    rollouts.replay(params, policy, (), jnp.zeros((B, 4)), jnp.zeros((T, B), int), done)
+  with pytest.raises(ValueError, match=r"sample must have shape .* got \[4\]"):
+    rollouts.replay(params, policy, (), jnp.zeros((T, B, 4)), jnp.zeros((T,), int), done)
+  log_prob, _, _ = rollouts.replay(params, policy, (), jnp.zeros((T, B, 4)),
+                                   jnp.zeros((T, B), int), done)
+  assert log_prob.shape == (T, B)

@@ -167,7 +167,12 @@ def reset_envs(key: jax.Array, env, env_params, num_envs: int, policy=None) -> E
 
   With a recurrent `policy` (a `Policy`, or a module `as_policy` takes), the
   carry starts from its `initial_carry`.
+
+  Raises:
+    ValueError: if `num_envs` is not a positive integer.
   """
+  if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+    raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
   if hasattr(env, "reset_batch"):
     obs, env_state = env.reset_batch(key, env_params, num_envs)
   else:  # a bare gymnax-style environment
@@ -289,7 +294,16 @@ def replay(params, policy: Policy, policy_carry, obs: jax.Array, sample: jax.Arr
   reset where an episode ended (`done`, `[T, B]`) just as in the rollout, so
   the same parameters give the rollout's own values. `value` is zeros without a
   critic.
+
+  Raises:
+    ValueError: if `obs` and `sample` do not start with the `[T, B]` of `done`.
   """
+  if jnp.ndim(done) != 2:
+    raise ValueError(f"done must have shape [T, B], got {list(jnp.shape(done))}")
+  for name, x in (("obs", obs), ("sample", sample)):
+    if tuple(jnp.shape(x))[:2] != tuple(jnp.shape(done)):
+      raise ValueError(f"{name} must have shape [T, B, ...] = {list(jnp.shape(done))} + [...], "
+                       f"got {list(jnp.shape(x))} (done has shape {list(jnp.shape(done))})")
   fresh = policy.initial_carry(done.shape[1]) if policy.recurrent else ()
 
   def one_step(carry, inputs):
