@@ -207,3 +207,38 @@ def test_sweep_cli_errors_exit_2_with_one_line(argv, message, capsys):
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_that_goes_non_finite_stops_alone_and_its_later_steps_are_nan():
+  from typing import NamedTuple
+
+  import jax.numpy as jnp
+
+  from reinforce_jax.experiments import sweep
+  from reinforce_jax.rl.train import make_run
+
+  class Toy(NamedTuple):
+    params: jax.Array
+    step: jax.Array
+    bad: jax.Array  # the step from which this run's parameters are NaN
+
+  def train_step(state, key):
+    del key
+    step = state.step + 1
+    params = jnp.where(step >= state.bad, jnp.nan, state.params + 1.0)
+    metrics = {"loss": params, "mean_return": step.astype(jnp.float32)}
+    return state._replace(params=params, step=step), metrics
+
+  runner = jax.jit(jax.vmap(make_run(train_step, 4), in_axes=(0, 0, None)))
+  states = Toy(jnp.zeros(3), jnp.zeros(3, jnp.int32), jnp.asarray([100, 3, 7], jnp.int32))
+  keys = jax.random.split(jax.random.key(0), 3)
+  calls = []
+  curves, stopped = sweep._run_chunks(runner, states, keys, 10, 4,
+                                      lambda: calls.append(1) and False)
+  steps = np.arange(1, 11, dtype=np.float32)
+  np.testing.assert_array_equal(curves[0], steps)
+  np.testing.assert_array_equal(curves[1], np.where(steps < 3, steps, np.nan))
+  np.testing.assert_array_equal(curves[2], np.where(steps < 7, steps, np.nan))
+  assert stopped.tolist() == [False, True, True] and len(calls) >= 3  # polled every chunk
+  with pytest.raises(KeyboardInterrupt, match="nothing written"):
+    sweep._run_chunks(runner, states, keys, 10, 4, lambda: True)

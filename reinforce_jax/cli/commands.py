@@ -103,8 +103,10 @@ class _Interrupts:
 
 def _out_of_memory(error: BaseException) -> bool:
   """Whether `error` is XLA's report of a failed device allocation."""
+  import jax  # imported by then: only a computation raises this
+
   text = str(error)
-  return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+  return isinstance(error, jax.errors.JaxRuntimeError) and (
       "RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
 
 
@@ -167,13 +169,15 @@ def _sweep(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) ->
   _start_jax(args)  # before the first computation
   import jax  # imported after the cheap argument checks
 
+  from reinforce_jax.experiments.runner import steps_per_call
   from reinforce_jax.experiments.sweep import run_sweep
 
   if args.devices is not None and args.devices > jax.local_device_count():
     parser.error(f"--devices {args.devices}: only {jax.local_device_count()} device(s)")
   devices = args.devices or jax.local_device_count()
   runs = len(combos) * num_seeds
-  per_run = checks.run_bytes(preset, config, steps_per_call=config.num_steps)
+  per_run = checks.run_bytes(preset, config,
+                             steps_per_call=steps_per_call(max(config.num_steps, 1), 1))
   checks.check_memory(parser, jax, -(-runs // devices) * devices * per_run, devices=devices,
                 what=f"{runs} runs of {config.num_envs} environments x {config.rollout_length} "
                      f"steps")
@@ -186,9 +190,16 @@ def _sweep(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) ->
       run_names=[f"{'-'.join(f'{k}_{v:g}' for k, v in combo.items())}-seed_{s}"
                  for combo in combos for s in range(num_seeds)],
       per_run_hparams=[{**combo, "seed_index": s} for combo in combos for s in range(num_seeds)])
-  result = run_sweep(args.env, config, grid, seed=seed, num_seeds=num_seeds,
-                     devices=args.devices, out_dir=out, should_stop=interrupts,
-                     loggers=sweep_loggers)
+  try:
+    result = run_sweep(args.env, config, grid, seed=seed, num_seeds=num_seeds,
+                       devices=args.devices, out_dir=out, should_stop=interrupts,
+                       loggers=sweep_loggers)
+  except Exception as e:
+    if not _out_of_memory(e):
+      raise
+    print(f"reinforce-jax: out of memory ({_first_line(e)}); nothing was written; lower "
+          "--num-envs, --rollout-length, --num-seeds or the grid", file=sys.stderr)
+    return 1
   axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
   print(f"{args.env} {config.algo}: {result['runs']} runs ({axes} x {num_seeds} seeds) "
         f"of {config.num_steps} steps in one program on {result['devices']} device(s), "
@@ -250,7 +261,10 @@ def _train(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) ->
   if jax.process_index() == 0:  # the process that writes the files holds the folder
     _lock(args, parser, out, held)
   if args.resume:
-    step = latest_step(out / CHECKPOINTS_DIR)
+    try:
+      step = latest_step(out / CHECKPOINTS_DIR)
+    except CheckpointError as e:
+      parser.error(str(e))
     if step is None:
       parser.error(f"--resume {args.resume}: no complete checkpoint in {out / CHECKPOINTS_DIR}")
     if config.num_steps < step:
@@ -279,7 +293,10 @@ def _train(args, parser, interrupts: _Interrupts, held: contextlib.ExitStack) ->
   except Exception as e:
     if not _out_of_memory(e):
       raise
-    saved = latest_step(out / CHECKPOINTS_DIR) if out.is_dir() else None
+    try:
+      saved = latest_step(out / CHECKPOINTS_DIR) if out.is_dir() else None
+    except CheckpointError:
+      saved = None
     kept = (f"{out} keeps its checkpoint of step {saved} (continue with --resume {out})"
             if saved is not None else "nothing was kept")
     print(f"reinforce-jax: out of memory ({_first_line(e)}); {kept}; lower --num-envs, "

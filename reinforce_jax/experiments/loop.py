@@ -367,10 +367,14 @@ class BoundedChunks(Callback):
     return self._next
 
   def after_chunk(self, ctx: LoopContext) -> None:
-    asked = max(ctx.chunk_steps, 1)
-    per_step = ctx.chunk_seconds / asked
+    self._next = self.next_size(ctx.chunk_steps, ctx.chunk_seconds)
+
+  def next_size(self, steps: int, seconds: float) -> int:
+    """The next chunk's size after one of `steps` steps took `seconds`."""
+    steps = max(steps, 1)
+    per_step = seconds / steps
     fits = self.seconds / per_step if per_step > 0 else math.inf
-    self._next = max(1, int(min(fits, asked * self.growth, 2**31 - 1)))
+    return max(1, int(min(fits, steps * self.growth, 2**31 - 1)))
 
 
 class WriteMetrics(Callback):

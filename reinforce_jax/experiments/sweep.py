@@ -24,9 +24,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from reinforce_jax.experiments import plotting, run_folder
+from reinforce_jax.experiments import loop, plotting, run_folder
 from reinforce_jax.experiments.distributed import AXIS, make_mesh
 from reinforce_jax.experiments.presets import PRESETS
+from reinforce_jax.experiments.runner import CHUNK_SECONDS, steps_per_call
 from reinforce_jax.rl.algorithms import traced
 from reinforce_jax.rl.config import TrainConfig, sweep_grid
 from reinforce_jax.rl.train import make_optimizer, make_run, make_train_step
@@ -58,6 +59,35 @@ def set_learning_rate(opt_state, learning_rate):
       return state._replace(hyperparams=hyperparams)
     return state
   return jax.tree.map(replace, opt_state, is_leaf=has_hyperparams)
+
+
+def _run_chunks(runner, states, keys, num_steps: int, chunk: int,
+                should_stop: Callable[[], bool] | None) -> tuple[np.ndarray, np.ndarray]:
+  """Runs a vmapped `make_run` runner in chunks of about `CHUNK_SECONDS`.
+
+  Returns `[runs, num_steps]` mean returns (NaN past a run's non-finite step) and
+  `[runs]` bools: which runs stopped on a non-finite value. Raises
+  `KeyboardInterrupt` when `should_stop()` turns true between chunks.
+  """
+  bounded = loop.BoundedChunks(CHUNK_SECONDS)
+  size = bounded.first
+  stopped = np.zeros(len(keys), bool)
+  curves, done = [], 0
+  while done < num_steps:
+    asked = min(size, chunk, num_steps - done)
+    begun = time.perf_counter()
+    output = runner(states, keys, jnp.int32(asked))
+    returns = np.asarray(output.metrics["mean_return"])[:, :asked]
+    steps_done = np.asarray(output.steps_done)
+    size = bounded.next_size(asked, time.perf_counter() - begun)
+    ran = (np.arange(asked)[None, :] < steps_done[:, None]) & ~stopped[:, None]
+    curves.append(np.where(ran, returns, np.nan))
+    stopped |= steps_done < asked  # make_run stops a run on a non-finite value
+    states, done = output.state, done + asked
+    if should_stop is not None and should_stop():
+      raise KeyboardInterrupt("while the sweep ran; nothing written")
+  empty = np.zeros((len(keys), 0), np.float32)
+  return np.concatenate(curves, axis=1) if curves else empty, stopped
 
 
 # What a sweep writes into its folder (through `run_folder`: whole files, never through a link).
@@ -92,9 +122,9 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
       curve per grid point) go, once the runs are done (the folder too). Each
       is written whole and renamed into place (`run_folder`); a symbolic link at
       any of them raises `run_folder.SymlinkError` before one is written.
-    should_stop: polled once the program has compiled and once it has run; when
-      true, `KeyboardInterrupt` is raised and nothing is written (the CLI passes
-      its Ctrl-C flag).
+    should_stop: polled once the program has compiled and after every chunk of
+      about a second (`loop.BoundedChunks`); when true, `KeyboardInterrupt` is
+      raised and nothing is written (the CLI passes its Ctrl-C flag).
     loggers: `reinforce_jax.experiments.loggers` loggers (anything with `log_curves`): each
       is given every run's `mean_return` curve, `[runs, steps]` in the order of
       `metrics.jsonl`'s `run`.
@@ -104,7 +134,10 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   seed `r % num_seeds`), `seed`, the grid point's values and `mean_return`
   (null where no episode finished).
 
-  Each run equals the standalone run with `config.replace(**grid_point)`.
+  Each run equals the standalone run with `config.replace(**grid_point)`. A run
+  whose loss or parameters become non-finite stops there (the others go on): its
+  later steps are NaN in the curves (null in `metrics.jsonl`), its final return is
+  that of its last finite steps, and its row's `non_finite_per_seed` says so.
   """
   combos = sweep_grid(config, grid)
   names = list(grid)
@@ -114,10 +147,11 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
   sweep_lr = "learning_rate" in names
   optimizer = make_sweep_optimizer(config) if sweep_lr else make_optimizer(config)
   init_fn, train_step = make_train_step(env, policy, optimizer, config)
-  run = make_run(train_step, max(config.num_steps, 1))
+  chunk = steps_per_call(max(config.num_steps, 1), 1)
+  run = make_run(train_step, chunk)
   hp_names = [n for n in names if n != "learning_rate"]
 
-  def one(values, key):
+  def init_one(values, key):
     key_init, key_run = jax.random.split(key)
     state = init_fn(key_init)
     if sweep_lr:
@@ -126,7 +160,7 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     if hp_names:
       state = state._replace(hyperparams=traced(
           config.algorithm, **{n: values[n] for n in hp_names}))
-    return run(state, key_run, config.num_steps).metrics["mean_return"]
+    return state, key_run
 
   # One flat batch of runs, grid point major: run r = (combo r // S, seed r % S).
   num_runs = len(combos) * num_seeds
@@ -142,22 +176,24 @@ def run_sweep(env_name: str, config: TrainConfig, grid: Mapping[str, Sequence[fl
     runs_axis = NamedSharding(make_mesh(num_devices), PartitionSpec(AXIS))
     values, keys = jax.device_put((values, keys), runs_axis)
   start = time.perf_counter()
-  compiled = jax.jit(jax.vmap(one)).lower(values, keys).compile()
+  states, run_keys = jax.jit(jax.vmap(init_one))(values, keys)
+  runner = jax.jit(jax.vmap(run, in_axes=(0, 0, None)), donate_argnums=0)
+  runner = runner.lower(states, run_keys, 0).compile()
   compile_s = time.perf_counter() - start
   if should_stop is not None and should_stop():
     raise KeyboardInterrupt("before the sweep ran; nothing written")
-  returns = np.asarray(compiled(values, keys))[:num_runs]
-  if should_stop is not None and should_stop():
-    raise KeyboardInterrupt("while the sweep ran; nothing written")
-  returns = returns.reshape(len(combos), num_seeds, -1)  # [grid points, seeds, steps]
+  curves, stopped = _run_chunks(runner, states, run_keys, config.num_steps, chunk, should_stop)
+  returns = curves[:num_runs].reshape(len(combos), num_seeds, -1)  # [points, seeds, steps]
+  stopped = stopped[:num_runs].reshape(len(combos), num_seeds)
   wall_s = time.perf_counter() - start
   rows = []
-  for combo, curves in zip(combos, returns, strict=True):
+  for combo, curves, diverged in zip(combos, returns, stopped, strict=True):
     finals = []
     for curve in curves:
       finite = curve[np.isfinite(curve)]
       finals.append(float(finite[-10:].mean()) if finite.size else float("nan"))
     rows.append({**combo, "label": _label(combo), "final_return_per_seed": finals,
+                 "non_finite_per_seed": diverged.tolist(),
                  "final_return_mean": float(np.mean(finals)),
                  "final_return_std": float(np.std(finals)),
                  "curve_mean": np.nanmean(np.where(np.isfinite(curves), curves, np.nan),
