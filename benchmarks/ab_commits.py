@@ -20,6 +20,7 @@ in fresh processes whose `PYTHONPATH` selects the tree; medians and the ratio
 new/old are written as JSON.
 
     python benchmarks/ab_commits.py --base 9fa0d42 --rounds 5
+    python benchmarks/ab_commits.py --base 5208162 --new 736f4fd --rounds 3  # two commits
 """
 
 from __future__ import annotations
@@ -111,17 +112,23 @@ def probe(tree: pathlib.Path) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--base", default="9fa0d42", help="the commit to compare against")
+  parser.add_argument("--new", help="the commit to measure (default: this working tree)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ab_commits-cpu.json"))
   args = parser.parse_args()
   base = pathlib.Path(tempfile.mkdtemp(prefix="rj-base-"))
   subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.base],
                  check=True, capture_output=True)
-  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+  new = ROOT
+  if args.new:
+    new = pathlib.Path(tempfile.mkdtemp(prefix="rj-new-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(new), args.new],
+                   check=True, capture_output=True)
+  head = subprocess.run(["git", "-C", str(new), "rev-parse", "--short", "HEAD"],
                         capture_output=True, text=True, check=True).stdout.strip()
-  dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+  dirty = bool(subprocess.run(["git", "-C", str(new), "status", "--porcelain",
                                "reinforce_jax"], capture_output=True, text=True).stdout.strip())
-  trees = {"old": base, "new": ROOT}
+  trees = {"old": base, "new": new}
   samples: dict[str, list[dict]] = {"old": [], "new": []}
   try:
     for r in range(args.rounds):
@@ -130,8 +137,9 @@ def main() -> None:
         samples[name].append(probe(trees[name]))
         print(f"round {r} {name}: {samples[name][-1]}", flush=True)
   finally:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                   capture_output=True)
+    for tree in {base, new} - {ROOT}:
+      subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                     capture_output=True)
   metrics = [k for k in samples["new"][0] if k != "solved"]
   medians = {name: {k: statistics.median(s[k] for s in runs) for k in metrics}
              for name, runs in samples.items()}
