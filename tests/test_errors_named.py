@@ -156,6 +156,7 @@ def test_cnn_with_a_critic(value):
   assert ("value_torso" in params["params"]) == (value != "shared")
 
 
+@pytest.mark.slow  # the CNN torso trains in test_flatten_and_cnn_train_on_image_observations
 def test_cnn_actor_critic_trains_with_a2c():
   policy = CategoricalPolicy(3, hidden=(16,), torso="cnn", value="twin")
   _, losses = _train(ImageEnv(), policy, rj.algorithms.a2c(), steps=2)
