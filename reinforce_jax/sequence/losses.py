@@ -1,4 +1,8 @@
-"""Group advantages, the sequence policy-gradient surrogate, and KL estimators.
+"""Group advantages, the sequence policy-gradient surrogate, and KL estimators, by name.
+
+These are the named entry points; each is a thin composition of the parts in
+`advantages` (baselines and scales), `importance` (ratios and surrogates), `aggregation`
+(token reductions) and `regularizers` (KL, entropy), which a new variant composes directly.
 
 A prompt's group of `G` sampled completions `y_1..y_G` with rewards `r_1..r_G` gives each
 completion an advantage `A_i` (`group_advantages`); the surrogate (`policy_gradient_loss`) then
@@ -50,6 +54,10 @@ import jax
 import jax.numpy as jnp
 
 from reinforce_jax._src import checks
+from reinforce_jax.sequence import advantages as advantages_lib
+from reinforce_jax.sequence import aggregation as aggregation_lib
+from reinforce_jax.sequence import importance, regularizers
+from reinforce_jax.sequence.regularizers import kl_penalty
 
 __all__ = [
     "aggregate",
@@ -58,9 +66,9 @@ __all__ = [
     "policy_gradient_loss",
 ]
 
-ESTIMATORS = ("none", "rloo", "grpo", "dr_grpo")
-AGGREGATIONS = ("sequence_sum", "token_mean", "sequence_mean", "constant")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+ESTIMATORS = tuple(advantages_lib.ESTIMATORS)
+AGGREGATIONS = aggregation_lib.MODES
+KL_ESTIMATORS = regularizers.KL_ESTIMATORS
 RATIO_LEVELS = ("token", "sequence")
 
 AdvantageFn = Callable[[jax.Array], jax.Array]
@@ -77,6 +85,8 @@ def group_advantages(
     *,
     estimator: str | AdvantageFn,
     eps: float = 1e-6,
+    ddof: int = 0,
+    scale: str | None = None,
 ) -> jax.Array:
   """Per-completion advantages from the rewards of each prompt's group.
 
@@ -84,10 +94,16 @@ def group_advantages(
 
   * `"none"`: `r_i` (plain REINFORCE, unbiased).
   * `"rloo"`: `r_i - mean_{j != i} r_j` (leave-one-out baseline, unbiased; needs `G >= 2`).
-  * `"grpo"`: `(r_i - mean_j r_j) / (std_j r_j + eps)`, the population standard deviation
-    (`ddof=0`, as tunix; TRL uses `ddof=1` and `eps=1e-4`). Biased: the divisor depends on `r_i`.
+  * `"grpo"`: `(r_i - mean_j r_j) / (std_j r_j + eps)`, by default the population standard
+    deviation (`ddof=0`; TRL and tunix use `ddof=1`, with `eps=1e-4` and `1e-6`). Biased: the
+    divisor depends on `r_i`.
   * `"dr_grpo"`: `r_i - mean_j r_j`, which is `(G - 1) / G` times the RLOO advantage, so its
     gradient is unbiased for `(G - 1) / G` times `grad E[R]`.
+
+  This is `advantages.relative_advantages(rewards, baseline=..., scale=..., ddof=ddof,
+  eps=eps)` with the estimator's baseline and scale (`advantages.ESTIMATORS`); `scale`
+  replaces the estimator's own (`"group"`, `"batch"`: one std over the whole batch, as TRL's
+  `scale_rewards="batch"`, or `"none"`).
 
   A group whose rewards are all equal gets advantages of exactly 0 under every estimator but
   `"none"`, whatever their magnitude: each group is first centred on its first member, so
@@ -97,8 +113,10 @@ def group_advantages(
   Args:
     rewards: `[B, G]` float array, `B` prompts with `G` completions each.
     estimator: one of the names above, or a function `[B, G] -> [B, G]`.
-    eps: added to the standard deviation by `"grpo"` (a group of equal rewards gets
+    eps: added to the standard deviation by a scale (a group of equal rewards gets
       advantages of 0, also with `eps=0`).
+    ddof: 0 (population std) or 1 (sample std).
+    scale: `None` (the estimator's), or one of `advantages.SCALES`.
 
   Returns:
     `[B, G]` advantages, same dtype as `rewards`. Gradients are not stopped here;
@@ -106,8 +124,8 @@ def group_advantages(
 
   Raises:
     ValueError: at trace time, if `rewards` is not a floating `[B, G]` array, the estimator
-      is unknown, `"rloo"`, `"grpo"` or `"dr_grpo"` gets `G < 2` (a group of one has no
-      others to compare with), or `eps` is negative or not finite.
+      or scale is unknown, `"rloo"`, `"grpo"` or `"dr_grpo"` gets `G < 2` (a group of one has
+      no others to compare with), `ddof` is not 0 or 1, or `eps` is negative or not finite.
   """
   checks.check_floating(rewards=rewards)
   if jnp.ndim(rewards) != 2:
@@ -118,33 +136,16 @@ def group_advantages(
     return advantages
   _check_name("estimator", estimator, ESTIMATORS)
   checks.check_number("eps", eps, low=0.0)
+  baseline, own_scale = advantages_lib.ESTIMATORS[estimator]
   num = rewards.shape[1]
-  if estimator == "none":
-    return rewards
-  if num < 2:
+  if estimator != "none" and num < 2:
     raise ValueError(
         f"estimator={estimator!r} compares each completion with the others of its group and "
         f"needs at least 2 completions per group, got rewards of shape "
         f"{checks.shape_of(rewards)} (G = {num}); use estimator='none' for single samples")
-  # Centred on a member first: equal rewards are exact zeros from here on.
-  centred = rewards - rewards[:, :1]
-  deviation = centred - jnp.mean(centred, axis=1, keepdims=True)
-  if estimator == "dr_grpo":
-    return deviation
-  if estimator == "grpo":
-    scale = _std(deviation) + eps
-    return deviation / jnp.where(scale > 0, scale, 1)
-  # r_i - (sum_j r_j - r_i) / (G - 1), written without the sum of the others so that no
-  # large total cancels.
-  return deviation * (num / (num - 1))
-
-
-def _std(deviation: jax.Array) -> jax.Array:
-  """Population standard deviation from deviations from the mean; its gradient is finite
-  (0 from the square root) where every deviation is 0."""
-  variance = jnp.mean(jnp.square(deviation), axis=1, keepdims=True)
-  positive = variance > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
+  return advantages_lib.relative_advantages(
+      rewards, baseline=baseline, scale=own_scale if scale is None else scale, ddof=ddof,
+      eps=eps)
 
 
 def aggregate(
@@ -153,20 +154,25 @@ def aggregate(
     *,
     aggregation: str | AggregationFn,
     weights: jax.Array | None = None,
+    rows: str = "batch",
+    max_length: float | None = None,
 ) -> jax.Array:
   """Reduces per-token values `[N, L]` to a scalar, counting only tokens where `mask` is set.
 
-  With `m` the mask, `w` the weights (1 without them), `|y_n| = sum_t m_{n,t}`:
+  With `m` the mask, `w` the weights (1 without them), `|y_n| = sum_t m_{n,t}` and `R = N`
+  (or, with `rows="nonempty"`, the number of rows holding a token, as tunix):
 
-  * `"sequence_sum"`: `mean_n sum_t m w v` (the unbiased REINFORCE sum over each sequence).
+  * `"sequence_sum"`: `sum_n sum_t m w v / R` (the unbiased REINFORCE sum over each sequence).
   * `"token_mean"`: `sum_{n,t} m w v / sum_{n,t} m` (DAPO; TRL's `"dapo"`/`"bnpo"`).
-  * `"sequence_mean"`: `mean_n (sum_t m w v) / |y_n|` (GRPO as published; TRL's `"grpo"`).
-  * `"constant"`: `sum_{n,t} m w v / (N * L)` with `L` the padded length (Dr. GRPO).
+  * `"sequence_mean"`: `sum_n (sum_t m w v) / |y_n| / R` (GRPO as published; TRL's `"grpo"`).
+  * `"constant"`: `sum_{n,t} m w v / (R * L)` with `L` the padded length or `max_length`
+    (Dr. GRPO).
 
-  The mask only selects tokens: the normalisers count tokens, and weights scale each token's
-  value without changing them. Masked-out tokens (and tokens of weight 0) never reach the
-  result or its gradient, whatever they hold (nan, +-inf): the gradient there is exactly 0.
-  An empty row (or batch) contributes 0 rather than 0/0.
+  This is `aggregation.aggregate(values, mask, mode=aggregation, ...)`. The mask only
+  selects tokens: the normalisers count tokens, and weights scale each token's value without
+  changing them. Masked-out tokens (and tokens of weight 0) never reach the result or its
+  gradient, whatever they hold (nan, +-inf): the gradient there is exactly 0. An empty row
+  (or batch) contributes 0 rather than 0/0.
 
   Args:
     values: `[N, L]` float array.
@@ -174,46 +180,21 @@ def aggregate(
     aggregation: one of the names above, or a function `(values, mask) -> scalar`, which
       gets `values` with the masked-out tokens set to 0 (and the weights applied).
     weights: optional `[N, L]` real non-negative per-token weights (gradient stopped).
+    rows: `"batch"` or `"nonempty"`.
+    max_length: `"constant"`'s divisor `L`, or `None` for the padded length.
 
   Returns:
     A float scalar.
 
   Raises:
-    ValueError: at trace time, if the shapes differ or are not rank 2, or the name is
+    ValueError: at trace time, if the shapes differ or are not rank 2, or a name is
       unknown; where they are concrete (not traced), if `mask` holds values other than 0
       and 1, or `weights` on real tokens are negative or not finite.
   """
-  checks.check_floating(values=values)
-  checks.check_same_shape(values=values, mask=mask)
-  if jnp.ndim(values) != 2:
-    raise ValueError(f"values must have shape [N, L], got shape {checks.shape_of(values)}")
   if not callable(aggregation):
     _check_name("aggregation", aggregation, AGGREGATIONS)
-  checks.check_mask("mask", mask)
-  on = jnp.asarray(mask) != 0
-  live = on
-  if weights is not None:
-    checks.check_same_shape(values=values, weights=weights)
-    checks.check_kept("weights", weights, on, low=0.0)
-    weights = jax.lax.stop_gradient(jnp.asarray(weights))
-    live = on & (weights != 0)
-    # `where` before the product: a masked-out token may hold nan, and 0 * nan is nan.
-    values, weights = checks.where_on(live, values, weights.astype(values.dtype))
-    values = values * weights
-  else:
-    (values,) = checks.where_on(live, values)
-  if callable(aggregation):
-    return aggregation(values, mask)
-  tokens = on.astype(values.dtype)
-  num, length = values.shape
-  if aggregation == "sequence_sum":
-    return jnp.sum(values) / num
-  if aggregation == "constant":
-    return jnp.sum(values) / (num * length)
-  if aggregation == "token_mean":
-    return jnp.sum(values) / jnp.maximum(jnp.sum(tokens), 1.0)
-  per_sequence = jnp.sum(values, axis=1) / jnp.maximum(jnp.sum(tokens, axis=1), 1.0)
-  return jnp.mean(per_sequence)
+  return aggregation_lib.aggregate(
+      values, mask, mode=aggregation, rows=rows, max_length=max_length, weights=weights)
 
 
 def policy_gradient_loss(
@@ -227,22 +208,29 @@ def policy_gradient_loss(
     clip_eps_high: float | None = None,
     ratio_level: str = "token",
     weights: jax.Array | None = None,
+    delta: float | None = None,
+    dual_clip: float | None = None,
+    rows: str = "batch",
 ) -> jax.Array:
   """The sequence score-function surrogate, optionally importance-weighted and PPO-clipped.
 
   Each token of completion `n` gets the objective `o_{n,t}` below and the loss is
-  `-aggregate(o, mask, aggregation=aggregation, weights=weights)`:
+  `-aggregate(o, mask, aggregation=aggregation, weights=weights, rows=rows)`:
 
   * without `old_log_probs` or `clip_eps`: `o_{n,t} = A_n log pi_{n,t}`, whose gradient is
     `A_n grad log pi_{n,t}` (REINFORCE; with `"sequence_sum"` the unbiased estimator);
-  * otherwise `o_{n,t} = min(rho A_n, clip(rho, 1 - clip_eps, 1 + clip_eps_high) A_n)`
-    (PPO; Schulman et al., 2017), with `rho` the importance ratio against `old_log_probs`:
-    per token, `rho_{n,t} = pi_{n,t} / pi_old_{n,t}`; or with `ratio_level="sequence"`,
-    GSPO's length-normalised sequence ratio `s_n = exp(sum_t m (log pi - log pi_old) / |y_n|)`,
-    used as `rho_{n,t} = sg(s_n) pi_{n,t} / sg(pi_{n,t})` (GSPO-token: its value is `s_n` so
-    clipping is decided per sequence, its gradient is `s_n grad log pi_{n,t}`; with
-    `"sequence_mean"` this is exactly GSPO's gradient). `clip_eps=None` with `old_log_probs`
-    gives the unclipped importance-weighted surrogate.
+  * otherwise `importance.ppo_objective`: `o_{n,t} = min(rho A_n, clip(rho, 1 - clip_eps,
+    1 + clip_eps_high) A_n)` (PPO; Schulman et al., 2017), with `rho` the importance ratio
+    against `old_log_probs`: per token, `rho_{n,t} = pi_{n,t} / pi_old_{n,t}`; or with
+    `ratio_level="sequence"`, GSPO's length-normalised sequence ratio
+    `s_n = exp(sum_t m (log pi - log pi_old) / |y_n|)`, used as
+    `rho_{n,t} = sg(s_n) pi_{n,t} / sg(pi_{n,t})` (GSPO-token, `importance.log_ratio(...,
+    level="sequence_token")`: its value is `s_n` so clipping is decided per sequence, its
+    gradient is `s_n grad log pi_{n,t}`; with `"sequence_mean"` this is exactly GSPO's
+    gradient). `clip_eps=None` with `old_log_probs` gives the unclipped importance-weighted
+    surrogate. `delta` caps `rho` before the minimum (INTELLECT-2's two-sided clip, TRL's
+    `delta`); `dual_clip` keeps `o >= dual_clip * A_n` where `A_n < 0` (dual-clip PPO,
+    tunix's `epsilon_c`).
 
   `advantages` pass through `jax.lax.stop_gradient`, as do `old_log_probs`; `jax.grad` reaches
   the parameters only through `log_probs`. At `old_log_probs == log_probs` every ratio is 1,
@@ -266,6 +254,9 @@ def policy_gradient_loss(
       `None` means `clip_eps`. Needs `clip_eps`.
     ratio_level: `"token"` or `"sequence"` (GSPO).
     weights: optional `[N, L]` real non-negative per-token weights, passed to `aggregate`.
+    delta: the two-sided clip's cap on the ratio (`> 0`), or `None`. Needs `clip_eps`.
+    dual_clip: the dual-clip constant (`>= 1`), or `None`. Needs `clip_eps`.
+    rows: the aggregation's row count, `"batch"` or `"nonempty"`.
 
   Returns:
     A float scalar; minimise it.
@@ -273,8 +264,9 @@ def policy_gradient_loss(
   Raises:
     ValueError: at trace time, naming the shapes, if `log_probs`, `mask` and `old_log_probs`
       are not all `[N, L]` or `advantages` is not `[N]`; if a name is unknown; if a clip range
-      is not in `[0, inf)` (`clip_eps` also below 1), or `clip_eps_high` comes without
-      `clip_eps`; where it is concrete, if `mask` holds values other than 0 and 1.
+      is not in `[0, inf)` (`clip_eps` also below 1), or `clip_eps_high`, `delta` or
+      `dual_clip` comes without `clip_eps`; where it is concrete, if `mask` holds values
+      other than 0 and 1.
   """
   checks.check_floating(log_probs=log_probs, advantages=advantages)
   if jnp.ndim(log_probs) != 2:
@@ -287,107 +279,26 @@ def policy_gradient_loss(
         f"shape {checks.shape_of(log_probs)}, got shape {checks.shape_of(advantages)}")
   if ratio_level not in RATIO_LEVELS:
     raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
-  if clip_eps_high is not None and clip_eps is None:
-    raise ValueError("clip_eps_high needs clip_eps (the lower clip range)")
+  for name, value in (("clip_eps_high", clip_eps_high), ("delta", delta),
+                      ("dual_clip", dual_clip)):
+    if value is not None and clip_eps is None:
+      raise ValueError(f"{name} needs clip_eps (the lower clip range)")
   if clip_eps is not None:
     checks.check_number("clip_eps", clip_eps, low=0.0, high=1.0, high_open=True)
   if clip_eps_high is not None:
     checks.check_number("clip_eps_high", clip_eps_high, low=0.0)
   checks.check_mask("mask", mask)
   on = jnp.asarray(mask) != 0
-  # Masked-out entries become 0 before any arithmetic (see `checks.where_on`).
-  (advantages,) = checks.where_on(
-      jnp.any(on, axis=1), jax.lax.stop_gradient(advantages).astype(log_probs.dtype))
-  advantages = advantages[:, None]
   if old_log_probs is None and clip_eps is None:
+    # Masked-out entries become 0 before any arithmetic (see `checks.where_on`).
+    (adv,) = checks.where_on(
+        jnp.any(on, axis=1), jax.lax.stop_gradient(advantages).astype(log_probs.dtype))
     (log_probs,) = checks.where_on(on, log_probs)
-    return -aggregate(advantages * log_probs, mask, aggregation=aggregation, weights=weights)
-
-  if old_log_probs is None:
-    old_log_probs = log_probs
-  checks.check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs)
-  old_log_probs = jax.lax.stop_gradient(old_log_probs).astype(log_probs.dtype)
-  log_probs, old_log_probs = checks.where_on(on, log_probs, old_log_probs)
-  log_ratio = log_probs - old_log_probs
-  if ratio_level == "sequence":
-    lengths = jnp.maximum(jnp.sum(on, axis=1, keepdims=True), 1).astype(log_probs.dtype)
-    sequence_log_ratio = jnp.sum(log_ratio, axis=1, keepdims=True) / lengths
-    log_ratio = jax.lax.stop_gradient(sequence_log_ratio) + (
-        log_ratio - jax.lax.stop_gradient(log_ratio))
-  ratio = jnp.exp(log_ratio)
-  objective = ratio * advantages
-  if clip_eps is not None:
-    high = clip_eps if clip_eps_high is None else clip_eps_high
-    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * advantages
-    objective = jnp.minimum(objective, clipped)
-  return -aggregate(objective, mask, aggregation=aggregation, weights=weights)
-
-
-def kl_penalty(
-    log_probs: jax.Array,
-    ref_log_probs: jax.Array,
-    mask: jax.Array,
-    *,
-    estimator: str,
-) -> jax.Array:
-  """Per-token estimates of `KL(pi || pi_ref)` from tokens sampled from `pi`.
-
-  With `d = log pi - log pi_ref` at the sampled token (Schulman, 2020):
-  `"k1"`: `d`; `"k2"`: `d^2 / 2`; `"k3"`: `exp(-d) + d - 1`. k1 and k3 are unbiased for the
-  per-token KL's value (k3 is never negative); k2 is biased for it.
-
-  Their gradients are a different matter. The exact gradient of the sequence KL is
-  `E[sum_t grad log pi_t * sum_{s >= t} d_s]` (the score function applied to
-  `log pi(y) - log pi_ref(y)`, plus `E[grad log pi(y)] = 0`):
-
-  * as a reward (`r_n - beta * stop_gradient(sum_t k_{n,t})` before `group_advantages`), only
-    `"k1"` gives that gradient without bias: its own derivative has mean zero. k2 and k3 miss
-    the mean of their own derivative, which is not zero.
-  * as a loss term (`loss + beta * aggregate(kl_penalty(...), mask, ...)`), `"k1"`'s gradient
-    `grad log pi_t` has mean zero (it penalises nothing, adding only noise); `"k2"`'s,
-    `d_t grad log pi_t`, is the gradient of each token's KL with the prefixes held fixed:
-    exact for one token, biased for sequences (it drops `sum_{s > t} d_s`); `"k3"`'s,
-    `(1 - pi_ref / pi) grad log pi_t`, is in expectation the gradient of the *forward*
-    per-token KL(pi_ref || pi) (DeepSeekMath's GRPO penalty): biased.
-
-  `benchmarks/sequence_audit.py` measures all six exactly.
-
-  Args:
-    log_probs: `[N, L]` float array, log-probs of the sampled tokens under `pi`.
-    ref_log_probs: `[N, L]` float array, the same tokens under `pi_ref` (gradient stopped).
-    mask: `[N, L]` bool or 0/1 array; masked positions give 0.
-    estimator: `"k1"`, `"k2"` or `"k3"`.
-
-  Returns:
-    `[N, L]` per-token estimates, exactly 0 where `mask` is not set, whatever the inputs hold
-    there (nan, +-inf); the gradient with respect to `log_probs` is exactly 0 there too.
-
-  Raises:
-    ValueError: at trace time, if the three shapes differ or are not rank 2, or the estimator
-      is unknown; where it is concrete, if `mask` holds values other than 0 and 1.
-
-  References:
-    Tang, Y., Munos, R. (2025). On a few pitfalls in KL divergence gradient estimation for
-    RL. arXiv:2506.09477.
-  """
-  checks.check_floating(log_probs=log_probs, ref_log_probs=ref_log_probs)
-  checks.check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs, mask=mask)
-  if jnp.ndim(log_probs) != 2:
-    raise ValueError(
-        f"log_probs must have shape [N, L], got shape {checks.shape_of(log_probs)}")
-  if estimator not in KL_ESTIMATORS:
-    raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-  checks.check_mask("mask", mask)
-  on = jnp.asarray(mask) != 0
-  # Padded positions may hold anything: zero them before any arithmetic, so that neither the
-  # value nor the gradient sees them (and exp(-d) cannot overflow there).
-  log_probs, ref_log_probs = checks.where_on(
-      on, log_probs, jax.lax.stop_gradient(ref_log_probs).astype(log_probs.dtype))
-  d = log_probs - ref_log_probs
-  if estimator == "k1":
-    kl = d
-  elif estimator == "k2":
-    kl = 0.5 * d**2
-  else:
-    kl = jnp.expm1(-d) + d  # exp(-d) - 1 + d, accurate near d = 0
-  return jnp.where(on, kl, 0.0)
+    return -aggregate(adv[:, None] * log_probs, mask, aggregation=aggregation,
+                      weights=weights, rows=rows)
+  level = "token" if ratio_level == "token" else "sequence_token"
+  log_ratio = importance.log_ratio(log_probs, old_log_probs, mask, level=level)
+  objective = importance.ppo_objective(
+      log_ratio, advantages.astype(log_probs.dtype), mask, eps_low=clip_eps,
+      eps_high=clip_eps_high, delta=delta, dual_clip=dual_clip)
+  return -aggregate(objective, mask, aggregation=aggregation, weights=weights, rows=rows)
