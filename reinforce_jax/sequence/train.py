@@ -31,12 +31,15 @@ import jax.numpy as jnp
 import optax
 
 from reinforce_jax._src import checks
-from reinforce_jax.sequence import losses
+from reinforce_jax.sequence import advantages as advantages_lib
+from reinforce_jax.sequence import aggregation, losses, regularizers
 from reinforce_jax.sequence.sampling import ApplyFn, Decoder, sample, token_log_probs
 from reinforce_jax.xla import prng
 
 __all__ = [
     "make_sequence_train_step",
+    "sequence_loss",
+    "SequenceBatch",
     "SequenceConfig",
     "SequencePolicy",
     "SequenceTrainState",
@@ -76,7 +79,8 @@ class SequenceConfig:
 
   Every float setting is checked at construction: finite (in float32 too, the dtype used)
   and in its range (`kl_coef >= 0`, `temperature > 0`, `clip_eps` in `[0, 1)`,
-  `clip_eps_high >= 0`, which needs `clip_eps`); a bad one raises `ValueError` naming it.
+  `clip_eps_high >= 0`, `delta > 0`, `dual_clip >= 1`, the last three needing `clip_eps`,
+  `entropy_coef >= 0`); a bad one raises `ValueError` naming it.
 
   Attributes:
     max_new_tokens: `T`, tokens sampled per completion.
@@ -91,6 +95,15 @@ class SequenceConfig:
     num_updates: gradient steps on each sampled batch (more than 1 wants `clip_eps`).
     temperature: the sampling temperature (> 0).
     eos_id: the token that ends a completion, or None.
+    ddof: 0 or 1, the standard deviation's delta degrees of freedom when advantages are
+      scaled (TRL and tunix use 1).
+    scale: the advantages' scale, `None` (the estimator's own: "group" for "grpo"), or one
+      of `advantages.SCALES` ("group", "batch": TRL's `scale_rewards="batch"`, "none").
+    rows: the aggregation's row count, "batch" or "nonempty" (tunix's).
+    delta: the two-sided clip's cap on the ratio (TRL's `delta`), or None; needs `clip_eps`.
+    dual_clip: dual-clip PPO's constant (tunix's `epsilon_c`), or None; needs `clip_eps`.
+    entropy_coef: weight of the entropy bonus (mean per-token entropy) subtracted from the
+      loss (0: none).
   """
 
   max_new_tokens: int
@@ -105,6 +118,12 @@ class SequenceConfig:
   num_updates: int = 1
   temperature: float = 1.0
   eos_id: int | None = None
+  ddof: int = 0
+  scale: str | None = None
+  rows: str = "batch"
+  delta: float | None = None
+  dual_clip: float | None = None
+  entropy_coef: float = 0.0
 
   def __post_init__(self):
     for name in ("max_new_tokens", "group_size", "num_updates"):
@@ -132,6 +151,119 @@ class SequenceConfig:
         raise ValueError(f"clip_eps_high={self.clip_eps_high!r} needs clip_eps (the lower "
                          "clip range); set clip_eps too")
       checks.check_number("clip_eps_high", self.clip_eps_high, low=0.0, dtype=jnp.float32)
+    if isinstance(self.ddof, bool) or self.ddof not in (0, 1):
+      raise ValueError(f"ddof must be 0 or 1, got {self.ddof!r}")
+    if self.scale is not None and self.scale not in advantages_lib.SCALES:
+      raise ValueError(
+          f"scale must be None or one of {advantages_lib.SCALES}, got {self.scale!r}")
+    if self.scale == "group" and self.group_size < 2:
+      raise ValueError(f"scale='group' divides by each group's std: group_size must be at "
+                       f"least 2, got {self.group_size}")
+    if self.rows not in aggregation.ROW_COUNTS:
+      raise ValueError(f"rows must be one of {aggregation.ROW_COUNTS}, got {self.rows!r}")
+    for name, low in (("delta", 0.0), ("dual_clip", 1.0)):
+      value = getattr(self, name)
+      if value is None:
+        continue
+      if self.clip_eps is None:
+        raise ValueError(f"{name}={value!r} needs clip_eps (PPO's clip range); set clip_eps too")
+      checks.check_number(name, value, low=low, low_open=name == "delta", dtype=jnp.float32)
+    checks.check_number("entropy_coef", self.entropy_coef, low=0.0, dtype=jnp.float32)
+
+
+class SequenceBatch(NamedTuple):
+  """One sampled batch as the loss sees it: `N = B * G` rows (prompt-major), `T` new tokens.
+
+  Attributes:
+    tokens: int32 `[N, P + T]`, each prompt followed by its sampled completion.
+    mask: float32 `[N, T]`, 1 on the completion's tokens up to and including EOS.
+    rewards: float32 `[N]`.
+    advantages: float32 `[N]`, the group advantages of `SequenceConfig.estimator`.
+    old_log_probs: float32 `[N, T]`, log-probs under the sampling policy (0 where `mask` is 0).
+    ref_log_probs: float32 `[N, T]`, log-probs under the reference (initial) policy, gradient
+      stopped (0 where `mask` is 0).
+  """
+
+  tokens: jax.Array
+  mask: jax.Array
+  rewards: jax.Array
+  advantages: jax.Array
+  old_log_probs: jax.Array
+  ref_log_probs: jax.Array
+
+
+# (log_probs [N, T] under the parameters being differentiated, batch) -> scalar loss
+LossFn = Callable[[jax.Array, SequenceBatch], jax.Array]
+
+
+def sequence_loss(
+    apply_fn: ApplyFn,
+    params: Any,
+    batch: SequenceBatch,
+    config: SequenceConfig,
+    *,
+    loss_fn: LossFn | None = None,
+) -> tuple[jax.Array, Metrics]:
+  """The loss a sequence train step differentiates on one sampled batch, and its metrics.
+
+  The policy term is `losses.policy_gradient_loss` with `config`'s aggregation and clipping,
+  or `loss_fn(log_probs, batch)` when given; `config.kl_coef` times the aggregated KL estimate
+  to the reference policy is added to either.
+
+  Args:
+    apply_fn: `(params, tokens [N, L]) -> logits [N, L, V]` (`SequencePolicy.apply`).
+    params: the parameters to differentiate.
+    batch: a `SequenceBatch`.
+    config: a `SequenceConfig`.
+    loss_fn: `(log_probs [N, T], batch) -> scalar`, a policy loss of your own, or None;
+      `log_probs` are the completion tokens' log-probs under `params` (0 where
+      `batch.mask` is 0), the only input that carries a gradient.
+
+  Returns:
+    `(loss, metrics)`: float32 scalars `policy_loss`, `kl`, `clip_fraction` and `entropy`
+    (as in `make_sequence_train_step`).
+
+  Raises:
+    ValueError: at trace time, if `loss_fn` does not return a scalar.
+  """
+  clipped = config.clip_eps is not None
+  mask = batch.mask
+  n, t = mask.shape
+  p = batch.tokens.shape[1] - t
+  full_mask = jnp.concatenate([jnp.zeros((n, p), mask.dtype), mask], axis=1)
+  log_probs, entropy = token_log_probs(apply_fn, params, batch.tokens, full_mask,
+                                       temperature=config.temperature, with_entropy=True)
+  log_probs, entropy = log_probs[:, p:], entropy[:, p:]
+  old_log_probs, ref_log_probs = batch.old_log_probs, batch.ref_log_probs
+  if loss_fn is None:
+    policy_loss = losses.policy_gradient_loss(
+        log_probs, batch.advantages, mask, aggregation=config.aggregation,
+        old_log_probs=old_log_probs if clipped else None, clip_eps=config.clip_eps,
+        clip_eps_high=config.clip_eps_high, ratio_level=config.ratio_level,
+        delta=config.delta, dual_clip=config.dual_clip, rows=config.rows)
+  else:
+    policy_loss = loss_fn(log_probs, batch)
+    if jnp.shape(policy_loss) != ():
+      raise ValueError(f"loss_fn must return a scalar loss, got shape {jnp.shape(policy_loss)}")
+  kl = losses.kl_penalty(log_probs, ref_log_probs, mask, estimator=config.kl_estimator)
+  loss = policy_loss
+  if config.kl_coef > 0:
+    loss = loss + config.kl_coef * losses.aggregate(kl, mask, aggregation=config.aggregation,
+                                                    rows=config.rows)
+  if config.entropy_coef > 0:
+    loss = loss - config.entropy_coef * regularizers.entropy_bonus(entropy, mask)
+  k3 = losses.kl_penalty(jax.lax.stop_gradient(log_probs), ref_log_probs, mask,
+                         estimator="k3")
+  log_ratio = jax.lax.stop_gradient(log_probs) - old_log_probs
+  high = config.clip_eps if config.clip_eps_high is None else config.clip_eps_high
+  outside = (log_ratio < jnp.log1p(-config.clip_eps)) | (log_ratio > jnp.log1p(high)) \
+      if clipped else jnp.zeros(log_ratio.shape, bool)
+  tokens = jnp.maximum(jnp.sum(mask), 1.0)
+  aux = {"policy_loss": policy_loss,
+         "kl": jnp.mean(jnp.sum(k3, axis=1)),
+         "clip_fraction": jnp.sum(jnp.where(mask > 0, outside, False)) / tokens,
+         "entropy": jnp.sum(jax.lax.stop_gradient(entropy)) / tokens}
+  return loss, aux
 
 
 class SequenceTrainState(NamedTuple):
@@ -149,6 +281,8 @@ def make_sequence_train_step(
     policy: SequencePolicy,
     optimizer: optax.GradientTransformation,
     config: SequenceConfig,
+    *,
+    loss_fn: LossFn | None = None,
 ) -> tuple[Callable[[jax.Array], SequenceTrainState],
            Callable[[SequenceTrainState, jax.Array], tuple[SequenceTrainState, Metrics]]]:
   """Builds `(init_fn, train_step)` for policy-gradient training on a verifiable reward.
@@ -160,6 +294,10 @@ def make_sequence_train_step(
     policy: a `SequencePolicy` (`transformer_policy(model)`).
     optimizer: any `optax.GradientTransformation`.
     config: a `SequenceConfig`.
+    loss_fn: a policy loss of your own, `(log_probs [N, T], batch: SequenceBatch) -> scalar`,
+      in place of `losses.policy_gradient_loss` (see `sequence_loss`); `config`'s
+      `aggregation`, `clip_eps`, `clip_eps_high` and `ratio_level` then only shape the KL
+      term and the `clip_fraction` metric, `estimator` still gives `batch.advantages`.
 
   Returns:
     `init_fn(key) -> SequenceTrainState` and `train_step(state, key) -> (state,
@@ -176,7 +314,6 @@ def make_sequence_train_step(
   if not isinstance(config, SequenceConfig):
     raise ValueError(f"config must be a SequenceConfig, got {config!r}")
   g = config.group_size
-  clipped = config.clip_eps is not None
 
   def init_fn(key: jax.Array) -> SequenceTrainState:
     params = policy.init(key)
@@ -201,40 +338,20 @@ def make_sequence_train_step(
                        f"{n // g} prompts x group_size {g}")
     rewards = rewards.astype(jnp.float32)
     advantages = losses.group_advantages(rewards.reshape(n // g, g),
-                                         estimator=config.estimator).reshape(n)
-    old_log_probs = out.log_probs[:, p:]
+                                         estimator=config.estimator, ddof=config.ddof,
+                                         scale=config.scale).reshape(n)
     ref_log_probs = jax.lax.stop_gradient(token_log_probs(
         policy.apply, state.ref_params, out.tokens, out.mask,
         temperature=config.temperature)[:, p:])
+    batch = SequenceBatch(tokens=out.tokens, mask=mask, rewards=rewards, advantages=advantages,
+                          old_log_probs=out.log_probs[:, p:], ref_log_probs=ref_log_probs)
 
-    def loss_fn(params):
-      log_probs, entropy = token_log_probs(policy.apply, params, out.tokens, out.mask,
-                                           temperature=config.temperature, with_entropy=True)
-      log_probs, entropy = log_probs[:, p:], entropy[:, p:]
-      policy_loss = losses.policy_gradient_loss(
-          log_probs, advantages, mask, aggregation=config.aggregation,
-          old_log_probs=old_log_probs if clipped else None, clip_eps=config.clip_eps,
-          clip_eps_high=config.clip_eps_high, ratio_level=config.ratio_level)
-      kl = losses.kl_penalty(log_probs, ref_log_probs, mask, estimator=config.kl_estimator)
-      loss = policy_loss
-      if config.kl_coef > 0:
-        loss = loss + config.kl_coef * losses.aggregate(kl, mask, aggregation=config.aggregation)
-      k3 = losses.kl_penalty(jax.lax.stop_gradient(log_probs), ref_log_probs, mask,
-                             estimator="k3")
-      log_ratio = jax.lax.stop_gradient(log_probs) - old_log_probs
-      high = config.clip_eps if config.clip_eps_high is None else config.clip_eps_high
-      outside = (log_ratio < jnp.log1p(-config.clip_eps)) | (log_ratio > jnp.log1p(high)) \
-          if clipped else jnp.zeros(log_ratio.shape, bool)
-      tokens = jnp.maximum(jnp.sum(mask), 1.0)
-      aux = {"policy_loss": policy_loss,
-             "kl": jnp.mean(jnp.sum(k3, axis=1)),
-             "clip_fraction": jnp.sum(jnp.where(mask > 0, outside, False)) / tokens,
-             "entropy": jnp.sum(jax.lax.stop_gradient(entropy)) / tokens}
-      return loss, aux
+    def objective(params):
+      return sequence_loss(policy.apply, params, batch, config, loss_fn=loss_fn)
 
     def update(carry, _):
       params, opt_state = carry
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
       return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
