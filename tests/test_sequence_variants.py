@@ -149,6 +149,8 @@ def test_named_corrections_are_their_modes():
       (op.masked_importance_sampling(OLD, SAMPLER, MASK, cap=1.7, low=0.4),
        dict(mode="mask", level="token", low=0.4, high=1.7)),
       (op.icepop(OLD, SAMPLER, MASK), dict(mode="mask", level="token", low=0.5, high=5.0)),
+      (op.icepop(OLD, SAMPLER, MASK, low=0.7, high=1.3, level="sequence", mode="truncate"),
+       dict(mode="truncate", level="sequence", low=0.7, high=1.3)),
   ]
   for got, kwargs in cases:
     _assert_trees_equal(got, op.importance_correction(OLD, SAMPLER, MASK, **kwargs))

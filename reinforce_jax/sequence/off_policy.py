@@ -300,6 +300,7 @@ def icepop(
     low: float = 0.5,
     high: float = 5.0,
     level: str = "token",
+    mode: str = "mask",
 ) -> Correction:
   """IcePop (Ling Team, 2025): two-sided masking of the training/inference ratio.
 
@@ -307,8 +308,8 @@ def icepop(
   pi_infer(y_t; theta_old)` (here `old_log_probs` and `sampler_log_probs`); IcePop's
   objective multiplies each token's clipped PPO term by `M(k)`. The defaults `alpha = 0.5`,
   `beta = 5` are those used in published IcePop configurations. Same as
-  `importance_correction(..., mode="mask", level=level, low=low, high=high)`; pass
-  `mode="truncate"` there for the clipping variant.
+  `importance_correction(..., mode=mode, level=level, low=low, high=high)`;
+  `mode="truncate"` clips `k` to `[alpha, beta]` instead of dropping the token.
 
   Args:
     old_log_probs: `[B, L]` float, the trainer's log-probs of the sampled tokens.
@@ -317,6 +318,7 @@ def icepop(
     low: `alpha`, the lower bound.
     high: `beta`, the upper bound.
     level: `"token"` (IcePop as published), `"sequence"` or `"geometric"`.
+    mode: `"mask"` (IcePop as published) or `"truncate"`.
 
   Returns:
     A `Correction` (see `importance_correction`).
@@ -324,7 +326,7 @@ def icepop(
   Raises:
     ValueError: as `importance_correction`.
   """
-  return importance_correction(old_log_probs, sampler_log_probs, mask, mode="mask",
+  return importance_correction(old_log_probs, sampler_log_probs, mask, mode=mode,
                                level=level, low=low, high=high)
 
 
