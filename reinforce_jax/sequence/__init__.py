@@ -15,6 +15,9 @@ The subpackage re-exports, grouped by the module that owns it:
 * `sampling`: `sample` (groups of completions from any causal `apply_fn`, EOS masked, an
   optional KV cache) and teacher-forced `token_log_probs`.
 * `models`: a small flax `CausalTransformer` with an explicit KV cache (`decoder`).
+* `nnx_models` (imported on its own, not re-exported: it loads `flax.nnx`): any flax NNX
+  causal language model as a `SequencePolicy` (`nnx_policy`), tunix's models among them
+  (`tunix_policy`, with their key/value cache).
 * `train`: `make_sequence_train_step`, the `(init_fn, train_step)` pair built on `losses`, and
   `sequence_loss`, the loss it differentiates (a `loss_fn` of your own may replace its policy term).
 * `tasks`: `SortTask`, a verifiable task (`reinforce-jax train sort`).
