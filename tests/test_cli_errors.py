@@ -53,7 +53,8 @@ def test_bad_values_exit_2_with_one_line(argv, fragment, capsys):
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "bandit", "--clip-eps", "0.1"],
      "--clip-eps: clip_eps is not a hyperparameter of algo='reinforce' with baseline='none' "
-     "(its options: --lr, --gamma, --entropy-coef, --normalize-advantages)"),
+     "(its options: --lr, --gamma, --entropy-coef, --normalize-advantages, "
+     "--bootstrap-truncation)"),
     (["train", "bandit", "--ema-decay", "0.5"], "ema_decay is not a hyperparameter"),
     (["train", "bandit", "--baseline", "constant", "--ema-decay", "0.5"],
      "with baseline='constant'"),

@@ -35,21 +35,27 @@ RUN_SETTINGS = {"num_envs", "rollout_length", "num_steps", "learning_rate", "max
                 "anneal_lr"}
 # The settings each (algo, baseline) has beyond the run's.
 SETTINGS = {
-    ("reinforce", "none"): {"gamma", "entropy_coef", "normalize_advantages"},
+    ("reinforce", "none"): {"gamma", "entropy_coef", "normalize_advantages",
+                            "bootstrap_truncation"},
     ("reinforce", "constant"): {"gamma", "entropy_coef", "normalize_advantages",
-                                "baseline_constant"},
-    ("reinforce", "ema"): {"gamma", "entropy_coef", "normalize_advantages", "ema_decay"},
-    ("reinforce", "batch_mean"): {"gamma", "entropy_coef", "normalize_advantages"},
-    ("reinforce", "leave_one_out"): {"gamma", "entropy_coef", "normalize_advantages"},
-    ("reinforce", "value"): {"gamma", "entropy_coef", "normalize_advantages", "value_coef"},
+                                "bootstrap_truncation", "baseline_constant"},
+    ("reinforce", "ema"): {"gamma", "entropy_coef", "normalize_advantages",
+                           "bootstrap_truncation", "ema_decay"},
+    ("reinforce", "batch_mean"): {"gamma", "entropy_coef", "normalize_advantages",
+                                  "bootstrap_truncation"},
+    ("reinforce", "leave_one_out"): {"gamma", "entropy_coef", "normalize_advantages",
+                                     "bootstrap_truncation"},
+    ("reinforce", "value"): {"gamma", "entropy_coef", "normalize_advantages",
+                             "bootstrap_truncation", "value_coef"},
     ("a2c", "none"): {"gamma", "gae_lambda", "entropy_coef", "value_coef",
-                      "normalize_advantages"},
+                      "normalize_advantages", "bootstrap_truncation"},
     ("ppo", "none"): {"gamma", "gae_lambda", "entropy_coef", "value_coef", "clip_eps",
-                      "clip_value", "num_epochs", "num_minibatches", "normalize_advantages"},
+                      "clip_value", "num_epochs", "num_minibatches", "normalize_advantages",
+                      "bootstrap_truncation"},
 }
 ALGO_SETTINGS = set().union(*SETTINGS.values())
 PPO_INTS = {"num_epochs": 1, "num_minibatches": 1}
-BOOLS = {"anneal_lr", "normalize_advantages", "clip_value"}
+BOOLS = {"anneal_lr", "normalize_advantages", "clip_value", "bootstrap_truncation"}
 
 
 def _config(**settings):

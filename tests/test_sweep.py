@@ -138,7 +138,8 @@ def test_cli_flags_sweepable_names_and_declarations_agree():
     statics.update(hparams.static_fields(cls))
   assert {o.field: o.flag for o in parsing.STATIC_OPTIONS} == {
       "normalize_advantages": "--normalize-advantages", "clip_value": "--clip-value",
-      "num_epochs": "--num-epochs", "num_minibatches": "--num-minibatches"}
+      "num_epochs": "--num-epochs", "num_minibatches": "--num-minibatches",
+      "bootstrap_truncation": "--bootstrap-truncation"}
   assert {o.field for o in parsing.STATIC_OPTIONS} == set(statics)
   resumed = {key for _, key in parsing.RUN_OPTIONS}
   assert set(SWEEPABLE) | set(statics) <= resumed

@@ -130,24 +130,36 @@ class Algorithm(NamedTuple):
 # --- Advantages ------------------------------------------------------------------
 
 
+def _episode_ends(hp, traj):
+  """`(terminated, truncated)`; a truncation counts as a termination (no bootstrap)
+  when `hp.bootstrap_truncation` is False (hyperparameters without it bootstrap)."""
+  if getattr(hp, "bootstrap_truncation", True):
+    return traj.terminated, traj.truncated
+  return jnp.logical_or(traj.terminated, traj.truncated), traj.truncated
+
+
 def reward_to_go(hp, algo_state, traj, last_value):
   """Discounted reward-to-go `G_t` minus `hp.baseline` (REINFORCE); targets are `G_t`.
 
-  Returns are cut where an episode ends; where it is truncated, and at the end
-  of the rollout, they bootstrap from the value (zero without a critic).
+  Returns are cut where an episode ends; where it is truncated (unless
+  `hp.bootstrap_truncation` is False), and at the end of the rollout, they
+  bootstrap from the value (zero without a critic).
   """
+  terminated, truncated = _episode_ends(hp, traj)
   returns = discounted_returns(
-      traj.reward, traj.terminated, traj.truncated, gamma=hp.gamma,
+      traj.reward, terminated, truncated, gamma=hp.gamma,
       bootstrap_value_t=traj.bootstrap_value, last_value=last_value)
   baseline = 0.0 if hp.baseline is None else hp.baseline(algo_state, returns, traj.value)
   return returns - baseline, returns
 
 
 def gae(hp, algo_state, traj, last_value):
-  """GAE(`hp.gae_lambda`) advantages and lambda-return targets (a2c, ppo)."""
+  """GAE(`hp.gae_lambda`) advantages and lambda-return targets (a2c, ppo); a truncation
+  bootstraps from the final observation's value unless `hp.bootstrap_truncation` is False."""
   del algo_state
+  terminated, truncated = _episode_ends(hp, traj)
   return gae_advantages(
-      traj.reward, traj.value, traj.terminated, traj.truncated, last_value,
+      traj.reward, traj.value, terminated, truncated, last_value,
       gamma=hp.gamma, lambda_=hp.gae_lambda, bootstrap_value_t=traj.bootstrap_value)
 
 

@@ -394,6 +394,9 @@ _GAMMA = dict(low=0.0, high=1.0, help="discount in [0, 1]")
 _ENTROPY = dict(low=0.0, help="entropy bonus weight")
 _NORMALIZE = ("standardise advantages over the batch (per minibatch for ppo): a shift and "
               "a positive scale")
+_BOOTSTRAP = ("where a time limit cuts an episode, bootstrap its return from the value of the "
+              "final observation (default); off treats the cut as a termination, as rejax and "
+              "PureJaxRL do")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +404,8 @@ class Reinforce(AlgorithmParams):
   """REINFORCE: discounted reward-to-go minus a baseline, one gradient step per rollout.
 
   Returns are cut at truncation and at the end of the rollout, unless the
-  baseline is a learned value function; then they bootstrap from it there.
+  baseline is a learned value function; then they bootstrap from it there
+  (at truncation only with `bootstrap_truncation`, the default).
   """
 
   algo = "reinforce"
@@ -409,9 +413,11 @@ class Reinforce(AlgorithmParams):
   entropy_coef: float = hparam(0.0, **_ENTROPY)
   baseline: Baseline | None = child(None, help="REINFORCE's baseline")
   normalize_advantages: bool = static(False, help=_NORMALIZE)
+  bootstrap_truncation: bool = static(True, help=_BOOTSTRAP)
 
   def check(self):
-    _check_bool("normalize_advantages", self.normalize_advantages)
+    for name in ("normalize_advantages", "bootstrap_truncation"):
+      _check_bool(name, getattr(self, name))
 
   @property
   def needs_value(self) -> bool:
@@ -429,7 +435,12 @@ class Reinforce(AlgorithmParams):
 
 @dataclasses.dataclass(frozen=True)
 class A2C(AlgorithmParams):
-  """Advantage actor-critic: GAE(lambda) advantages, one gradient step per rollout."""
+  """Advantage actor-critic: GAE(lambda) advantages, one gradient step per rollout.
+
+  Where a time limit cuts an episode, the advantage bootstraps from the value
+  of the final observation; `bootstrap_truncation=False` cuts it there instead,
+  as at a termination (what rejax and PureJaxRL do with gymnax's single `done`).
+  """
 
   algo = "a2c"
   gamma: float = hparam(0.99, **_GAMMA)
@@ -437,14 +448,20 @@ class A2C(AlgorithmParams):
   entropy_coef: float = hparam(0.0, **_ENTROPY)
   value_coef: float = hparam(0.5, low=0.0, help="value loss weight")
   normalize_advantages: bool = static(False, help=_NORMALIZE)
+  bootstrap_truncation: bool = static(True, help=_BOOTSTRAP)
 
   def check(self):
-    _check_bool("normalize_advantages", self.normalize_advantages)
+    for name in ("normalize_advantages", "bootstrap_truncation"):
+      _check_bool(name, getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
 class PPO(AlgorithmParams):
   """PPO: GAE advantages, the clipped surrogate, epochs of shuffled minibatches.
+
+  `bootstrap_truncation` as in `A2C`: the default bootstraps from the value of
+  the final observation where a time limit cuts an episode; False treats the
+  cut as a termination (rejax's and PureJaxRL's PPO).
 
   Reference: Schulman et al. (2017), "Proximal Policy Optimization Algorithms".
   """
@@ -459,9 +476,10 @@ class PPO(AlgorithmParams):
   num_epochs: int = static(4, help="passes over each rollout")
   num_minibatches: int = static(4, help="minibatches per pass")
   normalize_advantages: bool = static(False, help=_NORMALIZE)
+  bootstrap_truncation: bool = static(True, help=_BOOTSTRAP)
 
   def check(self):
-    for name in ("clip_value", "normalize_advantages"):
+    for name in ("clip_value", "normalize_advantages", "bootstrap_truncation"):
       _check_bool(name, getattr(self, name))
     _check_int("num_epochs", self.num_epochs, 1)
     _check_int("num_minibatches", self.num_minibatches, 1)

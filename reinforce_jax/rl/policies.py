@@ -32,6 +32,16 @@ the built-in policies read one vector per environment, so pass `flatten=True`
 (each observation becomes one vector) or `torso="cnn"` (a 3x3 convolution with
 16 channels and a ReLU, flattened, before the MLP: the MinAtar network).
 `make_train_step` refuses an MLP policy without either on such observations.
+
+Weight initialisation (`initializer=`; biases always start at zero):
+  * `"orthogonal"` (the default): orthogonal hidden and convolution kernels
+    with scale sqrt(2), output layer 0.01 (near-uniform first actions), value
+    head 1: the convention of CleanRL's and PureJaxRL's PPO;
+  * `"lecun_normal"`: every kernel, heads included, LeCun normal (variance
+    `1 / fan_in`): what a plain `nn.Dense` or `nn.Conv` starts from (rejax);
+  * a tuple `(hidden, output, value)` of kernel initialisers `init(key, shape,
+    dtype)`. A GRU cell's kernels keep flax's defaults, and a Gaussian
+    policy's initial log standard deviation is `init_log_std`, in every case.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ __all__ = [
 
 VALUE_HEADS = (None, "shared", "separate", "twin")
 TORSOS = ("mlp", "cnn")
+INITIALIZERS = ("orthogonal", "lecun_normal")
 
 
 class Categorical(distrax.Categorical):
@@ -252,17 +263,53 @@ def from_nnx(module) -> Policy:
   return Policy(init=init, apply=apply)
 
 
+class _Kernels(NamedTuple):
+  """The kernel initialisers of a built-in network's layers (biases start at zero)."""
+
+  hidden: Callable[..., jax.Array]  # hidden and convolution layers
+  output: Callable[..., jax.Array]  # the policy's output layer(s)
+  value: Callable[..., jax.Array]   # the value head
+
+
+def _kernels(initializer: Any, output_scale: float = 0.01) -> _Kernels:
+  """The kernel initialisers that `initializer` names (see the module docstring).
+
+  Raises:
+    ValueError: for anything but a name in `INITIALIZERS` or a tuple of three
+      initialisers.
+  """
+  if isinstance(initializer, str):
+    if initializer == "orthogonal":
+      return _Kernels(orthogonal(jnp.sqrt(2.0)), orthogonal(output_scale), orthogonal(1.0))
+    if initializer == "lecun_normal":
+      lecun = nn.initializers.lecun_normal()
+      return _Kernels(lecun, lecun, lecun)
+  elif (isinstance(initializer, tuple) and len(initializer) == 3
+        and all(callable(init) for init in initializer)):
+    return _Kernels(*initializer)
+  raise ValueError(
+      f"initializer must be one of {INITIALIZERS} or a tuple (hidden, output, value) of "
+      f"kernel initialisers init(key, shape, dtype), got {initializer!r}")
+
+
 class MLP(nn.Module):
-  """Dense layers with orthogonal(sqrt(2)) weights and an activation after each."""
+  """Dense layers with an activation after each.
+
+  `initializer`: `"orthogonal"` (the default: orthogonal(sqrt(2)) kernels,
+  the CleanRL and PureJaxRL convention), `"lecun_normal"` (flax's `nn.Dense`
+  default) or a tuple `(hidden, output, value)` of kernel initialisers, of
+  which the first is used; biases start at zero.
+  """
 
   hidden: Sequence[int]
   activation: Callable[[jax.Array], jax.Array] = nn.tanh
+  initializer: Any = "orthogonal"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    kernel_init = _kernels(self.initializer).hidden
     for i, width in enumerate(self.hidden):
-      x = self.activation(nn.Dense(
-          width, kernel_init=orthogonal(jnp.sqrt(2.0)), name=f"hidden_{i}")(x))
+      x = self.activation(nn.Dense(width, kernel_init=kernel_init, name=f"hidden_{i}")(x))
     return x
 
 
@@ -284,6 +331,10 @@ class TwinMLP(nn.Module):
   The input is one array both networks read, or a pair `(x_0, x_1)` of arrays
   of the same shape, one per network (each with its own convolutional torso).
 
+  Attributes:
+    hidden, activation, initializer: as in `MLP`; each network's slice of a
+      kernel is initialised as its own `[in, out]` matrix.
+
   Returns:
     `(features_0, features_1)`, each `[..., hidden[-1]]` (the input when
     `hidden` is empty).
@@ -291,14 +342,14 @@ class TwinMLP(nn.Module):
 
   hidden: Sequence[int]
   activation: Callable[[jax.Array], jax.Array] = nn.tanh
+  initializer: Any = "orthogonal"
 
   @nn.compact
   def __call__(self, x) -> tuple[jax.Array, jax.Array]:
+    kernel_init = _stacked(_kernels(self.initializer).hidden)
     h = jnp.stack(x) if isinstance(x, tuple) else jnp.broadcast_to(x, (2, *x.shape))
     for i, width in enumerate(self.hidden):
-      kernel = self.param(f"hidden_{i}_kernel",
-                          _stacked(orthogonal(jnp.sqrt(2.0))),
-                          (2, h.shape[-1], width))
+      kernel = self.param(f"hidden_{i}_kernel", kernel_init, (2, h.shape[-1], width))
       bias = self.param(f"hidden_{i}_bias", nn.initializers.zeros, (2, width))
       bias = bias.reshape((2,) + (1,) * (h.ndim - 2) + (width,))
       h = self.activation(jnp.einsum("k...i,kio->k...o", h, kernel) + bias)
@@ -310,11 +361,12 @@ class _ConvTorso(nn.Module):
   `[..., (H - 2) * (W - 2) * channels]` (the torso of the MinAtar network)."""
 
   channels: int = 16
+  initializer: Any = "orthogonal"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.relu(nn.Conv(self.channels, (3, 3), strides=1, padding="VALID",
-                        kernel_init=orthogonal(jnp.sqrt(2.0)), name="conv")(x))
+                        kernel_init=_kernels(self.initializer).hidden, name="conv")(x))
     return x.reshape(x.shape[:-3] + (-1,))
 
 
@@ -324,7 +376,7 @@ def _encode(module: nn.Module, obs: jax.Array, name: str) -> jax.Array:
     if obs.ndim < 3:
       raise ValueError(f"{type(module).__name__}(torso='cnn') needs image observations "
                        f"[B, H, W, C], got shape {obs.shape}")
-    return _ConvTorso(name=name)(obs)
+    return _ConvTorso(initializer=module.initializer, name=name)(obs)
   if module.flatten:
     return obs.reshape(obs.shape[:1] + (-1,))
   return obs
@@ -337,9 +389,9 @@ def _value_output(module: nn.Module, obs: jax.Array, features: jax.Array,
   elif module.value == "twin":
     trunk = value_features
   else:
-    trunk = MLP(module.hidden, module.activation, name="value_trunk")(
+    trunk = MLP(module.hidden, module.activation, module.initializer, name="value_trunk")(
         _encode(module, obs, "value_torso"))
-  value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(trunk)
+  value = nn.Dense(1, kernel_init=_kernels(module.initializer).value, name="value")(trunk)
   return value[..., 0]
 
 
@@ -349,13 +401,15 @@ def _trunk(module: nn.Module, obs: jax.Array):
     raise ValueError(f"value must be one of {VALUE_HEADS}, got {module.value!r}")
   if module.torso not in TORSOS:
     raise ValueError(f"torso must be one of {TORSOS}, got {module.torso!r}")
+  _kernels(module.initializer)  # a bad initializer is named before any layer is built
   obs = jnp.asarray(obs, jnp.float32)
   x = _encode(module, obs, "torso")
   if module.value == "twin":
     if module.torso == "cnn":  # each network with its own convolution, as with "separate"
       x = (x, _encode(module, obs, "value_torso"))
-    return obs, *TwinMLP(module.hidden, module.activation, name="twin_trunk")(x)
-  return obs, MLP(module.hidden, module.activation, name="trunk")(x), None
+    return obs, *TwinMLP(module.hidden, module.activation, module.initializer,
+                         name="twin_trunk")(x)
+  return obs, MLP(module.hidden, module.activation, module.initializer, name="trunk")(x), None
 
 
 def _check_observations(policy: Any, obs_shape: tuple[int, ...]) -> None:
@@ -390,10 +444,16 @@ class CategoricalPolicy(nn.Module):
     hidden: widths of the hidden layers; `()` is a single linear layer, the
       seed's `nn.Linear(D, A)`.
     activation: nonlinearity between hidden layers.
-    logits_scale: scale of the orthogonal initialisation of the output layer.
-      The default 0.01 starts every policy close to uniform, so early episodes
-      explore; hidden layers use orthogonal(sqrt(2)) (Andrychowicz et al., 2021,
-      "What matters in on-policy reinforcement learning?").
+    logits_scale: scale of the orthogonal initialisation of the output layer
+      (with `initializer="orthogonal"` only). The default 0.01 starts every
+      policy close to uniform, so early episodes explore.
+    initializer: how the weights start: `"orthogonal"` (the default, the
+      CleanRL and PureJaxRL convention: orthogonal(sqrt(2)) hidden layers,
+      orthogonal(`logits_scale`) logits, orthogonal(1) value head; Andrychowicz
+      et al., 2021, "What matters in on-policy reinforcement learning?"),
+      `"lecun_normal"` (flax's `nn.Dense` default for every layer, heads
+      included: what rejax's networks use) or a tuple `(hidden, output, value)`
+      of kernel initialisers. Biases start at zero.
     value: `None`, `"shared"`, `"separate"` or `"twin"` (see the module
       docstring).
     flatten: flatten each observation into one vector (`[B, ...]` to `[B, -1]`;
@@ -412,12 +472,17 @@ class CategoricalPolicy(nn.Module):
   value: str | None = None
   flatten: bool = False
   torso: str = "mlp"
+  initializer: Any = "orthogonal"
 
   @nn.compact
   def __call__(self, obs: jax.Array):
+    if self.logits_scale != 0.01 and self.initializer != "orthogonal":
+      raise ValueError(f"logits_scale={self.logits_scale!r} scales the orthogonal "
+                       f"initialisation; with initializer={self.initializer!r} leave it "
+                       "at its default 0.01")
     obs, features, value_features = _trunk(self, obs)
     logits = nn.Dense(self.num_actions,
-                      kernel_init=orthogonal(self.logits_scale),
+                      kernel_init=_kernels(self.initializer, self.logits_scale).output,
                       name="logits")(features)
     dist = Categorical(logits=logits)
     if self.value is None:
@@ -433,8 +498,9 @@ class GaussianPolicy(nn.Module):
     hidden: widths of the hidden layers.
     activation: nonlinearity between hidden layers.
     state_dependent_std: if True, the log standard deviation is a head of the
-      network; otherwise one learned vector shared by all states.
-    init_log_std: initial log standard deviation.
+      network (its kernel initialised like the mean's, its bias at
+      `init_log_std`); otherwise one learned vector shared by all states.
+    init_log_std: initial log standard deviation, whatever the `initializer`.
     squash: if set, `(low, high)`: the sample goes through `tanh` and is scaled
       to the box, a `distrax.Transformed` whose `log_prob` includes the change-of
       -variables correction `-sum log|d action / d u|`. Unsquashed policies emit
@@ -442,6 +508,12 @@ class GaussianPolicy(nn.Module):
     value: `None`, `"shared"`, `"separate"` or `"twin"`.
     flatten: flatten each observation into one vector, as in `CategoricalPolicy`.
     torso: `"mlp"` or `"cnn"`, as in `CategoricalPolicy`.
+    initializer: `"orthogonal"` (the default, the CleanRL and PureJaxRL
+      convention: orthogonal(sqrt(2)) hidden layers, orthogonal(0.01) mean
+      and log-std heads, orthogonal(1) value head), `"lecun_normal"` (flax's
+      `nn.Dense` default for every layer, heads included, as in rejax) or a
+      tuple `(hidden, output, value)` of kernel initialisers. Biases start at
+      zero (the log-std head's at `init_log_std`).
   """
 
   action_dim: int
@@ -453,14 +525,15 @@ class GaussianPolicy(nn.Module):
   value: str | None = None
   flatten: bool = False
   torso: str = "mlp"
+  initializer: Any = "orthogonal"
 
   @nn.compact
   def __call__(self, obs: jax.Array):
     obs, features, value_features = _trunk(self, obs)
-    loc = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01),
-                   name="loc")(features)
+    output_init = _kernels(self.initializer).output
+    loc = nn.Dense(self.action_dim, kernel_init=output_init, name="loc")(features)
     if self.state_dependent_std:
-      log_std = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01),
+      log_std = nn.Dense(self.action_dim, kernel_init=output_init,
                          bias_init=nn.initializers.constant(self.init_log_std),
                          name="log_std")(features)
     else:
@@ -492,12 +565,18 @@ class GRUPolicy(nn.Module):
     flatten: flatten each observation into one vector, as in `CategoricalPolicy`.
     torso: `"mlp"` or `"cnn"` (a convolution before the embedding), as in
       `CategoricalPolicy`.
+    initializer: `"orthogonal"` (the default, the CleanRL and PureJaxRL
+      convention: orthogonal(sqrt(2)) embedding and critic layer, orthogonal(0.01)
+      logits, orthogonal(1) value), `"lecun_normal"` (flax's `nn.Dense` default
+      for those layers) or a tuple `(hidden, output, value)` of kernel
+      initialisers. The GRU cell keeps flax's defaults in every case.
   """
 
   num_actions: int
   hidden: int = 128
   flatten: bool = False
   torso: str = "mlp"
+  initializer: Any = "orthogonal"
 
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> jax.Array:
     return jnp.zeros((*batch_shape, self.hidden), jnp.float32)
@@ -506,14 +585,14 @@ class GRUPolicy(nn.Module):
   def __call__(self, carry: jax.Array, obs: jax.Array):
     if self.torso not in TORSOS:
       raise ValueError(f"torso must be one of {TORSOS}, got {self.torso!r}")
+    kernels = _kernels(self.initializer)
     x = _encode(self, jnp.asarray(obs, jnp.float32), "torso")
-    x = nn.relu(nn.Dense(self.hidden, kernel_init=orthogonal(jnp.sqrt(2.0)),
-                         name="embed")(x))
+    x = nn.relu(nn.Dense(self.hidden, kernel_init=kernels.hidden, name="embed")(x))
+    # flax's GRUCell default, without the LAPACK call of flax's orthogonal initialiser.
     carry, features = nn.GRUCell(self.hidden, recurrent_kernel_init=orthogonal(),
                                  name="gru")(carry, x)
-    logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01),
-                      name="logits")(features)
-    critic = nn.tanh(nn.Dense(self.hidden, kernel_init=orthogonal(jnp.sqrt(2.0)),
+    logits = nn.Dense(self.num_actions, kernel_init=kernels.output, name="logits")(features)
+    critic = nn.tanh(nn.Dense(self.hidden, kernel_init=kernels.hidden,
                               name="value_hidden")(features))
-    value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(critic)
+    value = nn.Dense(1, kernel_init=kernels.value, name="value")(critic)
     return carry, (Categorical(logits=logits), value[..., 0])
