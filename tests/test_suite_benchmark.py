@@ -74,3 +74,75 @@ def test_suite_runs_both_libraries_and_writes_its_results(tmp_path):
   table = path.with_suffix(".md").read_text()
   assert all(f"| {name} |" in table for name in envs)
   assert path.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ours_at_rejax_settings_makes_rejax_update():
+  # The suite's mapping, exactly: from the same parameters and the same rollout
+  # (Acrobot, rejax's config with one epoch of one minibatch, so shuffling cannot
+  # differ), our GAE equals rejax's and one update of our PPO (rejax's settings)
+  # moves every parameter where rejax's moves it, up to float rounding.
+  gymnax = pytest.importorskip("gymnax")
+  rejax = pytest.importorskip("rejax")
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from rejax.algos.ppo import AdvantageMinibatch
+
+  from reinforce_jax.rl import algorithms, hparams
+  from reinforce_jax.rl.policies import CategoricalPolicy
+  from reinforce_jax.rl.returns import gae_advantages
+
+  env, params = gymnax.make("Acrobot-v1")
+  config = {k: v for k, v in suite.CONFIGS["Acrobot-v1"][0].items()
+            if k not in ("total_timesteps", "eval_freq", "normalize_observations")}
+  config.update(num_epochs=1, num_minibatches=1)
+  algo = rejax.PPO.create(env=suite._legacy_wrapper_class()(env), env_params=params, **config)
+  ts, traj = algo.collect_trajectories(algo.init_state(jax.random.key(3)))
+  last_value = algo.critic.apply(ts.critic_ts.params, ts.last_obs)
+  advantage, target = algo.calculate_gae(traj, jnp.where(ts.last_done, 0, last_value))
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+  batch = AdvantageMinibatch(jax.tree.map(flat, traj), flat(advantage), flat(target))
+  updated = algo.update(ts, batch)
+
+  ours_advantage, ours_target = gae_advantages(
+      traj.reward, traj.value, traj.done, jnp.zeros_like(traj.done), last_value,
+      gamma=config["gamma"], lambda_=config["gae_lambda"])
+  assert float(jnp.abs(ours_advantage - advantage).max()) < 1e-5
+  assert float(jnp.abs(ours_target - target).max()) < 1e-5
+
+  def ours(actor, critic):
+    return {"params": {
+        "trunk": {"hidden_0": actor["features"]["Dense_0"],
+                  "hidden_1": actor["features"]["Dense_1"]},
+        "logits": actor["action_logits"],
+        "value_trunk": {"hidden_0": critic["Dense_0"], "hidden_1": critic["Dense_1"]},
+        "value": critic["Dense_2"]}}
+
+  policy = CategoricalPolicy(3, hidden=(64, 64), activation=jax.nn.tanh, value="separate",
+                             initializer="lecun_normal")
+  start = ours(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
+  assert jax.tree.structure(policy.init(jax.random.key(0), jnp.zeros((1, 6)))) == \
+      jax.tree.structure(start)
+  hp = hparams.PPO(gamma=config["gamma"], gae_lambda=config["gae_lambda"],
+                   entropy_coef=config["ent_coef"], value_coef=config["vf_coef"],
+                   clip_eps=config["clip_eps"], num_epochs=1, num_minibatches=1,
+                   normalize_advantages=True, bootstrap_truncation=False)
+
+  def loss(p):
+    dist, value = policy.apply(p, batch.trajectories.obs)
+    zeros = jnp.zeros_like(value)
+    return algorithms.ppo_objective(hp, (), algorithms.Batch(
+        dist.log_prob(batch.trajectories.action), dist.entropy(), value,
+        batch.trajectories.log_prob, batch.trajectories.value, batch.advantages,
+        batch.targets, zeros, zeros, zeros))[0]
+
+  optimizer = optax.chain(optax.clip(config["max_grad_norm"]), optax.adam(config["learning_rate"]))
+  updates, _ = optimizer.update(jax.grad(loss)(start), optimizer.init(start), start)
+  moved = optax.apply_updates(start, updates)
+  expected = ours(updated.actor_ts.params["params"], updated.critic_ts.params["params"])
+  step = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(moved), jax.tree.leaves(start), strict=True))
+  error = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(moved), jax.tree.leaves(expected), strict=True))
+  assert step > 1e-4 and error < 1e-3 * step
