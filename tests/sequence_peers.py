@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import functools
 import itertools
+import math
 import tempfile
 from typing import Any
 
@@ -65,6 +66,8 @@ class ParityBatch:
     ref_log_probs: `[B, L]` the reference policy's log-probs.
     advantages: `[B]` one advantage per completion, of both signs.
     sampler_weights: `[B, L]` positive per-token weights (a sampler/trainer correction).
+    sampler_log_probs: `[B, L]` a sampler's log-probs, `old_log_probs - log(sampler_weights)`
+      (so that the trainer/sampler ratio per token is about `sampler_weights`).
   """
 
   logits: np.ndarray
@@ -74,6 +77,7 @@ class ParityBatch:
   ref_log_probs: np.ndarray
   advantages: np.ndarray
   sampler_weights: np.ndarray
+  sampler_log_probs: np.ndarray
 
 
 def token_log_probs(logits: np.ndarray, tokens: np.ndarray, temperature: float = 1.0):
@@ -115,8 +119,9 @@ def make_batch(seed: int = 55, lengths: tuple[int, ...] = LENGTHS, vocab: int = 
   weights = rng.uniform(0.5, 1.5, size=(num, length))
   # float32-representable, so that a float32 peer and a float64 one start from the same numbers.
   as32 = lambda x: np.asarray(x, np.float32).astype(np.float64)  # noqa: E731
-  return ParityBatch(as32(logits), tokens, mask, as32(old), as32(ref), as32(advantages),
-                     as32(weights))
+  weights, old = as32(weights), as32(old)
+  return ParityBatch(as32(logits), tokens, mask, old, as32(ref), as32(advantages), weights,
+                     as32(old - np.log(weights)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,8 +139,10 @@ class TrlConfig:
 
   `max_completion_length=None` means the batch's padded length; `on_policy` leaves
   `old_per_token_logps` out of the inputs (TRL then uses the detached current log-probs);
-  `vllm_is` turns on `use_vllm` with `vllm_importance_sampling_correction` and passes the
-  batch's `sampler_weights` as `importance_sampling_ratio`.
+  `vllm_is` turns on `use_vllm` with `vllm_importance_sampling_correction` in mode
+  `vllm_mode` with bounds `vllm_clip = (clip_min, clip_max)`, and passes the batch's
+  `sampler_log_probs` as `sampling_per_token_logps` and the `importance_sampling_ratio` TRL
+  computes from them.
   """
 
   loss_type: str
@@ -151,6 +158,8 @@ class TrlConfig:
   max_completion_length: int | None = None
   on_policy: bool = False
   vllm_is: bool = False
+  vllm_mode: str = "sequence_mask"  # GRPOConfig's default
+  vllm_clip: tuple[float | None, float | None] = (None, 3.0)  # GRPOConfig's defaults
   sapo_temperatures: tuple[float, float] | None = None  # (pos, neg); None: TRL's defaults
   vespo_shape: tuple[float, float, float, float] | None = None  # k/lambda pos, k/lambda neg
 
@@ -174,7 +183,9 @@ class TrlConfig:
     if self.on_policy:
       parts.append("onpolicy")
     if self.vllm_is:
-      parts.append("vllmis")
+      parts.append(f"vllmis-{self.vllm_mode}")
+      if self.vllm_clip != (None, 3.0):
+        parts.append("clip{}-{}".format(*self.vllm_clip))
     if self.sapo_temperatures is not None:
       parts.append("sapotemp{:g}-{:g}".format(*self.sapo_temperatures))
     if self.vespo_shape is not None:
@@ -191,8 +202,12 @@ def trl_configs() -> list[TrlConfig]:
   vespo read neither). Settings that a loss type does not read would repeat a configuration
   and are left out. On top, each switch that changes the loss once (entropy-quantile mask,
   off-policy sequence mask, entropy bonus, `max_completion_length` above the padded length,
-  on-policy inputs, vLLM importance-sampling correction) on every loss type, and SAPO's
-  temperatures and VESPO's Gamma shapes away from their defaults.
+  on-policy inputs, vLLM importance-sampling correction in its default mode, or for VESPO,
+  which takes only token modes, `"token_truncate"`) on every loss type, and SAPO's
+  temperatures and VESPO's Gamma shapes away from their defaults. Then the weights in more
+  settings: each vLLM mode with bounds that bite on both sides, the KL term beside a
+  sequence-level correction, the off-policy mask against the sampler's log-probs, an
+  interpolated entropy quantile, and the entropy bonus restricted to the high-entropy tokens.
   """
   out = []
   for loss_type, level in itertools.product(TRL_LOSS_TYPES, ("token", "sequence")):
@@ -210,12 +225,29 @@ def trl_configs() -> list[TrlConfig]:
     out.append(TrlConfig(loss_type, off_policy_mask_threshold=0.0))
     out.append(TrlConfig(loss_type, entropy_coef=0.01))
     out.append(TrlConfig(loss_type, on_policy=True))
-    out.append(TrlConfig(loss_type, vllm_is=True))
+    out.append(TrlConfig(loss_type, vllm_is=True,
+                         vllm_mode="token_truncate" if loss_type == "vespo" else "sequence_mask"))
   out.append(TrlConfig("sapo", sapo_temperatures=(0.5, 2.0)))
   out.append(TrlConfig("sapo", "sequence", sapo_temperatures=(0.5, 2.0)))
   out.append(TrlConfig("vespo", vespo_shape=(1.0, 2.0, 2.0, 1.0)))
   out.append(TrlConfig("dr_grpo", max_completion_length=8))
   out.append(TrlConfig("dr_grpo", "sequence", beta=0.04, max_completion_length=8))
+  # Bounds that bite on both sides and keep some rows: the batch's token ratios lie in
+  # [0.51, 1.46], its sequence ratios in [0.41, 1.93].
+  token_clip, sequence_clip = (0.8, 1.25), (0.5, 1.8)
+  for mode in ("token_truncate", "token_mask"):
+    out.append(TrlConfig("dapo", vllm_is=True, vllm_mode=mode, vllm_clip=token_clip))
+  for mode in ("sequence_truncate", "sequence_mask"):
+    out.append(TrlConfig("dapo", vllm_is=True, vllm_mode=mode, vllm_clip=sequence_clip))
+  # VESPO folds a masked token's ratio (0, taken as 1e-8) into its sequence's: a row with one
+  # masked token weighs about nothing, so these bounds keep two rows whole.
+  out.append(TrlConfig("vespo", vllm_is=True, vllm_mode="token_mask", vllm_clip=(0.55, 1.44)))
+  out.append(TrlConfig("grpo", "sequence", beta=0.04, use_bias_correction_kl=True,
+                       vllm_is=True, vllm_mode="sequence_truncate", vllm_clip=sequence_clip))
+  out.append(TrlConfig("dapo", off_policy_mask_threshold=0.0, vllm_is=True,
+                       vllm_mode="token_truncate"))
+  out.append(TrlConfig("grpo", top_entropy_quantile=0.2))
+  out.append(TrlConfig("dapo", top_entropy_quantile=0.5, entropy_coef=0.01))
   return out
 
 
@@ -285,6 +317,9 @@ def _trl_args(config: TrlConfig, length: int):
       max_completion_length=config.max_completion_length or length,
       use_vllm=config.vllm_is,
       vllm_importance_sampling_correction=config.vllm_is,
+      vllm_importance_sampling_mode=config.vllm_mode,
+      vllm_importance_sampling_clip_min=config.vllm_clip[0],
+      vllm_importance_sampling_clip_max=config.vllm_clip[1],
       **_trl_shapes(config),
   )
 
@@ -322,6 +357,9 @@ def _trl_trainer(args, model):
   trainer.off_policy_mask_threshold = args.off_policy_mask_threshold
   trainer.use_vllm = args.use_vllm
   trainer.vllm_importance_sampling_correction = args.vllm_importance_sampling_correction
+  trainer.vllm_importance_sampling_mode = args.vllm_importance_sampling_mode
+  trainer.vllm_importance_sampling_clip_min = args.vllm_importance_sampling_clip_min
+  trainer.vllm_importance_sampling_clip_max = args.vllm_importance_sampling_clip_max
   trainer.router_aux_loss_coef = 0.0
   trainer.aux_loss_enabled = False
   trainer.entropy_coef = args.entropy_coef
@@ -370,10 +408,32 @@ def trl_loss_and_grad(batch: ParityBatch, config: TrlConfig,
   if not config.on_policy:
     inputs["old_per_token_logps"] = t(batch.old_log_probs)
   if config.vllm_is:
-    inputs["importance_sampling_ratio"] = t(batch.sampler_weights)
+    inputs["sampling_per_token_logps"] = t(batch.sampler_log_probs)
+    inputs["importance_sampling_ratio"] = _trl_sampling_ratio(
+        trainer, t(batch.old_log_probs), inputs["sampling_per_token_logps"], mask)
   loss = trainer._compute_loss(model, inputs)
   loss.backward()
   return float(loss.detach()), model.logits.grad.detach().double().numpy()
+
+
+def _trl_sampling_ratio(trainer, old, sampler, mask):
+  """`importance_sampling_ratio` as `GRPOTrainer._generate_and_score_completions` computes it
+  from `old_per_token_logps` and `sampling_per_token_logps` (that method also generates, so
+  its few lines for the ratio are restated here, with the trainer's settings)."""
+  import torch
+
+  diff = torch.nan_to_num((old - sampler) * mask, nan=0.0)
+  mode = trainer.vllm_importance_sampling_mode
+  if mode in ("sequence_mask", "sequence_truncate"):
+    diff = diff.sum(dim=-1, keepdim=True)
+  ratio = torch.exp(diff)
+  low = trainer.vllm_importance_sampling_clip_min
+  high = trainer.vllm_importance_sampling_clip_max
+  if mode in ("sequence_truncate", "token_truncate"):
+    return torch.clamp(ratio, min=low, max=high)
+  low = -math.inf if low is None else low
+  high = math.inf if high is None else high
+  return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -440,7 +500,8 @@ def tunix_configs() -> list[TunixConfig]:
   The core grid is loss_agg_mode x loss_algo x {beta 0; beta > 0 with each kl_loss_mode} x
   {no dual clip, epsilon_c=1.5} x {GRPOConfig's symmetric epsilon 0.2, DAPOConfig's 0.2/0.28
   (beta None there)}. On top: the KL clamp, a rollout temperature, on-policy inputs, sampler
-  importance weights, and `DrGRPOConfig`'s default mode.
+  importance weights (also beside the KL term, and with GSPO-token's ratio and the dual
+  clip), and `DrGRPOConfig`'s default mode.
   """
   out = []
   for mode, algo in itertools.product(TUNIX_AGG_MODES, TUNIX_LOSS_ALGOS):
@@ -456,6 +517,9 @@ def tunix_configs() -> list[TunixConfig]:
     out.append(TunixConfig(mode, "grpo", 0.0, on_policy=True))
     out.append(TunixConfig(mode, "grpo", 0.0, sampler_weights=True))
   out.append(TunixConfig("sequence-mean-token-scale", "grpo", 0.04, "kl", config_class="drgrpo"))
+  out.append(TunixConfig("token-mean", "grpo", 0.04, "low_var_kl", sampler_weights=True))
+  out.append(TunixConfig("sequence-mean-token-mean", "gspo-token", 0.0, epsilon_c=1.5,
+                         sampler_weights=True))
   return out
 
 
@@ -556,6 +620,8 @@ class Mapping:
     ref: pass the reference log-probs (else `None`).
     entropy: pass the per-token entropies of the (tempered) logits.
     temperature: the log-probs (and entropies) are those of `logits / temperature`.
+    sampler: pass the batch's `sampler_log_probs` as `sampler_log_probs=`.
+    sampler_is_weights: pass the batch's `sampler_weights` as `sampler_is_weights=`.
   """
 
   preset: str
@@ -564,41 +630,38 @@ class Mapping:
   ref: bool = True
   entropy: bool = False
   temperature: float = 1.0
+  sampler: bool = False
+  sampler_is_weights: bool = False
 
 
 def trl_mapping(config: TrlConfig) -> Mapping | str:
   """`config` as a call of `presets.trl_loss`, or why it has none."""
-  if config.top_entropy_quantile < 1.0:
-    return ("top_entropy_quantile < 1: TRL multiplies each token's loss by a high-entropy mask "
-            "(normalisers unchanged); trl_loss's loss_fn takes no per-token mask or weights")
-  if config.off_policy_mask_threshold is not None:
-    return ("off_policy_mask_threshold: TRL multiplies each sequence's loss by the off-policy "
-            "sequence mask (normalisers unchanged); trl_loss's loss_fn takes no per-sequence "
-            "mask or weights")
-  if config.vllm_is:
-    return ("vllm_importance_sampling_correction: TRL multiplies each token's policy loss by "
-            "importance_sampling_ratio (not the KL term); trl_loss's loss_fn takes no "
-            "per-token weights")
   kwargs = dict(beta=config.beta, epsilon=config.epsilon, epsilon_high=config.epsilon_high,
                 delta=config.delta, importance_sampling_level=config.importance_sampling_level,
                 use_bias_correction_kl=config.use_bias_correction_kl,
                 entropy_coef=config.entropy_coef,
-                max_completion_length=config.max_completion_length, **_trl_shapes(config))
+                max_completion_length=config.max_completion_length,
+                top_entropy_quantile=config.top_entropy_quantile,
+                off_policy_mask_threshold=config.off_policy_mask_threshold,
+                **_trl_shapes(config))
+  if config.vllm_is:
+    kwargs.update(vllm_importance_sampling_mode=config.vllm_mode,
+                  vllm_importance_sampling_clip_min=config.vllm_clip[0],
+                  vllm_importance_sampling_clip_max=config.vllm_clip[1])
+  entropy = config.entropy_coef != 0.0 or config.top_entropy_quantile < 1.0
   return Mapping("trl_loss", dict(loss_type=config.loss_type, **kwargs),
-                 on_policy=config.on_policy, entropy=config.entropy_coef != 0.0)
+                 on_policy=config.on_policy, entropy=entropy, sampler=config.vllm_is)
 
 
 def tunix_mapping(config: TunixConfig) -> Mapping | str:
   """`config` as a call of `presets.tunix_loss`, or why it has none."""
-  if config.sampler_weights:
-    return ("sampler_is_weights: tunix multiplies each token's policy loss by them before "
-            "aggregating; tunix_loss's loss_fn takes no per-token weights")
   kwargs = dict(loss_algo=config.loss_algo, epsilon=config.epsilon,
                 epsilon_high=config.epsilon_high, epsilon_c=config.epsilon_c,
                 beta=config.beta or 0.0, kl_loss_mode=config.kl_loss_mode,
                 kl_clamp_value=config.kl_clamp_value)
   return Mapping("tunix_loss", dict(loss_agg_mode=config.loss_agg_mode, **kwargs),
-                 on_policy=config.on_policy, ref=config.ref, temperature=config.temperature)
+                 on_policy=config.on_policy, ref=config.ref, temperature=config.temperature,
+                 sampler_is_weights=config.sampler_weights)
 
 
 def ours_loss_and_grad(batch: ParityBatch, mapping: Mapping,
@@ -629,6 +692,11 @@ def ours_loss_and_grad(batch: ParityBatch, mapping: Mapping,
     old = None if mapping.on_policy else jnp.asarray(batch.old_log_probs, dtype)
     ref = jnp.asarray(batch.ref_log_probs, dtype) if mapping.ref else None
     advantages = jnp.asarray(batch.advantages, dtype)
+    extra = {}
+    if mapping.sampler:
+      extra["sampler_log_probs"] = jnp.asarray(batch.sampler_log_probs, dtype)
+    if mapping.sampler_is_weights:
+      extra["sampler_is_weights"] = jnp.asarray(batch.sampler_weights, dtype)
 
     def loss_of(logits):
       all_log_probs = jax.nn.log_softmax(logits / mapping.temperature, axis=-1)
@@ -636,7 +704,7 @@ def ours_loss_and_grad(batch: ParityBatch, mapping: Mapping,
       entropy = None
       if mapping.entropy:
         entropy = -jnp.sum(jnp.exp(all_log_probs) * all_log_probs, axis=-1)
-      loss, _ = loss_fn(log_probs, old, ref, advantages, mask, entropy=entropy)
+      loss, _ = loss_fn(log_probs, old, ref, advantages, mask, entropy=entropy, **extra)
       return loss
 
     loss, grad = jax.value_and_grad(loss_of)(jnp.asarray(batch.logits, dtype))

@@ -2,8 +2,8 @@
 
 Every loss preset returns a pure, jittable function with one signature:
 
-    loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None)
-        -> (loss, metrics)
+    loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None,
+            token_weights=None, ...) -> (loss, metrics)
 
 * `log_probs`: `[B, L]` log-probs of the sampled completion tokens under the policy being
   differentiated; `old_log_probs`: `[B, L]` under the sampling policy, or `None` (on-policy:
@@ -11,7 +11,11 @@ Every loss preset returns a pure, jittable function with one signature:
   `None` (needed when the KL coefficient `beta` is not 0); `advantages`: `[B]` one per
   completion (`trl_advantages` / `tunix_advantages` flattened); `mask`: `[B, L]` bool or 0/1,
   1 on completion tokens; `entropy`: optional `[B, L]` per-token entropies (needed by TRL's
-  `entropy_coef`).
+  `entropy_coef` and `top_entropy_quantile`); `token_weights`: optional `[B, L]` (or `[B]`,
+  one per completion) non-negative weights that multiply each token's policy term, not the KL
+  term, with the normalisers left as they are (gradient stopped; e.g. an importance
+  correction from `off_policy`). `trl_loss`'s function also takes `sampler_log_probs`,
+  `tunix_loss`'s `sampler_is_weights`.
 * `loss`: a float scalar to minimise; `metrics`: a dict of float scalars named as the peer
   logs them (`"policy_loss"`, `"kl"`, `"clip_ratio/low_mean"`, `"pg_clipfrac"`, ...).
 
@@ -23,6 +27,7 @@ are 1); masked-out entries never reach a number here, where the peers multiply b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +36,11 @@ import jax.numpy as jnp
 
 from reinforce_jax._src import checks
 from reinforce_jax.sequence import advantages as advantages_lib
-from reinforce_jax.sequence import aggregation, importance, regularizers
+from reinforce_jax.sequence import aggregation, importance, off_policy, regularizers
 
 __all__ = [
     "TRL_LOSS_TYPES",
+    "TRL_VLLM_IS_MODES",
     "TUNIX_LOSS_AGG_MODES",
     "TUNIX_LOSS_ALGOS",
     "trl_advantages",
@@ -51,6 +57,7 @@ _TRL_MODES = {"grpo": "sequence_mean", "sapo": "sequence_mean", "bnpo": "token_m
               "dr_grpo": "constant", "luspo": "sequence_sum"}
 TRL_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 _TRL_PPO = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+TRL_VLLM_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 TUNIX_LOSS_AGG_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-scale",
                         "seq-mean-token-sum", "sequence-mean-token-sum-norm")
 TUNIX_LOSS_ALGOS = ("grpo", "gspo-token")
@@ -128,6 +135,54 @@ def _inputs(log_probs, old_log_probs, ref_log_probs, advantages, mask, need_ref:
   return jnp.asarray(mask) != 0
 
 
+def _weights(name: str, weights, on: jax.Array, dtype) -> jax.Array:
+  """`[B, L]` or `[B]` non-negative weights as `[B, L]`: gradient stopped, 0 off `on`."""
+  checks.check_floating(**{name: weights})
+  shape = checks.shape_of(weights)
+  if shape == on.shape[:1]:
+    weights = jnp.asarray(weights)[:, None]
+  elif shape != on.shape:
+    raise ValueError(f"{name} must have shape [B, L] = {on.shape} or [B] = ({on.shape[0]},), "
+                     f"got shape {shape}")
+  weights = jnp.broadcast_to(jnp.asarray(weights), on.shape)
+  checks.check_kept(name, weights, on, low=0.0)
+  return checks.where_on(on, jax.lax.stop_gradient(weights).astype(dtype))[0]
+
+
+def _sampler(name: str, values, on: jax.Array, fallback: jax.Array) -> jax.Array:
+  """`[B, L]` sampler log-probs, gradient stopped, with nan (not reported) read as `fallback`."""
+  checks.check_floating(**{name: values})
+  checks.check_same_shape(**{name: values}, mask=on)
+  values = jax.lax.stop_gradient(jnp.asarray(values)).astype(fallback.dtype)
+  (values,) = checks.where_on(on, values)
+  return jnp.where(jnp.isnan(values), jax.lax.stop_gradient(fallback), values)
+
+
+def _trl_entropy_mask(entropy, on: jax.Array, quantile: float) -> jax.Array:
+  """TRL's `get_high_entropy_mask`: the tokens at or above the `1 - quantile` quantile.
+
+  As `torch.quantile` (linear interpolation, `lerp` as torch rounds it) of the real tokens'
+  entropies cast to float32, compared with the entropies in their own dtype; no real token:
+  none kept.
+  """
+  if entropy is None:
+    raise ValueError("top_entropy_quantile < 1 needs entropy (the [B, L] per-token "
+                     "entropies); pass entropy=... or set top_entropy_quantile=1")
+  checks.check_floating(entropy=entropy)
+  checks.check_same_shape(entropy=entropy, mask=on)
+  (entropy,) = checks.where_on(on, jax.lax.stop_gradient(entropy))
+  values = jnp.sort(jnp.where(on, entropy.astype(jnp.float32), jnp.inf).ravel())
+  count = jnp.sum(on)
+  rank = jnp.float32(1.0 - quantile) * (count - 1).astype(jnp.float32)
+  below = jnp.floor(rank)
+  low = values[jnp.maximum(below.astype(jnp.int32), 0)]
+  high = values[jnp.maximum(jnp.ceil(rank).astype(jnp.int32), 0)]
+  weight = rank - below
+  threshold = jnp.where(weight < 0.5, low + weight * (high - low),
+                        high - (high - low) * (1 - weight))
+  return on & (entropy >= threshold.astype(entropy.dtype)) & (count > 0)
+
+
 def trl_loss(
     loss_type: str = "dapo",
     *,
@@ -145,6 +200,12 @@ def trl_loss(
     use_bias_correction_kl: bool = True,
     entropy_coef: float = 0.0,
     max_completion_length: int | None = None,
+    top_entropy_quantile: float = 1.0,
+    off_policy_mask_threshold: float | None = None,
+    vllm_importance_sampling_correction: bool = True,
+    vllm_importance_sampling_mode: str = "sequence_mask",
+    vllm_importance_sampling_clip_min: float | None = None,
+    vllm_importance_sampling_clip_max: float | None = 3.0,
 ) -> LossFn:
   """TRL 1.16's `GRPOTrainer` loss for one `loss_type`, as a composition of the parts.
 
@@ -161,6 +222,20 @@ def trl_loss(
   `"luspo"`: `"sequence_sum"`. Finally `- entropy_coef * entropy_bonus(entropy)` (the token
   mean).
 
+  Weights multiply each token's policy term, before the KL term joins it, and leave the
+  normalisers as they are (TRL's order): `off_policy_mask_threshold=delta`:
+  `off_policy.off_policy_sequence_mask(threshold=delta)` against `sampler_log_probs` (else
+  the old log-probs); `top_entropy_quantile < 1`: TRL's high-entropy mask (the tokens at or
+  above the `1 - top_entropy_quantile` quantile of the real tokens' entropies, as
+  `torch.quantile` computes it in float32), which also restricts the entropy bonus to those
+  tokens; with `sampler_log_probs` (TRL's `use_vllm`, its sampling log-probs) and
+  `vllm_importance_sampling_correction`, `off_policy.importance_correction(old_log_probs,
+  sampler_log_probs, mode=, level=, low=clip_min, high=clip_max)` per
+  `vllm_importance_sampling_mode` (`"token_truncate"`: `mode="truncate", level="token"`;
+  `"sequence_mask"`: `mode="mask", level="sequence"`; ...), whose log joins VESPO's sequence
+  ratio instead (token modes only); finally the call's `token_weights`. A sampler log-prob
+  of nan (not reported) counts as no correction, as in TRL.
+
   Args:
     loss_type: one of `TRL_LOSS_TYPES`.
     beta: the KL coefficient (`>= 0`).
@@ -173,10 +248,19 @@ def trl_loss(
     use_bias_correction_kl: weight the KL term by the importance ratio.
     entropy_coef: the entropy bonus' coefficient (needs `entropy` in the call when not 0).
     max_completion_length: `"dr_grpo"`'s constant, or `None` for the padded length.
+    top_entropy_quantile: the share of tokens, by entropy, that the policy term keeps, in
+      `[0, 1]` (needs `entropy` in the call when below 1).
+    off_policy_mask_threshold: the off-policy sequence mask's `delta`, or `None`.
+    vllm_importance_sampling_correction: weight by the old/sampler ratio when the call
+      passes `sampler_log_probs`.
+    vllm_importance_sampling_mode: one of `TRL_VLLM_IS_MODES`.
+    vllm_importance_sampling_clip_min, vllm_importance_sampling_clip_max: the ratio's bounds
+      (`>= 0`), or `None` for none on that side.
 
   Returns:
-    `loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None)
-    -> (loss, metrics)`; metrics: `"policy_loss"` (the loss before the entropy bonus),
+    `loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None,
+    sampler_log_probs=None, token_weights=None) -> (loss, metrics)`, `sampler_log_probs`
+    `[B, L]`; metrics: `"policy_loss"` (the loss before the entropy bonus),
     `"kl"` (when `beta != 0`), `"entropy"` (with `entropy`), and per loss type
     `"clip_ratio/low_mean"`, `"clip_ratio/high_mean"`, `"clip_ratio/region_mean"`,
     `"cispo_clip_ratio"` or `"vespo/phi_seq_mean"`.
@@ -197,11 +281,49 @@ def trl_loss(
   vespo = dict(k_pos=vespo_k_pos, lambda_pos=vespo_lambda_pos, k_neg=vespo_k_neg,
                lambda_neg=vespo_lambda_neg)
   mode = _TRL_MODES[loss_type]
+  checks.check_number("top_entropy_quantile", top_entropy_quantile, low=0.0, high=1.0)
+  if off_policy_mask_threshold is not None:
+    checks.check_number("off_policy_mask_threshold", off_policy_mask_threshold)
+  _check_choice("vllm_importance_sampling_mode", vllm_importance_sampling_mode,
+                TRL_VLLM_IS_MODES)
+  clip_min, clip_max = vllm_importance_sampling_clip_min, vllm_importance_sampling_clip_max
+  for name, bound in (("vllm_importance_sampling_clip_min", clip_min),
+                      ("vllm_importance_sampling_clip_max", clip_max)):
+    if bound is not None:
+      checks.check_number(name, bound, low=0.0)
+  if clip_min is not None and clip_max is not None and clip_min > clip_max:
+    raise ValueError(f"vllm_importance_sampling_clip_min must not exceed "
+                     f"vllm_importance_sampling_clip_max, got {clip_min!r} > {clip_max!r}")
+  is_level, is_mode = vllm_importance_sampling_mode.split("_")
 
-  def loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None):
+  def loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None,
+              sampler_log_probs=None, token_weights=None):
     on = _inputs(log_probs, old_log_probs, ref_log_probs, advantages, mask, beta != 0)
     ratio_log = importance.log_ratio(log_probs, old_log_probs, mask,
                                      level=importance_sampling_level)
+    dtype = jnp.result_type(log_probs)
+    old = jax.lax.stop_gradient(log_probs) if old_log_probs is None else old_log_probs
+    weights, is_weights, entropy_mask = [], None, None
+    if off_policy_mask_threshold is not None:
+      sampler = old if sampler_log_probs is None else _sampler(
+          "sampler_log_probs", sampler_log_probs, on, log_probs)
+      weights.append(off_policy.off_policy_sequence_mask(
+          log_probs, sampler, advantages, mask, threshold=off_policy_mask_threshold).weights)
+    if top_entropy_quantile < 1:
+      entropy_mask = _trl_entropy_mask(entropy, on, top_entropy_quantile)
+      weights.append(entropy_mask.astype(dtype))
+    if sampler_log_probs is not None and vllm_importance_sampling_correction:
+      if loss_type == "vespo" and is_level != "token":
+        raise ValueError("loss_type='vespo' with sampler_log_probs needs a token-level "
+                         "vllm_importance_sampling_mode ('token_truncate' or 'token_mask'), "
+                         f"got {vllm_importance_sampling_mode!r}")
+      sampler = _sampler("sampler_log_probs", sampler_log_probs, on, old)
+      is_weights = off_policy.importance_correction(
+          old, sampler, mask, mode=is_mode, level=is_level, low=clip_min, high=clip_max).weights
+      if loss_type != "vespo":
+        weights.append(is_weights.astype(dtype))
+    if token_weights is not None:
+      weights.append(_weights("token_weights", token_weights, on, dtype))
     metrics = {}
     if loss_type == "cispo":
       objective = importance.cispo_objective(log_probs, ratio_log, advantages, mask, high=high)
@@ -213,8 +335,19 @@ def trl_loss(
           temperature_neg=sapo_temperature_neg)
     elif loss_type == "vespo":
       token = importance.log_ratio(log_probs, old_log_probs, mask, level="token")
-      objective = importance.vespo_objective(log_probs, token, advantages, mask, **vespo)
-      phi = importance.vespo_weights(token, advantages, mask, **vespo)
+      if is_weights is None:
+        objective = importance.vespo_objective(log_probs, token, advantages, mask, **vespo)
+        phi = importance.vespo_weights(token, advantages, mask, **vespo)
+      else:
+        # The clamped log of each token's sampler ratio joins the sequence's log ratio.
+        log_is = jnp.where(on, jnp.clip(jnp.log(is_weights.astype(dtype)), math.log(1e-8),
+                                        20.0), 0.0)
+        phi = importance.vespo_weights(jnp.concatenate([token, log_is], axis=1), advantages,
+                                       jnp.concatenate([on, on], axis=1), **vespo)
+        adv = checks.where_on(jnp.any(on, axis=1),
+                              jax.lax.stop_gradient(advantages).astype(dtype))[0]
+        (lp,) = checks.where_on(on, log_probs)
+        objective = jnp.where(on, phi[:, None] * adv[:, None] * lp, 0.0)
       metrics["vespo/phi_seq_mean"] = jnp.mean(phi)
     else:
       objective = importance.ppo_objective(ratio_log, advantages, mask, eps_low=epsilon,
@@ -228,6 +361,8 @@ def trl_loss(
       metrics.update({"clip_ratio/low_mean": low_clipped, "clip_ratio/high_mean": high_clipped,
                       "clip_ratio/region_mean": low_clipped | high_clipped})
     per_token = -objective
+    for weight in weights:
+      per_token = per_token * weight
     if beta != 0:
       kl = regularizers.kl_penalty(log_probs, ref_log_probs, mask, estimator="k3")
       if use_bias_correction_kl:
@@ -242,7 +377,8 @@ def trl_loss(
       if entropy is None:
         raise ValueError("entropy_coef != 0 needs entropy (the [B, L] per-token entropies); "
                          "pass entropy=... or set entropy_coef=0")
-      loss = loss - entropy_coef * regularizers.entropy_bonus(entropy, mask)
+      bonus_mask = mask if entropy_mask is None else entropy_mask
+      loss = loss - entropy_coef * regularizers.entropy_bonus(entropy, bonus_mask)
     for name in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
                  "cispo_clip_ratio"):
       if name in metrics:
@@ -303,7 +439,10 @@ def tunix_loss(
   With `ref_log_probs`, the KL estimate `kl_loss_mode` (`"kl"`, `"mse_kl"`, `"low_var_kl"`:
   k1, k2, k3, clamped to `kl_clamp_value`) is aggregated the same way and `beta` times it is
   added; without `ref_log_probs` there is no KL term, whatever `beta` (as in tunix, whose
-  default `beta=0.04` is kept here).
+  default `beta=0.04` is kept here). The call's `sampler_is_weights` (tunix's
+  `TrainExample.sampler_is_weights`, e.g. `off_policy.importance_correction(...).weights`)
+  and `token_weights` multiply each token's policy term before it is aggregated, not the KL
+  term, and leave the normalisers as they are.
 
   Args:
     loss_agg_mode: one of `TUNIX_LOSS_AGG_MODES`.
@@ -317,10 +456,12 @@ def tunix_loss(
     norm: the custom normaliser of the two modes that take one, or `None`.
 
   Returns:
-    `loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None)
-    -> (loss, metrics)`; metrics: `"pg_loss"`, `"pg_clipfrac"`, `"pg_clipfrac_lower"`,
-    `"ppo_kl"`, and with `ref_log_probs` `"kl"` (token mean) and `"kl_loss"`; `entropy` is
-    only logged (`"entropy"`, aggregated by `loss_agg_mode`), as tunix does.
+    `loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None,
+    sampler_is_weights=None, token_weights=None) -> (loss, metrics)`, each weight `[B, L]`
+    or `[B]`; metrics: `"pg_loss"`, `"pg_clipfrac"`, `"pg_clipfrac_lower"`, `"ppo_kl"`,
+    `"sampler_is/weight_mean"`, `"sampler_is/weight_min"` (1 without the weights), and with
+    `ref_log_probs` `"kl"` (token mean) and `"kl_loss"`; `entropy` is only logged
+    (`"entropy"`, aggregated by `loss_agg_mode`), as tunix does.
 
   Raises:
     ValueError: on an unknown name or a setting out of range, here; on inputs that do not
@@ -337,8 +478,13 @@ def tunix_loss(
     checks.check_number("norm", norm, low=0.0, low_open=True)
   estimator = regularizers.KL_NAMES[kl_loss_mode]
 
-  def loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None):
+  def loss_fn(log_probs, old_log_probs, ref_log_probs, advantages, mask, *, entropy=None,
+              sampler_is_weights=None, token_weights=None):
     on = _inputs(log_probs, old_log_probs, ref_log_probs, advantages, mask, False)
+    dtype = jnp.result_type(log_probs)
+    weights = [_weights(name, value, on, dtype) for name, value in
+               (("sampler_is_weights", sampler_is_weights), ("token_weights", token_weights))
+               if value is not None]
     token = importance.log_ratio(log_probs, old_log_probs, mask, level="token")
     ppo_kl = _masked_mean(-jax.lax.stop_gradient(token), on)
     token = jnp.clip(token, -20.0, 20.0)
@@ -355,8 +501,17 @@ def tunix_loss(
     larger = jnp.maximum(unclipped, clipped)
     lower = (larger > -epsilon_c * adv) & (adv < 0) if epsilon_c is not None \
         else jnp.zeros(on.shape, bool)
-    loss = _tunix_aggregate(-objective, mask, loss_agg_mode, norm)
+    per_token = -objective
+    for weight in weights:
+      per_token = per_token * weight
+    loss = _tunix_aggregate(per_token, mask, loss_agg_mode, norm)
+    one = jnp.ones((), dtype)
+    sampler_weights = weights[0] if sampler_is_weights is not None else None
     metrics = {"pg_loss": jax.lax.stop_gradient(loss),
+               "sampler_is/weight_mean": one if sampler_weights is None
+               else _masked_mean(sampler_weights, on),
+               "sampler_is/weight_min": one if sampler_weights is None
+               else jnp.min(jnp.where(on, sampler_weights, jnp.inf)),
                "pg_clipfrac": _masked_mean(clipped > unclipped, on),
                "pg_clipfrac_lower": _tunix_aggregate(lower.astype(log_probs.dtype), mask,
                                                      loss_agg_mode, norm),
