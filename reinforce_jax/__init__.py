@@ -69,6 +69,8 @@ _ORIGINS = {
     "gae_advantages": f"{_RL}.returns:gae_advantages",
     "lambda_returns": f"{_RL}.returns:lambda_returns",
     "normalize_advantages": f"{_RL}.returns:normalize_advantages",
+    "evaluate": f"{_RL}.evaluation:evaluate",
+    "ObsNormalizer": f"{_RL}.normalization:ObsNormalizer",
     "EnvCarry": f"{_RL}.rollouts:EnvCarry",
     "Trajectory": f"{_RL}.rollouts:Trajectory",
     "reset_envs": f"{_RL}.rollouts:reset_envs",

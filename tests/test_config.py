@@ -32,7 +32,7 @@ FLOAT_RANGES = {
 }
 RUN_INTS = {"num_envs": 1, "rollout_length": 1, "num_steps": 0}  # name: minimum
 RUN_SETTINGS = {"num_envs", "rollout_length", "num_steps", "learning_rate", "max_grad_norm",
-                "anneal_lr"}
+                "anneal_lr", "normalize_observations"}
 # The settings each (algo, baseline) has beyond the run's.
 SETTINGS = {
     ("reinforce", "none"): {"gamma", "entropy_coef", "normalize_advantages",
@@ -326,7 +326,8 @@ def test_from_dict_reads_records_that_hold_every_legacy_field(changes, algorithm
   config = TrainConfig.from_dict({**LEGACY, **changes})
   assert config.algorithm == algorithm
   assert config.run_settings() == dict(num_envs=8, rollout_length=4, num_steps=10,
-                                       learning_rate=0.001, max_grad_norm=None, anneal_lr=False)
+                                       learning_rate=0.001, max_grad_norm=None, anneal_lr=False,
+                                       normalize_observations=False)
   again = TrainConfig.from_dict(config.to_dict())
   assert again == config
 

@@ -52,7 +52,8 @@ def _wandb_can_start() -> bool:
 # Settings newer than some recorded runs, with the behaviour those runs had. A record
 # without them is complete; any other field a record lacks, or holds beyond the schema
 # (`parsing.CONFIG_SETTINGS`), is an error.
-_ADDED_FIELDS = {"clip_value": False, "anneal_lr": False, "bootstrap_truncation": True}
+_ADDED_FIELDS = {"clip_value": False, "anneal_lr": False, "bootstrap_truncation": True,
+                 "normalize_observations": False}
 
 
 def stored_run(args) -> tuple[TrainConfig, int, int, int | None, float | None]:

@@ -332,6 +332,7 @@ CONFIG_SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("max_grad_norm", "--max-grad-norm",
             _Optional(_range_value(RUN_RANGES["max_grad_norm"])), "clip the gradient norm"),
     Setting("anneal_lr", None, _Bool()),  # each preset's own (cartpole's ppo anneals)
+    Setting("normalize_observations", None, _Bool()),  # the Python API's; presets: off
     Setting("algo", "--algo", _Choice(ALGOS), "reinforce, a2c or ppo (default: the preset's)"),
     Setting("baseline", "--baseline", _Choice(BASELINE_KINDS), "REINFORCE's baseline"),
     *_FLOATS[1:], *_STATICS)}

@@ -7,6 +7,8 @@
 * `returns`: discounted returns, GAE, lambda-returns, advantage normalisation.
 * `policies`: categorical, Gaussian and recurrent policies; any linen, NNX or plain function.
 * `rollouts`: parallel rollouts (`vmap` over environments, `lax.scan` over time).
+* `normalization`: observation statistics shared by the whole env batch (`ObsStats`).
+* `evaluation`: `evaluate`, whole episodes of a policy in parallel in one program.
 * `algorithms`: REINFORCE, A2C and PPO as values made of public parts.
 * `train`: `make_train_step` (the jitted-ready `(init_fn, train_step)` pair) and whole runs.
 
@@ -21,6 +23,8 @@ _ORIGINS = {
     "algorithms": "reinforce_jax.rl.algorithms",
     "baselines": "reinforce_jax.rl.baselines",
     "config": "reinforce_jax.rl.config",
+    "evaluation": "reinforce_jax.rl.evaluation",
+    "normalization": "reinforce_jax.rl.normalization",
     "hparams": "reinforce_jax.rl.hparams",
     "policies": "reinforce_jax.rl.policies",
     "returns": "reinforce_jax.rl.returns",
@@ -34,6 +38,10 @@ _ORIGINS = {
     "gae_advantages": "reinforce_jax.rl.returns:gae_advantages",
     "lambda_returns": "reinforce_jax.rl.returns:lambda_returns",
     "normalize_advantages": "reinforce_jax.rl.returns:normalize_advantages",
+    "Evaluation": "reinforce_jax.rl.evaluation:Evaluation",
+    "evaluate": "reinforce_jax.rl.evaluation:evaluate",
+    "ObsNormalizer": "reinforce_jax.rl.normalization:ObsNormalizer",
+    "ObsStats": "reinforce_jax.rl.normalization:ObsStats",
     "EnvCarry": "reinforce_jax.rl.rollouts:EnvCarry",
     "Trajectory": "reinforce_jax.rl.rollouts:Trajectory",
     "replay": "reinforce_jax.rl.rollouts:replay",

@@ -47,7 +47,7 @@ RUN_RANGES = {
     "max_grad_norm": Range(0.0, math.inf, True, "clip the global gradient norm"),
 }
 _RUN_INTS = {"num_envs": 1, "rollout_length": 1, "num_steps": 0}
-_RUN_BOOLS = ("anneal_lr",)
+_RUN_BOOLS = ("anneal_lr", "normalize_observations")
 
 
 
@@ -124,6 +124,10 @@ class TrainConfig:
     max_grad_norm: if set, `make_optimizer` clips the global gradient norm.
     anneal_lr: `make_optimizer` anneals the learning rate linearly to 0 over
       `num_steps` (PureJaxRL's and CleanRL's PPO schedule).
+    normalize_observations: the policy sees observations normalised with one
+      running mean and variance shared by all environments, kept in
+      `TrainState.obs_stats` (`reinforce_jax.rl.normalization`: rejax's rule,
+      updated after every environment step).
     algorithm: the algorithm's hyperparameters (`reinforce_jax.rl.hparams`); its
       `build()` is the algorithm (`reinforce_jax.rl.algorithms`).
   """
@@ -134,6 +138,7 @@ class TrainConfig:
   learning_rate: float = 0.05
   max_grad_norm: float | None = None
   anneal_lr: bool = False
+  normalize_observations: bool = False
   algorithm: AlgorithmParams = Reinforce()
 
   def __init__(self, *, algorithm: AlgorithmParams | None = None, algo: str | None = None,

@@ -16,6 +16,12 @@ A recurrent policy (`policies.Policy` with `recurrent=True`) keeps its carry in
 `EnvCarry.policy_carry`; the rollout resets it where an episode ended, and
 `replay` evaluates a recorded rollout again with the same resets.
 
+With a `normalizer` (`reinforce_jax.rl.normalization.ObsNormalizer`), the
+policy sees observations normalised by the shared statistics in
+`EnvCarry.obs_stats`, which the rollout advances by the normaliser's rule;
+`EnvCarry.obs` stays the environments' own, and `Trajectory.obs` holds what the
+policy saw.
+
 While tracing, the rollout checks what the policy returns against the batch
 and the environment: a distribution of batch shape `[B]`, a value of shape
 `[B]`, as many categories as the environment has discrete actions, or actions
@@ -34,12 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from reinforce_jax.rl import policies
+from reinforce_jax.rl.normalization import ObsNormalizer, ObsStats
 from reinforce_jax.rl.policies import Policy, as_policy, score, split_output
 
 act = policies.sample_and_score  # `(env_action, sample, log_prob, entropy)` of one draw
 
-__all__ = ["EnvCarry", "Trajectory", "act", "replay", "reset_envs", "rollout", "score",
-           "split_output"]
+__all__ = ["batched_step", "EnvCarry", "Trajectory", "act", "replay", "reset_envs", "rollout",
+           "score", "split_output"]
 
 
 def _carry_policy(apply_fn) -> Policy:
@@ -144,6 +151,9 @@ class EnvCarry(NamedTuple):
   episode_return: jax.Array   # [B] float32, undiscounted return so far
   episode_length: jax.Array   # [B] int32, steps so far in the current episode
   policy_carry: Any = ()      # a recurrent policy's state, leaves [B, ...]; () if none
+  # The shared observation statistics (`normalization.ObsStats`, not batched) while a
+  # rollout with a normaliser runs; () otherwise (`TrainState.obs_stats` keeps them).
+  obs_stats: Any = ()
 
 
 class Trajectory(NamedTuple):
@@ -187,6 +197,34 @@ def reset_envs(key: jax.Array, env, env_params, num_envs: int, policy=None) -> E
   )
 
 
+def batched_step(env, num_envs: int):
+  """`step(key, state, action, params)` of `num_envs` environments: `env.step_batch`, or
+  `env.step` vmapped with one key per environment (a bare gymnax-style environment)."""
+  if hasattr(env, "step_batch"):
+    return env.step_batch
+
+  def step(key, state, action, params):
+    return jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+        jax.random.split(key, num_envs), state, action, params)
+
+  return step
+
+
+def _check_normalizer(normalizer, carry: EnvCarry) -> None:
+  if not isinstance(normalizer, ObsNormalizer):
+    raise ValueError(f"normalizer must be a normalization.ObsNormalizer or None, got "
+                     f"{normalizer!r}")
+  if not isinstance(carry.obs_stats, ObsStats):
+    raise ValueError("a rollout with a normalizer needs the statistics in carry.obs_stats: "
+                     "carry._replace(obs_stats=normalizer.init(obs_shape)); got "
+                     f"{carry.obs_stats!r}")
+  obs_shape = tuple(jnp.shape(carry.obs))[1:]
+  if tuple(jnp.shape(carry.obs_stats.mean)) != obs_shape:
+    raise ValueError(f"carry.obs_stats are of observations of shape "
+                     f"{list(jnp.shape(carry.obs_stats.mean))}, but the environments' "
+                     f"observations have shape {list(obs_shape)}")
+
+
 def rollout(
     key: jax.Array,
     params: Any,
@@ -197,6 +235,8 @@ def rollout(
     num_steps: int,
     *,
     unroll: int = 1,
+    normalizer: ObsNormalizer | None = None,
+    bootstrap: bool = True,
 ) -> tuple[EnvCarry, Trajectory]:
   """Steps `B` environments `num_steps` times with the policy `apply_fn(params, obs)`.
 
@@ -213,6 +253,16 @@ def rollout(
     unroll: steps per iteration of the compiled loop (`lax.scan`'s `unroll`):
       fewer, larger iterations for small batches, where each iteration's fixed
       cost dominates; the same values either way.
+    bootstrap: with a critic, evaluate it on the final observation of every
+      truncated episode (`trajectory.bootstrap_value`); False leaves zeros there
+      and skips that evaluation (for advantages that treat a truncation as a
+      termination: under `jax.vmap` the evaluation would run on every step).
+    normalizer: if set, the policy sees observations normalised with the
+      shared statistics `carry.obs_stats` (`info["final_observation"]` too,
+      for the truncation bootstrap), which are advanced by the normaliser's
+      rule: after every step (`per_step`), or with the rollout's `T * B`
+      observations at its end. `trajectory.obs` holds the normalised
+      observations.
 
   Returns:
     `(carry, trajectory)`: the advanced `EnvCarry` and a `[T, B]` `Trajectory`.
@@ -224,46 +274,57 @@ def rollout(
     ValueError: while tracing, if the policy's output does not fit the batch
       or the environment: a distribution whose batch shape is not `[B]`, a
       value not of shape `[B]`, more or fewer categories than the
-      environment's actions, or actions of the wrong shape.
+      environment's actions, or actions of the wrong shape; with a
+      `normalizer`, if `carry.obs_stats` holds no statistics of the
+      observations' shape.
   """
   num_envs = carry.episode_return.shape[0]
   policy = _carry_policy(apply_fn)
   fresh = policy.initial_carry(num_envs) if policy.recurrent else ()
-  if hasattr(env, "step_batch"):
-    env_step = env.step_batch
-  else:  # a bare gymnax-style environment: one key per environment
-    def env_step(key, state, action, params):
-      return jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-          jax.random.split(key, num_envs), state, action, params)
+  env_step = batched_step(env, num_envs)
+  if normalizer is not None:
+    _check_normalizer(normalizer, carry)
+  per_step = normalizer is not None and normalizer.per_step
+  seen = carry.obs_stats  # with per_step=False: what normalises the whole rollout
 
   def value_of(policy_carry, obs):
     return jax.lax.stop_gradient(split_output(policy.apply(params, policy_carry, obs)[1])[1])
 
   def one_step(carry: EnvCarry, keys):
     key_action, key_env = keys
-    policy_carry, output = policy.apply(params, carry.policy_carry, carry.obs)
+    stats = None if normalizer is None else carry.obs_stats if per_step else seen
+    policy_obs = carry.obs if stats is None else normalizer.normalize(stats, carry.obs)
+    policy_carry, output = policy.apply(params, carry.policy_carry, policy_obs)
     dist, value = split_output(output)
     action, sample, log_prob, entropy = act(dist, key_action)
     _check_policy_output(dist, value, action, log_prob, env, env_params, num_envs)
     obs, env_state, reward, terminated, truncated, info = env_step(
         key_env, carry.env_state, action, env_params)
+    if per_step:
+      stats = normalizer.update(stats, obs)
     if value is None:
-      value = bootstrap = jnp.zeros_like(reward)
+      value = bootstrap_value = jnp.zeros_like(reward)
+    elif not bootstrap:
+      bootstrap_value = jnp.zeros_like(reward)
     else:
-      bootstrap = jax.lax.cond(
-          jnp.any(truncated),
-          lambda: jnp.where(truncated, value_of(policy_carry, info["final_observation"]), 0.0),
-          lambda: jnp.zeros_like(reward))
+      def final_value():
+        final = info["final_observation"]
+        if stats is not None:
+          final = normalizer.normalize(stats, final)
+        return jnp.where(truncated, value_of(policy_carry, final), 0.0)
+
+      bootstrap_value = jax.lax.cond(jnp.any(truncated), final_value,
+                                     lambda: jnp.zeros_like(reward))
     episode_return = carry.episode_return + reward
     episode_length = carry.episode_length + 1
     done = jnp.logical_or(terminated, truncated)
     transition = Trajectory(
-        obs=carry.obs,
+        obs=policy_obs,
         sample=sample,
         log_prob=log_prob,
         entropy=entropy,
         value=value,
-        bootstrap_value=bootstrap,
+        bootstrap_value=bootstrap_value,
         reward=reward,
         terminated=terminated,
         truncated=truncated,
@@ -276,14 +337,22 @@ def rollout(
         episode_return=jnp.where(done, 0.0, episode_return),
         episode_length=jnp.where(done, 0, episode_length),
         policy_carry=_reset_where(done, fresh, policy_carry) if policy.recurrent else (),
+        obs_stats=stats if per_step else carry.obs_stats,
     )
+    if normalizer is not None and not per_step:
+      return carry, (transition, obs)
     return carry, transition
 
   # Every step's (action, environment) keys in one draw: on a CPU each threefry
   # call is a small loop, so fewer, larger calls are cheaper.
   keys = jax.random.split(key, (num_steps, 2))
-  return jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]),
-                      unroll=num_steps if num_steps == 1 else min(unroll, num_steps))
+  carry, out = jax.lax.scan(one_step, carry, (keys[:, 0], keys[:, 1]),
+                            unroll=num_steps if num_steps == 1 else min(unroll, num_steps))
+  if normalizer is None or per_step:
+    return carry, out
+  traj, new_obs = out  # the rollout's observations, merged in one batch
+  stats = normalizer.update(seen, new_obs.reshape((-1,) + new_obs.shape[2:]))
+  return carry._replace(obs_stats=stats), traj
 
 
 def replay(params, policy: Policy, policy_carry, obs: jax.Array, sample: jax.Array,

@@ -18,7 +18,9 @@ Nothing is jitted on the caller's behalf:
     for _ in range(100):
       state, metrics = train_step(state, key)  # fresh randomness: step is folded in
 
-A `TrainConfig` in place of the algorithm gives its algorithm and batch shape.
+A `TrainConfig` in place of the algorithm gives its algorithm and batch shape
+(and, with `normalize_observations=True`, a shared observation normaliser:
+`reinforce_jax.rl.normalization`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import optax
 from reinforce_jax.rl import algorithms as algorithms_lib
 from reinforce_jax.rl.config import TrainConfig
 from reinforce_jax.rl.hparams import AlgorithmParams
+from reinforce_jax.rl.normalization import ObsNormalizer, ObsStats
 from reinforce_jax.rl.policies import (
     Policy,
     _check_observations,
@@ -74,6 +77,7 @@ class TrainState(NamedTuple):
   step: jax.Array       # [] int32, train steps taken
   algo_state: Any = ()  # the algorithm's carried state (an EMA baseline's average), or ()
   hyperparams: Any = ()  # () = the algorithm's constants, or its hyperparameters traced
+  obs_stats: Any = ()   # the shared observation statistics (normalization.ObsStats), or ()
 
 
 def updates_per_step(config: TrainConfig | algorithms_lib.Algorithm) -> int:
@@ -141,6 +145,24 @@ def _resolve(algorithm, num_envs, rollout_length):
       "rollout_length", rollout_length)
 
 
+def _resolve_normalizer(obs_normalization, config) -> ObsNormalizer | None:
+  """The run's `ObsNormalizer` (or None) from `obs_normalization` and the config's flag."""
+  flag = config.normalize_observations if isinstance(config, TrainConfig) else None
+  if obs_normalization is None:
+    return ObsNormalizer() if flag else None
+  if isinstance(obs_normalization, bool):
+    normalizer = ObsNormalizer() if obs_normalization else None
+  elif isinstance(obs_normalization, ObsNormalizer):
+    normalizer = obs_normalization
+  else:
+    raise ValueError(f"obs_normalization must be True, False, None or a "
+                     f"normalization.ObsNormalizer, got {obs_normalization!r}")
+  if flag is not None and flag != (normalizer is not None):
+    raise ValueError(f"obs_normalization={obs_normalization!r} contradicts the config's "
+                     f"normalize_observations={flag}")
+  return normalizer
+
+
 def _check_policy_on_env(env, env_params, policy: Policy, module, num_envs: int,
                          use_value: bool) -> None:
   """Raises `ValueError` if `policy` does not fit `num_envs` environments of `env`.
@@ -177,6 +199,7 @@ def make_train_step(
     env_params: Any = None,
     init_params: Any = None,
     unroll: int = 1,
+    obs_normalization: bool | ObsNormalizer | None = None,
 ) -> tuple[Callable[[jax.Array], TrainState],
            Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]]:
   """Builds `(init_fn, train_step)` for `algorithm` on `env`.
@@ -200,6 +223,12 @@ def make_train_step(
     unroll: loop iterations fused per compiled iteration, for the rollout and
       the minibatch updates (`lax.scan`'s `unroll`). Same values; a speed knob
       for small batches (`benchmarks/ppo_levers.py` measures it).
+    obs_normalization: normalise the policy's observations with one running
+      estimate shared by all environments (`normalization.ObsNormalizer`;
+      True is its default rule, rejax's). The statistics live in
+      `TrainState.obs_stats` and advance with every rollout; the policy sees
+      normalised observations, `info["final_observation"]` included. `None`
+      follows a `TrainConfig`'s `normalize_observations` (off otherwise).
 
   Returns:
     `init_fn(key) -> TrainState` and `train_step(state, key) -> (state, metrics)`.
@@ -222,8 +251,10 @@ def make_train_step(
       `action_shape`, a distribution whose batch shape is not `[B]`, a value
       not of shape `[B]` or missing where the algorithm needs one, or a
       built-in MLP policy given observations of more than one axis per
-      environment without `flatten=True` or `torso="cnn"`.
+      environment without `flatten=True` or `torso="cnn"`; or an
+      `obs_normalization` that contradicts the config's `normalize_observations`.
   """
+  normalizer = _resolve_normalizer(obs_normalization, algorithm)
   algorithm, num_envs, num_steps = _resolve(algorithm, num_envs, rollout_length)
   if env_params is None:
     env_params = env.default_params
@@ -238,6 +269,9 @@ def make_train_step(
   if hasattr(hp0, "check_batch"):
     hp0.check_batch(num_envs, num_steps)
   use_value = algorithm.needs_value
+  # A truncation that counts as a termination never reads the final observation's
+  # value: the rollout leaves it out (its zeros are never selected).
+  bootstrap = bool(getattr(hp0, "bootstrap_truncation", True))
   _check_policy_on_env(env, env_params, policy, module, num_envs, use_value)
 
   def init_fn(key: jax.Array) -> TrainState:
@@ -257,12 +291,16 @@ def make_train_step(
         env=env_carry,
         step=jnp.zeros((), jnp.int32),
         algo_state=algorithm.carry.init(hp0),
+        obs_stats=() if normalizer is None else normalizer.init(env_carry.obs.shape[1:]),
     )
 
   def last_value(params, env_carry: EnvCarry):
     if not use_value:
       return jnp.zeros(env_carry.episode_return.shape, jnp.float32)
-    output = policy.apply(params, env_carry.policy_carry, env_carry.obs)[1]
+    obs = env_carry.obs
+    if normalizer is not None:
+      obs = normalizer.normalize(env_carry.obs_stats, obs)
+    output = policy.apply(params, env_carry.policy_carry, obs)[1]
     return jax.lax.stop_gradient(split_output(output)[1])
 
   def evaluate(params, obs, sample):
@@ -274,7 +312,8 @@ def make_train_step(
       algorithm=algorithm,
       optimizer=optimizer,
       rollout=lambda params, carry, key: rollout(
-          key, params, policy, env, env_params, carry, num_steps, unroll=unroll),
+          key, params, policy, env, env_params, carry, num_steps, unroll=unroll,
+          normalizer=normalizer, bootstrap=bootstrap),
       last_value=last_value,
       evaluate=evaluate,
       replay=lambda params, carry0, obs, sample, done: replay(
@@ -289,8 +328,19 @@ def make_train_step(
     # The step count is folded into the key, so a loop may pass one key for the
     # whole run and still draw fresh randomness every step.
     key = jax.random.fold_in(key, state.step)
-    new_state, metrics = algorithm.schedule.step(learner, state, key)
-    return new_state._replace(step=state.step + 1), metrics
+    if normalizer is None:
+      new_state, metrics = algorithm.schedule.step(learner, state, key)
+      return new_state._replace(step=state.step + 1), metrics
+    # The rollout advances the statistics in the environments' carry; between
+    # steps they live in the state (replicated, where the carry is split).
+    if not isinstance(state.obs_stats, ObsStats):
+      raise ValueError("this train step normalises observations, but state.obs_stats holds "
+                       f"no statistics ({state.obs_stats!r}): build the state with this "
+                       "step's init_fn")
+    new_state, metrics = algorithm.schedule.step(
+        learner, state._replace(env=state.env._replace(obs_stats=state.obs_stats)), key)
+    return new_state._replace(step=state.step + 1, obs_stats=new_state.env.obs_stats,
+                              env=new_state.env._replace(obs_stats=())), metrics
 
   # From 16 environments on, threefry keys take the unrolled hash that XLA:CPU
   # runs faster (`reinforce_jax.xla.prng`: the same numbers, the caller's key types
@@ -336,7 +386,10 @@ def make_run(
                      f"got {max_steps!r}")
 
   def run(state: TrainState, key: jax.Array, num_steps) -> RunOutput:
-    metric_shapes = jax.eval_shape(train_step, state, key)[1]
+    # One trace of the step serves both the metrics' shapes and the loop body: the
+    # jitted step reuses its trace for the same argument types (and XLA inlines it).
+    step = jax.jit(train_step)
+    metric_shapes = jax.eval_shape(step, state, key)[1]
     buffer = jax.tree.map(
         lambda s: jnp.zeros((max_steps,) + s.shape, s.dtype), metric_shapes)
     limit = jnp.minimum(jnp.asarray(num_steps, jnp.int32), max_steps)
@@ -347,7 +400,7 @@ def make_run(
 
     def body(carry):
       i, _, state, buffer = carry
-      new_state, metrics = train_step(state, key)
+      new_state, metrics = step(state, key)
       finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), _all_finite(new_state.params))
       state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
       buffer = jax.tree.map(lambda b, m: b.at[i].set(m), buffer, metrics)
@@ -368,6 +421,7 @@ def make_train(
     *,
     env_params: Any = None,
     unroll: int = 1,
+    obs_normalization: bool | ObsNormalizer | None = None,
 ) -> Callable[[jax.Array], RunOutput]:
   """A whole run of `config.num_steps` train steps as one pure function of a key.
 
@@ -377,7 +431,7 @@ def make_train(
   (`[n, num_steps]` under vmap).
   """
   init_fn, train_step = make_train_step(env, policy, optimizer, config, env_params=env_params,
-                                        unroll=unroll)
+                                        unroll=unroll, obs_normalization=obs_normalization)
   run = make_run(train_step, max(config.num_steps, 1))
 
   def train(key: jax.Array) -> RunOutput:
