@@ -9,8 +9,8 @@ functions `init_stats`, `update_stats` and `normalize` read and advance it.
 and keeps the statistics in `TrainState.obs_stats`, so checkpoints save them
 and a resumed run continues from them.
 
-The default rule is rejax's (`normalize_observations=True`, rejax 0.1.3) and
-SB3's `VecNormalize`:
+The default rule is rejax's (`normalize_observations=True`, rejax 0.1.3), so
+a run reproduces its numbers:
 
 * the estimate starts as a prior worth `initial_count = 1e-4` observations of
   mean 0 and variance 1;
@@ -20,8 +20,12 @@ SB3's `VecNormalize`:
   update: the batch's mean and variance, weighted by the counts); the
   observations the environments' first reset returned are not counted;
 * the policy sees `(obs - mean) / sqrt(var + eps)`, `eps = 1e-8`, with the
-  estimate that includes the observation's own batch; no clipping (`clip`
-  clips to `[-clip, clip]`).
+  estimate that includes the observation's own batch (the first reset's
+  observations, with the prior: unchanged in float32, as rejax passes them);
+  no clipping (`clip` clips to `[-clip, clip]`).
+
+SB3's `VecNormalize` differs in two points: it counts the first reset's
+observations too, and clips at 10 (`ObsNormalizer(clip=10.0)`).
 
 With `per_step=False` the estimate stays fixed during a rollout (every
 observation of the rollout is normalised with the estimate it started with)
