@@ -194,16 +194,17 @@ def features() -> dict[str, bool]:
 
 
 def library_revision() -> dict:
-  """The commit reinforce_jax was measured at, and whether its files differed from it."""
-  root = pathlib.Path(__file__).resolve().parent.parent
+  """The commit reinforce_jax was measured at (the checkout it was imported from), and
+  whether its files differed from it."""
+  root = pathlib.Path(rj_envs.__file__).resolve().parents[2]
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "reinforce_jax"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    return {"commit": None, "uncommitted_changes": None}
-  return {"commit": head, "uncommitted_changes": bool(dirty)}
+    return {"commit": None, "uncommitted_changes": None, "path": str(root)}
+  return {"commit": head, "uncommitted_changes": bool(dirty), "path": str(root)}
 
 
 def _init_kwargs(feats: dict, lecun: bool) -> dict:
