@@ -247,6 +247,9 @@ def trl_configs() -> list[TrlConfig]:
   out.append(TrlConfig("dapo", off_policy_mask_threshold=0.0, vllm_is=True,
                        vllm_mode="token_truncate"))
   out.append(TrlConfig("grpo", top_entropy_quantile=0.2))
+  # Quantile 0 keeps the tokens at the float32-rounded maximum entropy: with float64 entropies
+  # none here (the KL term keeps the gradient alive).
+  out.append(TrlConfig("grpo", beta=0.04, top_entropy_quantile=0.0))
   out.append(TrlConfig("dapo", top_entropy_quantile=0.5, entropy_coef=0.01))
   return out
 

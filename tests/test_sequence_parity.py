@@ -11,7 +11,7 @@ to its largest entry, the loss within 1e-5 relative plus 1e-6 absolute (float32 
 terms of size ~1 that partly cancel); the inputs are float32-representable on both sides.
 
 `python tests/test_sequence_parity.py` prints the counts (configurations, mapped, equal: TRL
-198/198/198, tunix 123/123/123) and every unmapped setting or mismatch.
+199/199/199, tunix 123/123/123) and every unmapped setting or mismatch.
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ def test_peer_side_is_finite_deterministic_and_masked(kind):
   # the peer's own rules make them coincide in one process without gradient accumulation.
   # TRL: "bnpo" and "dapo" (29 pairs); "cispo" at its cap 0.2 (every ratio is above it, so the
   # level and on-policy inputs do not matter: 3); "vespo"'s level without the ratio-weighted
-  # KL (2): 198 - 34 = 164 distinct. tunix: "seq-mean-token-sum" and
+  # KL (2): 199 - 34 = 165 distinct. tunix: "seq-mean-token-sum" and
   # "sequence-mean-token-sum-norm" (default norm), DrGRPOConfig and GRPOConfig: 21, so
   # 123 - 21 = 102.
   distinct = {(round(loss, 6), tuple(np.round(grad, 6).ravel()))
               for loss, grad in (_peer(kind, config) for config in configs)}
-  assert len(distinct) >= {"trl": 164, "tunix": 102}[kind], len(distinct)
+  assert len(distinct) >= {"trl": 165, "tunix": 102}[kind], len(distinct)
 
 
 def test_the_empty_row_separates_the_peers():
@@ -166,7 +166,7 @@ def _print_summary(kind: str, summary: dict) -> None:
 
 @pytest.mark.parametrize("kind", ["trl", "tunix"])
 def test_summary(kind, capsys):
-  """Counts per peer (TRL: 198 configurations, tunix: 123); every configuration is mapped to
+  """Counts per peer (TRL: 199 configurations, tunix: 123); every configuration is mapped to
   a preset call and equal."""
   _require(kind)
   summary = _summary(kind)

@@ -76,8 +76,12 @@ def np_seq_log_ratio(lp, old, m):
 
 
 def np_trl(loss_type, lp, old, ref, a, m, level="token", beta=0.0, eps=0.2, eps_high=None,
-           delta=None, bias=True, ent=None, ent_coef=0.0, max_len=None):
-  """TRL 1.16 `GRPOTrainer._compute_loss`, single process, written out in numpy."""
+           delta=None, bias=True, ent=None, ent_coef=0.0, max_len=None, w=None, log_is=None,
+           ent_mask=None):
+  """TRL 1.16 `GRPOTrainer._compute_loss`, single process, written out in numpy.
+
+  `w` multiplies the policy term (TRL's masks and sampler ratio), `log_is` (the log sampler
+  ratios) joins VESPO's sequence log ratio, `ent_mask` restricts the entropy bonus."""
   hi = eps if eps_high is None else eps_high
   lr = np.where(m, lp - old, 0.0)
   liw = lr if level == "token" else np_seq_log_ratio(lp, old, m)
@@ -88,12 +92,17 @@ def np_trl(loss_type, lp, old, ref, a, m, level="token", beta=0.0, eps=0.2, eps_
     tau = np.where(a[:, None] > 0, 1.0, 1.05)
     per = -(1 / (1 + np.exp(-tau * (coef - 1)))) * 4 / tau * a[:, None]
   elif loss_type == "vespo":
-    slr = np.clip(np.clip(lr, -20, 20).sum(1, keepdims=True), math.log(1e-8), 20)
+    slr = np.clip(lr, -20, 20).sum(1, keepdims=True)
+    if log_is is not None:
+      slr = slr + np.where(m, np.clip(log_is, math.log(1e-8), 20), 0).sum(1, keepdims=True)
+    slr = np.clip(slr, math.log(1e-8), 20)
     k = np.where(a[:, None] >= 0, 2.0, 3.0)
     lam = np.where(a[:, None] >= 0, 3.0, 2.0)
     per = -np.exp(lam + k * slr - lam * np.exp(slr)) * a[:, None] * lp
   else:
     per = -np_ppo(coef, a, eps, hi, delta)
+  if w is not None:
+    per = per * w
   if beta:
     kl = np.exp(ref - lp) - (ref - lp) - 1
     per = per + beta * (kl * coef if bias else kl)
@@ -102,13 +111,14 @@ def np_trl(loss_type, lp, old, ref, a, m, level="token", beta=0.0, eps=0.2, eps_
           "dr_grpo": "constant", "luspo": "sequence_sum"}[loss_type]
   loss = np_aggregate(per, m, mode, max_length=max_len)
   if ent_coef:
-    loss -= ent_coef * np_aggregate(ent, m, "token_mean")
+    loss -= ent_coef * np_aggregate(ent, m if ent_mask is None else ent_mask, "token_mean")
   return loss
 
 
 def np_tunix(agg, algo, lp, old, ref, a, m, eps=0.2, eps_high=None, c=None, beta=0.04,
-             kl_mode="kl"):
-  """tunix 0.1.7 `grpo_loss_fn` + `aggregate_loss`, written out in numpy."""
+             kl_mode="kl", w=None):
+  """tunix 0.1.7 `grpo_loss_fn` + `aggregate_loss`, written out in numpy (`w`: its
+  `sampler_is_weights`)."""
   hi = eps if eps_high is None else eps_high
   lr = np.clip(np.where(m, lp - old, 0.0), -20, 20)
   if algo == "gspo-token":
@@ -119,6 +129,8 @@ def np_tunix(agg, algo, lp, old, ref, a, m, eps=0.2, eps_high=None, c=None, beta
   per = np.maximum(-adv * r, -adv * np.clip(r, 1 - eps, 1 + hi))
   if c is not None:
     per = np.where(adv < 0, np.minimum(-c * adv, per), per)
+  if w is not None:
+    per = per * w
 
   def agg_fn(x):
     mode, rows = {"token-mean": ("token_mean", "batch"),
@@ -515,6 +527,143 @@ def test_tunix_custom_norm_and_no_reference():
   close(grad, np.where(MASK, -ADV[:, None] / np.maximum(MASK.sum(1, keepdims=True), 1) / 3, 0))
 
 
+# --- presets: weights on the policy term -------------------------------------------------
+
+SAMPLER = np.where(MASK, OLD + np.random.default_rng(4).normal(0, 0.3, (N, L)),
+                   0).astype(np.float32)
+W = np.where(MASK, np.random.default_rng(2).uniform(0.5, 1.5, (N, L)), 0).astype(np.float32)
+BOUNDS = {"token": (0.8, 1.25), "sequence": (0.8, 1.5)}  # each bites on both sides
+
+
+def np_sampler_ratio(mode, low, high):
+  """TRL's `importance_sampling_ratio` from the old and the sampler's log-probs, per mode."""
+  d = np.where(MASK, OLD.astype(np.float64) - SAMPLER, 0.0)
+  if mode.startswith("sequence"):
+    d = np.broadcast_to(d.sum(1, keepdims=True), d.shape)
+  r = np.exp(d)
+  if mode.endswith("truncate"):
+    return np.clip(r, low, high)
+  return np.where((r < low) | (r > high), 0.0, r)
+
+
+def np_entropy_mask(q):
+  """Tokens at or above the `1 - q` quantile (linear) of the real tokens' entropies."""
+  return MASK & (np.quantile(ENT[MASK], 1 - q) <= ENT)
+
+
+@pytest.mark.parametrize("mode", presets.TRL_VLLM_IS_MODES)
+def test_trl_sampler_ratio_weights_the_policy_term_not_the_kl(mode):
+  low, high = BOUNDS[mode.split("_")[0]]
+  ratio = np_sampler_ratio(mode, low, high)
+  raw = np_sampler_ratio(mode, 0.0, np.inf)
+  assert np.any(MASK & (ratio != raw) & (raw < 1)) and np.any(MASK & (ratio != raw) & (raw > 1))
+  fn = presets.trl_loss("grpo", beta=0.1, vllm_importance_sampling_mode=mode,
+                        vllm_importance_sampling_clip_min=low,
+                        vllm_importance_sampling_clip_max=high)
+  loss, _ = fn(LP, OLD, REF, ADV, MASK, sampler_log_probs=SAMPLER)
+  close(loss, np_trl("grpo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1, w=ratio),
+        rtol=2e-5)
+  # The same weights passed directly; no correction without the sampler or when it is off.
+  direct, _ = presets.trl_loss("grpo", beta=0.1)(LP, OLD, REF, ADV, MASK,
+                                                  token_weights=ratio.astype(np.float32))
+  close(direct, loss)
+  off = presets.trl_loss("grpo", beta=0.1, vllm_importance_sampling_correction=False)
+  plain = np_trl("grpo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1)
+  close(off(LP, OLD, REF, ADV, MASK, sampler_log_probs=SAMPLER)[0], plain, rtol=2e-5)
+  close(presets.trl_loss("grpo", beta=0.1)(LP, OLD, REF, ADV, MASK)[0], plain, rtol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask"])
+def test_trl_vespo_folds_the_sampler_ratio_into_its_sequence_ratio(mode):
+  ratio = np_sampler_ratio(mode, 0.8, 1.25)
+  fn = presets.trl_loss("vespo", vllm_importance_sampling_mode=mode,
+                        vllm_importance_sampling_clip_min=0.8,
+                        vllm_importance_sampling_clip_max=1.25)
+  loss, _ = fn(LP, OLD, None, ADV, MASK, sampler_log_probs=SAMPLER)
+  with np.errstate(divide="ignore"):
+    expected = np_trl("vespo", LP.astype(np.float64), OLD, REF, ADV, MASK, log_is=np.log(ratio))
+  close(loss, expected, rtol=2e-5)
+  plain = np_trl("vespo", LP.astype(np.float64), OLD, REF, ADV, MASK)
+  assert abs(expected - plain) > 1e-3
+  with pytest.raises(ValueError, match="^loss_type='vespo' with sampler_log_probs needs"):
+    presets.trl_loss("vespo")(LP, OLD, None, ADV, MASK, sampler_log_probs=SAMPLER)
+
+
+@pytest.mark.parametrize("sampler", [False, True])
+@pytest.mark.parametrize("above", [False, True])
+def test_trl_off_policy_mask_drops_far_negative_sequences(sampler, above):
+  reference = SAMPLER if sampler else OLD
+  kl = np.where(MASK, reference - LP.astype(np.float64), 0).sum(1) / np.maximum(MASK.sum(1), 1)
+  threshold = float(kl[1]) + (0.01 if above else -0.01)  # row 1 has the negative advantage
+  keep = (ADV >= 0) | (kl <= threshold)
+  assert bool(keep[1]) == above and keep[[0, 2, 3]].all()
+  fn = presets.trl_loss("dapo", beta=0.1, off_policy_mask_threshold=threshold,
+                        vllm_importance_sampling_correction=False)
+  extra = {"sampler_log_probs": SAMPLER} if sampler else {}
+  loss, _ = fn(LP, OLD, REF, ADV, MASK, **extra)
+  close(loss, np_trl("dapo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1,
+                     w=np.broadcast_to(keep[:, None], MASK.shape).astype(np.float64)),
+        rtol=2e-5)
+
+
+@pytest.mark.parametrize("quantile, kept", [(0.0, 1), (0.3, 3), (0.5, 5), (1.0, 9)])
+def test_trl_top_entropy_quantile_masks_the_policy_term_and_the_bonus(quantile, kept):
+  mask = np_entropy_mask(quantile)
+  assert mask.sum() == kept
+  fn = presets.trl_loss("grpo", beta=0.1, entropy_coef=0.01, top_entropy_quantile=quantile)
+  loss, metrics = fn(LP, OLD, REF, ADV, MASK, entropy=ENT)
+  close(loss, np_trl("grpo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1, ent=ENT,
+                     ent_coef=0.01, w=mask.astype(np.float64), ent_mask=mask), rtol=2e-5)
+  close(metrics["policy_loss"], np_trl("grpo", LP.astype(np.float64), OLD, REF, ADV, MASK,
+                                       beta=0.1, w=mask.astype(np.float64)), rtol=2e-5)
+
+
+def test_token_weights_scale_each_token_with_the_normaliser_unchanged():
+  """On-policy DAPO: d loss / d log pi = -w A / (real tokens); `[B]` weights broadcast."""
+  grad = jax.grad(lambda lp: presets.trl_loss()(lp, None, None, ADV, MASK, token_weights=W)[0])(
+      LP)
+  close(grad, np.where(MASK, -W * ADV[:, None] / MASK.sum(), 0))
+  per_row = np.float32([0.5, 2.0, 0.0, 3.0])
+  for fn in (presets.trl_loss("grpo", beta=0.1), presets.tunix_loss("token-mean")):
+    a, _ = fn(LP, OLD, REF, ADV, MASK, token_weights=per_row)
+    b, _ = fn(LP, OLD, REF, ADV, MASK, token_weights=np.broadcast_to(per_row[:, None], (N, L)))
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  # The weights carry no gradient.
+  dw = jax.grad(lambda w: presets.trl_loss()(LP, OLD, None, ADV, MASK, token_weights=w)[0])(W)
+  assert not np.any(np.asarray(dw))
+
+
+@pytest.mark.parametrize("agg", presets.TUNIX_LOSS_AGG_MODES)
+def test_tunix_sampler_is_weights_scale_the_policy_term_not_the_kl(agg):
+  fn = presets.tunix_loss(agg, beta=0.1, kl_loss_mode="low_var_kl")
+  loss, metrics = fn(LP, OLD, REF, ADV, MASK, sampler_is_weights=W)
+  close(loss, np_tunix(agg, "grpo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1,
+                       kl_mode="low_var_kl", w=W), rtol=2e-5)
+  close(metrics["sampler_is/weight_mean"], W[MASK].mean())
+  close(metrics["sampler_is/weight_min"], W[MASK].min())
+  both, _ = fn(LP, OLD, REF, ADV, MASK, sampler_is_weights=W, token_weights=W)
+  close(both, np_tunix(agg, "grpo", LP.astype(np.float64), OLD, REF, ADV, MASK, beta=0.1,
+                       kl_mode="low_var_kl", w=W * W), rtol=2e-5)
+  assert float(fn(LP, OLD, REF, ADV, MASK)[1]["sampler_is/weight_mean"]) == 1.0
+
+
+def test_weights_ignore_whatever_masked_entries_hold():
+  """Sampler log-probs, weights and entropies at masked-out tokens never reach a number."""
+  fn = presets.trl_loss("grpo", beta=0.1, entropy_coef=0.01, top_entropy_quantile=0.5,
+                        off_policy_mask_threshold=0.0, vllm_importance_sampling_mode="token_mask",
+                        vllm_importance_sampling_clip_min=0.8)
+  dirty = (np.where(MASK, SAMPLER, np.float32(np.nan)), np.where(MASK, W, -np.inf),
+           np.where(MASK, ENT, np.inf))
+  results = []
+  for sampler, weights, ent in ((SAMPLER, W, ENT), dirty):
+    results.append(jax.value_and_grad(lambda lp, s=sampler, w=weights, e=ent: fn(
+        lp, OLD, REF, ADV, MASK, entropy=e, sampler_log_probs=s, token_weights=w)[0])(LP))
+  (a, ga), (b, gb) = results
+  assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  assert np.asarray(ga).tobytes() == np.asarray(gb).tobytes()
+  assert np.isfinite(float(a)) and not np.any(np.asarray(ga)[~MASK])
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: presets.trl_loss("ppo"), "^loss_type must be one of"),
     (lambda: presets.trl_loss(importance_sampling_level="geo"), "^importance_sampling_level"),
@@ -525,6 +674,23 @@ def test_tunix_custom_norm_and_no_reference():
     (lambda: presets.tunix_loss("mean"), "^loss_agg_mode must be one of"),
     (lambda: presets.tunix_loss(loss_algo="gspo"), "^loss_algo must be one of"),
     (lambda: presets.tunix_loss(kl_loss_mode="k3"), "^kl_loss_mode must be one of"),
+    (lambda: presets.trl_loss(top_entropy_quantile=1.5), "^top_entropy_quantile must be"),
+    (lambda: presets.trl_loss(top_entropy_quantile=0.5)(LP, OLD, None, ADV, MASK),
+     "^top_entropy_quantile < 1 needs entropy"),
+    (lambda: presets.trl_loss(off_policy_mask_threshold=math.inf),
+     "^off_policy_mask_threshold must be finite"),
+    (lambda: presets.trl_loss(vllm_importance_sampling_mode="token"),
+     "^vllm_importance_sampling_mode must be one of"),
+    (lambda: presets.trl_loss(vllm_importance_sampling_clip_min=-1.0),
+     "^vllm_importance_sampling_clip_min must be finite"),
+    (lambda: presets.trl_loss(vllm_importance_sampling_clip_min=4.0),
+     "^vllm_importance_sampling_clip_min must not exceed"),
+    (lambda: presets.trl_loss()(LP, OLD, None, ADV, MASK, sampler_log_probs=SAMPLER[:, :3]),
+     "^shapes must match exactly.*sampler_log_probs has shape \\(4, 3\\)"),
+    (lambda: presets.trl_loss()(LP, OLD, None, ADV, MASK, token_weights=W[:, :3]),
+     "^token_weights must have shape \\[B, L\\] = \\(4, 5\\) or \\[B\\] = \\(4,\\)"),
+    (lambda: presets.tunix_loss()(LP, OLD, None, ADV, MASK, sampler_is_weights=-W),
+     "^sampler_is_weights must be finite and in \\[0, inf\\)"),
 ])
 def test_preset_errors_name_the_argument(call, match):
   with pytest.raises(ValueError, match=match):
