@@ -14,7 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reinforce_jax.sequence import tabular
+from reinforce_jax.sequence import (
+    advantages,
+    losses,
+    off_policy,
+    presets,
+    regularizers,
+    shaping,
+    tabular,
+)
 from reinforce_jax.sequence.tabular import EstimatorConfig
 
 BETA = 0.5
@@ -165,6 +173,7 @@ def test_monte_carlo_finds_the_bias_where_there_is(config):
   assert _z(config) > Z_BIASED
 
 
+@pytest.mark.slow
 def test_across_prompts_grpo_reweights_and_rloo_does_not():
   # Two prompts in a batch, the second paying a quarter of the first's rewards: GRPO divides
   # each prompt's scale out (Liu et al.'s difficulty bias), RLOO keeps it. Sequences of at
@@ -204,3 +213,303 @@ def test_off_policy_only_the_sequence_weight_is_unbiased():
   assert error("token") > 0.02
   assert error("sequence") > 0.05
   assert error("token", 0.2) > 0.1
+
+
+# --- every variant as a loss function of the batch -------------------------------------------
+# Sequences of at most 3 tokens (15 sequences, 225 groups of two) keep these fast; each cell is
+# built from the library's parts exactly as a user would build it.
+
+SHORT = 3
+
+
+def _rloo(rewards):
+  return advantages.relative_advantages(rewards, baseline="loo", scale="none").reshape(-1)
+
+
+def _pg(batch, adv, **kw):
+  kw.setdefault("mask", batch.mask)
+  mask = kw.pop("mask")
+  return losses.policy_gradient_loss(batch.log_probs, adv, mask, aggregation="sequence_sum",
+                                     **kw)
+
+
+def _short_exact(loss_fn, group_size=2, **kw):
+  table, logits, ref_logits, rewards, *_ = _problem(SHORT)
+  return tabular.exact_expectation(logits, table, rewards, group_size, loss_fn,
+                                   ref_logits=ref_logits, **kw)
+
+
+def test_a_loss_function_is_audited_like_its_estimator_config():
+  table, logits, ref_logits, rewards, grad, _ = _problem(SHORT)
+  idx = tabular.sample(jax.random.key(3), logits, table, (16, 2))
+  config = EstimatorConfig("rloo", "sequence_sum")
+
+  def loss_fn(batch):
+    return _pg(batch, _rloo(batch.rewards))
+
+  np.testing.assert_allclose(tabular.group_gradients(logits, table, rewards, idx, loss_fn),
+                             tabular.group_gradients(logits, table, rewards, idx, config),
+                             atol=1e-6)
+  assert _relative_error(_short_exact(loss_fn), grad) < 1e-5
+
+
+def _tabular_apply(logits, length):
+  """A causal `apply_fn` for the tabular policy: a one-token prompt, then the completion."""
+  def apply_fn(params, tokens):
+    codes, states = jnp.zeros(tokens.shape[0], jnp.int32), []
+    for k in range(tokens.shape[1]):  # position k predicts completion token k (k >= 0)
+      states.append(jnp.minimum(2**min(k, length - 1) - 1 + codes, params.shape[0] - 1))
+      codes = 2 * codes + jnp.clip(tokens[:, min(k + 1, tokens.shape[1] - 1)] - 1, 0, 1)
+    return params[jnp.stack(states, axis=1)]
+  return apply_fn
+
+
+def test_greedy_index_is_the_greedy_decode_of_the_policy():
+  table, logits, _, rewards, *_ = _problem(SHORT)
+  done = shaping.greedy_completions(_tabular_apply(logits, SHORT), logits,
+                                    jnp.zeros((1, 1), jnp.int32), max_new_tokens=SHORT,
+                                    eos_id=0)
+  index = int(tabular.greedy_index(logits, table))
+  mask = np.asarray(done.mask[0, 1:]) != 0
+  np.testing.assert_array_equal(np.asarray(done.tokens[0, 1:])[mask],
+                                np.asarray(table.tokens[index])[np.asarray(table.mask[index])])
+
+
+def test_remax_is_exactly_unbiased():
+  # The greedy completion's reward is a constant of the policy: a baseline that keeps the
+  # score-function gradient unbiased, exactly, at G = 2.
+  def remax(batch):
+    return _pg(batch, shaping.remax_advantages(batch.rewards, batch.greedy_rewards).reshape(-1))
+
+  assert _relative_error(_short_exact(remax), _problem(SHORT)[4]) < 1e-5
+
+
+def _reward_masses(logits, table, rewards):
+  """`{v: (P(R = v), grad P(R = v))}` over the distinct reward values."""
+  values = np.unique(np.asarray(rewards))
+  onehot = jnp.asarray(np.asarray(rewards)[None, :] == values[:, None], jnp.float32)
+
+  def masses(theta):
+    return onehot @ jnp.exp(tabular.sequence_log_probs(theta, table))
+
+  p, dp = masses(logits), jax.jacobian(masses)(logits)
+  return {float(v): (float(p[i]), dp[i]) for i, v in enumerate(values)}
+
+
+def _dynamic(adv_fn):
+  def loss_fn(batch):
+    keep = shaping.dynamic_sampling_mask(batch.rewards).keep
+    weights = jnp.broadcast_to(jnp.repeat(keep, batch.rewards.shape[1])[:, None],
+                               batch.mask.shape).astype(batch.log_probs.dtype)
+    return _pg(batch, adv_fn(batch.rewards).reshape(-1), weights=weights)
+  return loss_fn
+
+
+def _keep(rewards):
+  return shaping.dynamic_sampling_mask(rewards).keep
+
+
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_dynamic_sampling_rescales_by_the_mass_of_kept_groups(group_size):
+  # A group's rewards are all equal with probability q = sum_v P_v^G. Under a group baseline
+  # such a group's gradient is 0, so keeping only the others gives E[g | kept] = grad J / (1-q):
+  # the right direction, scaled by a factor that depends on the policy.
+  table, logits, _, rewards, grad, _ = _problem(SHORT)
+  q = sum(p**group_size for p, _ in _reward_masses(logits, table, rewards).values())
+  got = _short_exact(_dynamic(_rloo), group_size, accept=_keep)
+  assert 0.05 < q < 0.5
+  assert _relative_error(got, grad / (1 - q)) < 1e-5
+
+
+def test_dynamic_sampling_without_a_baseline_is_biased_by_the_dropped_groups():
+  # Without a baseline an equal-reward group carried (1/G) sum_i v grad log pi(y_i); its mean
+  # over those groups is sum_v v P_v^(G-1) grad P_v = grad(sum_v v P_v^G) / G, so
+  # E[g | kept] = (grad J - sum_v v P_v^(G-1) grad P_v) / (1 - q).
+  table, logits, _, rewards, grad, _ = _problem(SHORT)
+  masses = _reward_masses(logits, table, rewards)
+  q = sum(p**2 for p, _ in masses.values())
+  dropped = sum(v * p * dp for v, (p, dp) in masses.items())
+  none = _dynamic(lambda r: advantages.relative_advantages(r, baseline="none", scale="none"))
+  got = _short_exact(none, 2, accept=_keep)
+  assert _relative_error(got, (grad - dropped) / (1 - q)) < 1e-5
+  assert _direction_error(got, grad) > 0.02
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_across_prompts_weights_each_prompt_by_its_kept_mass():
+  # Each prompt's group drawn again until kept: prompt b's gradient is grad J_b / (1 - q_b),
+  # so prompts whose groups are often all-equal are weighted up. 7 sequences of at most two
+  # tokens, 7^4 batches of two prompts.
+  table, num_states = tabular.enumerate_sequences(vocab_size=3, max_length=2)
+  logits = jnp.stack([jax.random.normal(jax.random.key(0), (num_states, 3)),
+                      jax.random.normal(jax.random.key(3), (num_states, 3))])
+  rewards = jnp.stack([tabular.content_and_length_reward(table)] * 2)
+  got = tabular.exact_batch_expectation(logits, table, rewards, 2, _dynamic(_rloo),
+                                        accept=_keep)
+  for b in range(2):
+    q = sum(p**2 for p, _ in _reward_masses(logits[b], table, rewards[b]).values())
+    want = jax.grad(tabular.objective)(logits[b], table, rewards[b]) / (2 * (1 - q))
+    assert _relative_error(got[b], want) < 1e-5
+
+
+def test_grpo_variants_coincide_for_one_prompt_and_ddof_is_a_constant_factor():
+  # One prompt: the batch std is the group std, and REINFORCE++'s batch normalisation of
+  # group-centred rewards is GRPO's; ddof=1 multiplies every advantage by sqrt((G - 1) / G).
+  def grpo(ddof=0, scale="group"):
+    return lambda batch: _pg(batch, advantages.relative_advantages(
+        batch.rewards, baseline="mean", scale=scale, ddof=ddof).reshape(-1))
+
+  def reinforce_pp(baseline):
+    return lambda batch: _pg(batch, advantages.reinforce_pp_advantages(
+        batch.rewards, baseline=baseline).reshape(-1))
+
+  base = _short_exact(grpo())
+  for other in (grpo(scale="batch"), reinforce_pp("batch"), reinforce_pp("group")):
+    np.testing.assert_allclose(_short_exact(other), base, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(_short_exact(grpo(ddof=1)), base / np.sqrt(2), rtol=1e-4,
+                             atol=1e-6)
+  assert _direction_error(base, _problem(SHORT)[4]) > 0.1
+
+
+def _overlong(batch):
+  lengths = jnp.sum(batch.mask, axis=1)
+  shaped = batch.rewards + shaping.overlong_penalty(
+      lengths, max_length=SHORT, cache_length=2).reshape(batch.rewards.shape)
+  return _pg(batch, _rloo(shaped))
+
+
+def test_overlong_shaping_is_unbiased_for_the_shaped_objective_only():
+  table, logits, _, rewards, grad, _ = _problem(SHORT)
+  shaped = rewards + shaping.overlong_penalty(table.lengths, max_length=SHORT, cache_length=2)
+  got = _short_exact(_overlong)
+  assert _relative_error(got, jax.grad(tabular.objective)(logits, table, shaped)) < 1e-5
+  assert _relative_error(got, grad) > 0.1
+
+
+def test_rows_nonempty_changes_nothing_until_a_mask_empties_rows():
+  # EOS is a token, so no tabular completion is empty: tunix's row count is TRL's. Overlong
+  # filtering empties the truncated rows, and then 1 / #kept rows is a different estimator.
+  table = _problem(SHORT)[0]
+  assert int(table.lengths.min()) >= 1
+
+  def loss(rows, filtered):
+    def loss_fn(batch):
+      mask = batch.mask
+      if filtered:
+        mask, _ = shaping.truncated_completion_mask(batch.tokens, batch.mask, eos_id=0)
+      return losses.policy_gradient_loss(batch.log_probs, _rloo(batch.rewards), mask,
+                                         aggregation="sequence_mean", rows=rows)
+    return loss_fn
+
+  np.testing.assert_allclose(_short_exact(loss("nonempty", False)),
+                             _short_exact(loss("batch", False)), atol=1e-7)
+  assert _relative_error(_short_exact(loss("nonempty", True)),
+                         _short_exact(loss("batch", True))) > 0.05
+
+
+def test_top_entropy_tokens_alone_are_a_biased_gradient():
+  def top_entropy(batch):
+    kept = shaping.top_entropy_mask(batch.entropy, batch.mask, fraction=0.2)
+    return _pg(batch, _rloo(batch.rewards), mask=kept)
+
+  assert _direction_error(_short_exact(top_entropy), _problem(SHORT)[4]) > 0.3
+
+
+@pytest.mark.slow
+def test_clip_cov_expected_weights_match_its_random_draws():
+  # The audit averages Clip-Cov's uniform draw exactly: a candidate is dropped with
+  # probability k / #candidates. Checked here against 4000 draws of the library's own key.
+  table, logits, *_ = _problem(SHORT)
+  idx = jnp.asarray([3, 10, 13, 14, 5, 12, 9, 14])  # one batch of 8
+  lp = tabular.token_log_probs(logits, table)[idx]
+  mask = table.mask[idx]
+  adv = jnp.asarray([3.0, -2.0, 1.0, 2.5, -1.0, 0.5, -3.0, 2.0])
+  every = shaping.clip_cov(jax.random.key(0), lp, adv, mask, fraction=1.0, low=0.2)
+  candidates = np.asarray(mask & ~every.mask)
+  count = int(every.metrics["num_candidates"])
+  assert count >= 3  # a real draw: several candidates for one slot
+  draws = jax.jit(jax.vmap(lambda k: shaping.clip_cov(k, lp, adv, mask, low=0.2).weights))(
+      jax.random.split(jax.random.key(1), 4000))
+  mean = np.asarray(draws.mean(0))
+  np.testing.assert_allclose(mean[candidates], 1 - 1 / count, atol=4.5 * np.sqrt(
+      (1 / count) * (1 - 1 / count) / 4000))
+  np.testing.assert_array_equal(mean[np.asarray(mask) & ~candidates], 1.0)
+
+
+_TRL_MODES = {"grpo": "sequence_mean", "sapo": "sequence_mean", "dr_grpo": "constant",
+              "luspo": "sequence_sum", "dapo": "token_mean", "cispo": "token_mean",
+              "vespo": "token_mean", "bnpo": "token_mean"}
+
+
+@functools.cache
+def _on_policy_gradients(loss_type=None, mode=None):
+  """Gradients of 8 groups of two: TRL's `loss_type` on-policy, or the plain surrogate."""
+  table, logits, _, rewards, *_ = _problem(SHORT)
+  idx = tabular.sample(jax.random.key(3), logits, table, (8, 2))
+  if loss_type is not None:
+    fn = presets.trl_loss(loss_type, epsilon_high=5.0 if loss_type == "cispo" else None)
+
+    def loss_fn(b):
+      return fn(b.log_probs, None, None, _rloo(b.rewards), b.mask)[0]
+  else:
+    def loss_fn(b):
+      return losses.policy_gradient_loss(b.log_probs, _rloo(b.rewards), b.mask,
+                                         aggregation=mode)
+  return np.asarray(tabular.group_gradients(logits, table, rewards, idx, loss_fn))
+
+
+@pytest.mark.parametrize("loss_type", presets.TRL_LOSS_TYPES)
+def test_every_trl_loss_is_the_plain_surrogate_on_policy(loss_type):
+  # At old_log_probs = log_probs every ratio is 1 with gradient grad log pi (PPO's clip,
+  # CISPO's stopped weight, SAPO's gate of slope 1, VESPO's phi(1) = 1): each loss type is
+  # the REINFORCE surrogate under its aggregation, batch by batch.
+  np.testing.assert_allclose(_on_policy_gradients(loss_type),
+                             _on_policy_gradients(mode=_TRL_MODES[loss_type]), atol=1e-5)
+
+
+def _stale():
+  table, logits, ref_logits, rewards, *_ = _problem(SHORT)
+  return logits + 0.5 * jax.random.normal(jax.random.key(4), logits.shape)
+
+
+@pytest.mark.parametrize(("level", "cap", "unbiased"), [
+    ("sequence", None, True), ("sequence", 2.0, False), ("token", 2.0, False)])
+def test_only_the_uncapped_sequence_correction_is_exact_off_policy(level, cap, unbiased):
+  # Sampler mu = the stale policy, pi_old = the current one: the sequence ratio pi(y)/mu(y)
+  # is the exact weight; a cap or per-token ratios are not.
+  def tis(batch):
+    correction = off_policy.importance_correction(
+        jax.lax.stop_gradient(batch.log_probs), batch.old_log_probs, batch.mask,
+        mode="truncate", level=level, high=cap)
+    return _pg(batch, _rloo(batch.rewards), weights=correction.weights)
+
+  error = _relative_error(_short_exact(tis, old_logits=_stale()), _problem(SHORT)[4])
+  assert (error < 1e-5) if unbiased else (error > 0.01)
+
+
+def test_unbiased_kl_is_exact_for_one_token_off_policy_and_k3_is_not():
+  # One token: E_old[(pi / pi_old) d grad log pi] = grad KL(pi || pi_ref) exactly; plain k3
+  # on stale samples gives E_old[(1 - pi_ref / pi) grad log pi], neither KL's gradient.
+  table, logits, ref_logits, rewards, _, grad_kl = _problem(1)
+  old = logits + 0.5 * jax.random.normal(jax.random.key(4), logits.shape)
+
+  def loss(kind):
+    def loss_fn(batch):
+      weight = off_policy.importance_correction(batch.log_probs, batch.old_log_probs,
+                                                batch.mask, mode="truncate", level="sequence")
+      if kind == "unbiased":
+        kl = off_policy.unbiased_kl(batch.log_probs, batch.old_log_probs,
+                                    batch.ref_log_probs, batch.mask)
+      else:
+        kl = regularizers.kl_penalty(batch.log_probs, batch.ref_log_probs, batch.mask,
+                                     estimator="k3")
+      return _pg(batch, _rloo(batch.rewards), weights=weight.weights) + BETA * losses.aggregate(
+          kl, batch.mask, aggregation="sequence_sum")
+    return loss_fn
+
+  def exact(kind):
+    return tabular.exact_expectation(logits, table, rewards, 4, loss(kind),
+                                     ref_logits=ref_logits, old_logits=old)
+
+  assert _relative_error(exact("unbiased"), grad_kl) < 1e-5
+  assert _relative_error(exact("k3"), grad_kl) > 0.05

@@ -10,6 +10,12 @@ score-function estimator over every group of `G = 2` or `4` completions.
 Since every sequence is enumerated, sampling a sequence index from the exact sequence
 probabilities draws from the same distribution as sampling token by token.
 
+An estimator is either an `EstimatorConfig` (advantage estimator x aggregation x KL x ratio)
+or any loss function of a `Batch` (`LossFn`): the batch's differentiable token log-probs,
+mask, tokens, rewards, and the sampling, reference and greedy policies' quantities. A loss
+built from the library's parts is audited exactly as it ships; its gradient reaches the
+logits only through `Batch.log_probs`.
+
 References:
   Liu, Z. et al. (2025). Understanding R1-Zero-like training: a critical perspective.
   arXiv:2503.20783.
@@ -18,6 +24,7 @@ References:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -27,18 +34,22 @@ import numpy as np
 from reinforce_jax.sequence import losses
 
 __all__ = [
+    "Batch",
     "batch_gradients",
     "content_and_length_reward",
     "enumerate_sequences",
     "EstimatorConfig",
     "exact_batch_expectation",
     "exact_expectation",
+    "greedy_index",
     "group_gradients",
     "group_loss",
+    "LossFn",
     "objective",
     "sample",
     "sequence_log_probs",
     "SequenceTable",
+    "token_entropies",
     "token_log_probs",
 ]
 
@@ -125,6 +136,35 @@ def sequence_log_probs(logits: jax.Array, table: SequenceTable) -> jax.Array:
   return jnp.sum(token_log_probs(logits, table), axis=1)
 
 
+def token_entropies(logits: jax.Array, table: SequenceTable) -> jax.Array:
+  """`[S, L]` entropy of the next-token distribution each token is drawn from, 0 after the end.
+
+  Args:
+    logits: `[num_states, V]` float array, one row of logits per prefix.
+    table: from `enumerate_sequences`.
+  """
+  log_pi = jax.nn.log_softmax(logits, axis=-1)
+  entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+  return jnp.where(table.mask, entropy[table.states], 0.0)
+
+
+def greedy_index(logits: jax.Array, table: SequenceTable) -> jax.Array:
+  """The index into `table` of the greedy sequence: the most likely token at every step.
+
+  Greedy decoding of a tabular policy is deterministic (ties go to the lower token id, as
+  `argmax`), so its sequence, and its reward, is a constant of the logits.
+
+  Args:
+    logits: `[num_states, V]` float array.
+    table: from `enumerate_sequences`.
+
+  Returns:
+    An int32 scalar.
+  """
+  best = jnp.argmax(logits, axis=-1)[table.states]  # [S, L]
+  return jnp.argmax(jnp.all(~table.mask | (table.tokens == best), axis=1)).astype(jnp.int32)
+
+
 def sample(key: jax.Array, logits: jax.Array, table: SequenceTable,
            shape: tuple[int, ...]) -> jax.Array:
   """Indices into `table` of sequences drawn i.i.d. from the policy, shape `shape`."""
@@ -188,6 +228,37 @@ class EstimatorConfig(NamedTuple):
   clip_eps: float | None = None
 
 
+class Batch(NamedTuple):
+  """What a loss sees of a batch of `B` prompts x `G` completions (`N = B * G` rows).
+
+  Rows are prompt-major. Every array but `log_probs` is a constant of the batch.
+
+  Attributes:
+    log_probs: `[N, L]` token log-probs under the policy being differentiated.
+    mask: `[N, L]` bool, the completions' tokens (EOS included).
+    rewards: `[B, G]` rewards.
+    tokens: `[N, L]` int32 tokens (0, the EOS, after the end).
+    ref_log_probs: `[N, L]` log-probs under the reference policy, or `None`.
+    old_log_probs: `[N, L]` log-probs under the policy the batch was drawn from, or `None`
+      when that is the policy being differentiated (on-policy).
+    entropy: `[N, L]` entropy of the current policy's next-token distribution at each token.
+    greedy_rewards: `[B]` reward of each prompt's greedy sequence (`greedy_index`).
+  """
+
+  log_probs: jax.Array
+  mask: jax.Array
+  rewards: jax.Array
+  tokens: jax.Array
+  ref_log_probs: jax.Array | None
+  old_log_probs: jax.Array | None
+  entropy: jax.Array
+  greedy_rewards: jax.Array
+
+
+LossFn = Callable[[Batch], jax.Array]
+"""A loss to minimise, `loss_fn(batch) -> scalar`; `-grad` of it is the gradient estimate."""
+
+
 def group_loss(log_probs: jax.Array, mask: jax.Array, rewards: jax.Array,
                ref_log_probs: jax.Array | None, config: EstimatorConfig,
                beta: float = 0.0, old_log_probs: jax.Array | None = None) -> jax.Array:
@@ -239,9 +310,57 @@ def _per_prompt(fn, logits, table):
   return jax.vmap(fn, (0, None))(logits, table)
 
 
+def _as_loss(config: EstimatorConfig | LossFn, beta: float) -> LossFn:
+  if callable(config):
+    return config
+  if not isinstance(config, EstimatorConfig):
+    raise ValueError(f"config must be an EstimatorConfig or a function of a Batch, got "
+                     f"{type(config).__name__}")
+
+  def loss(batch: Batch) -> jax.Array:
+    return group_loss(batch.log_probs, batch.mask, batch.rewards, batch.ref_log_probs, config,
+                      beta, batch.old_log_probs)
+
+  return loss
+
+
+class _Constants(NamedTuple):
+  """Per-prompt `[B, S, L]` arrays a batch is gathered from, and `[B]` greedy rewards."""
+
+  ref: jax.Array | None
+  old: jax.Array | None
+  entropy: jax.Array
+  greedy: jax.Array
+
+
+def _constants(logits, table, rewards, ref_logits, old_logits) -> _Constants:
+  greedy = jax.vmap(greedy_index, (0, None))(logits, table)
+  return _Constants(
+      ref=None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table),
+      old=None if old_logits is None else _per_prompt(token_log_probs, old_logits, table),
+      entropy=_per_prompt(token_entropies, logits, table),
+      greedy=jnp.take_along_axis(rewards, greedy[:, None], axis=1)[:, 0])
+
+
+_take = jax.vmap(lambda a, i: a[i])  # [B, S, ...], [B, G] -> [B, G, ...]
+
+
+def _batch(log_probs_all, table, rewards, consts: _Constants, idx) -> Batch:
+  """The `Batch` of sequence indices `idx` (`[B, G]`), log-probs from `[B, S, L]`."""
+  length = table.tokens.shape[1]
+
+  def rows(a):
+    return None if a is None else _take(a, idx).reshape(-1, length)
+
+  return Batch(log_probs=rows(log_probs_all), mask=table.mask[idx].reshape(-1, length),
+               rewards=_take(rewards, idx), tokens=table.tokens[idx].reshape(-1, length),
+               ref_log_probs=rows(consts.ref), old_log_probs=rows(consts.old),
+               entropy=rows(consts.entropy), greedy_rewards=consts.greedy)
+
+
 def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
-                    indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
-                    ref_logits: jax.Array | None = None,
+                    indices: jax.Array, config: EstimatorConfig | LossFn, *,
+                    beta: float = 0.0, ref_logits: jax.Array | None = None,
                     old_logits: jax.Array | None = None) -> jax.Array:
   """Gradient estimates (ascent direction), one per batch of `B` prompts x `G` completions.
 
@@ -253,35 +372,30 @@ def batch_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
     table: from `enumerate_sequences`.
     rewards: `[B, S]` reward of each sequence for each prompt.
     indices: `[K, B, G]` int sequence indices: `K` batches.
-    config: the estimator.
-    beta: KL coefficient.
+    config: the estimator: an `EstimatorConfig` (with `beta`), or a `LossFn`.
+    beta: KL coefficient of an `EstimatorConfig`.
     ref_logits: `[B, num_states, V]` reference logits (needed when `config.kl` is set).
     old_logits: `[B, num_states, V]` logits of the policy `indices` were drawn from, for
       `config.ratio_level`; `None`: the current policy.
 
   Returns:
-    `[K, B, num_states, V]`: `-grad group_loss` for each batch.
+    `[K, B, num_states, V]`: `-grad loss` for each batch.
   """
-  length = table.tokens.shape[1]
-  ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
-  old_all = None if old_logits is None else _per_prompt(token_log_probs, old_logits, table)
-  take = jax.vmap(lambda a, i: a[i])  # [B, S, ...], [B, G] -> [B, G, ...]
+  loss_fn = _as_loss(config, beta)
+  consts = _constants(logits, table, rewards, ref_logits, old_logits)
 
   def one(idx):
     def loss(theta):
-      lp = take(_per_prompt(token_log_probs, theta, table), idx).reshape(-1, length)
-      ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
-      old = None if old_all is None else take(old_all, idx).reshape(-1, length)
-      mask = table.mask[idx].reshape(-1, length)
-      return group_loss(lp, mask, take(rewards, idx), ref, config, beta, old)
+      return loss_fn(_batch(_per_prompt(token_log_probs, theta, table), table, rewards,
+                            consts, idx))
     return -jax.grad(loss)(logits)
 
   return jax.vmap(one)(indices)
 
 
 def group_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
-                    indices: jax.Array, config: EstimatorConfig, *, beta: float = 0.0,
-                    ref_logits: jax.Array | None = None,
+                    indices: jax.Array, config: EstimatorConfig | LossFn, *,
+                    beta: float = 0.0, ref_logits: jax.Array | None = None,
                     old_logits: jax.Array | None = None) -> jax.Array:
   """`batch_gradients` for one prompt: `[num_states, V]` logits, `[S]` rewards, `[K, G]`
   indices; returns `[K, num_states, V]`."""
@@ -292,9 +406,10 @@ def group_gradients(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
 
 
 def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
-                            group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
-                            ref_logits: jax.Array | None = None,
+                            group_size: int, config: EstimatorConfig | LossFn, *,
+                            beta: float = 0.0, ref_logits: jax.Array | None = None,
                             old_logits: jax.Array | None = None,
+                            accept: Callable[[jax.Array], jax.Array] | None = None,
                             chunk: int = 8192) -> jax.Array:
   """The exact mean of `batch_gradients` over every one of the `S^(B G)` ordered batches.
 
@@ -308,37 +423,43 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
     old_logits: the sampling policy (batches are weighted by its probabilities), or `None`.
     group_size: `G`; `S^(B G)` batches are enumerated (31^4 = 923521 for the default table
       at `B G = 4`).
+    accept: optional `[B, G] rewards -> [B] bool`, which prompts' groups are kept: the mean
+      is then conditioned on every prompt's group being kept (each group drawn again until
+      it is, as dynamic sampling does).
     chunk: batches per vectorised step.
 
   Returns:
-    `[B, num_states, V]`, `E[-grad group_loss]`.
+    `[B, num_states, V]`, `E[-grad loss]` (given `accept`).
+
+  Raises:
+    ValueError: if `accept` keeps no batch.
   """
+  loss_fn = _as_loss(config, beta)
   prompts = logits.shape[0]
   num, length = table.tokens.shape
   lp_all = _per_prompt(token_log_probs, logits, table)  # [B, S, L]
-  ref_all = None if ref_logits is None else _per_prompt(token_log_probs, ref_logits, table)
-  old_all = None if old_logits is None else _per_prompt(token_log_probs, old_logits, table)
-  seq_lp = jnp.sum(lp_all if old_all is None else old_all, axis=2)  # [B, S], sampling policy
-  take = jax.vmap(lambda a, i: a[i])
+  consts = _constants(logits, table, rewards, ref_logits, old_logits)
+  seq_lp = jnp.sum(lp_all if consts.old is None else consts.old, axis=2)  # sampling policy
 
-  def weights(idx):  # [B, G] -> [B, G, L]
-    ref = None if ref_all is None else take(ref_all, idx).reshape(-1, length)
-    old = None if old_all is None else take(old_all, idx).reshape(-1, length)
-    w = jax.grad(group_loss)(take(lp_all, idx).reshape(-1, length),
-                             table.mask[idx].reshape(-1, length), take(rewards, idx), ref,
-                             config, beta, old)
-    prob = jnp.exp(jnp.sum(take(seq_lp, idx)))
-    return -prob * w.reshape(prompts, group_size, length)
+  def weights(idx):  # [B, G] -> [B, G, L], probability
+    batch = _batch(lp_all, table, rewards, consts, idx)
+    w = jax.grad(lambda lp: loss_fn(batch._replace(log_probs=lp)))(batch.log_probs)
+    prob = jnp.exp(jnp.sum(_take(seq_lp, idx)))
+    if accept is not None:
+      prob = prob * jnp.all(accept(batch.rewards)).astype(prob.dtype)
+    return -prob * w.reshape(prompts, group_size, length), prob
 
   @jax.jit
   def chunk_total(idx, valid):  # idx [C, B, G]
-    w = jax.vmap(weights)(idx) * valid[:, None, None, None]  # [C, B, G, L]
+    w, prob = jax.vmap(weights)(idx)
+    w = w * valid[:, None, None, None]  # [C, B, G, L]
     rows = (jnp.arange(prompts)[None, :, None] * num + idx).reshape(-1)
     total = jnp.zeros((prompts * num, length), w.dtype).at[rows].add(w.reshape(-1, length))
-    return total.reshape(prompts, num, length)
+    return total.reshape(prompts, num, length), jnp.sum(prob * valid)
 
   # Chunks add up on the host in float64: a million float32 terms would lose ~1e-4.
   total = np.zeros((prompts, num, length), np.float64)
+  kept = 0.0
   width = prompts * group_size
   count = num**width
   chunk = min(chunk, count)
@@ -347,8 +468,14 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
     flat = np.arange(start, start + chunk)  # one shape for every step: the tail is masked
     idx = ((np.minimum(flat, count - 1)[:, None] // digits) % num).reshape(
         chunk, prompts, group_size)
-    total += np.asarray(chunk_total(jnp.asarray(idx, jnp.int32),
-                                    jnp.asarray(flat < count, lp_all.dtype)), np.float64)
+    part, mass = chunk_total(jnp.asarray(idx, jnp.int32),
+                             jnp.asarray(flat < count, lp_all.dtype))
+    total += np.asarray(part, np.float64)
+    kept += float(mass)
+  if accept is not None:
+    if kept <= 0:
+      raise ValueError("accept keeps no batch: the conditional mean is undefined")
+    total /= kept
   total = jax.lax.stop_gradient(jnp.asarray(total, lp_all.dtype))
   # d/dtheta of sum total * log_probs (total held fixed) contracts W with the Jacobian.
   return jax.grad(lambda theta: jnp.sum(
@@ -356,12 +483,14 @@ def exact_batch_expectation(logits: jax.Array, table: SequenceTable, rewards: ja
 
 
 def exact_expectation(logits: jax.Array, table: SequenceTable, rewards: jax.Array,
-                      group_size: int, config: EstimatorConfig, *, beta: float = 0.0,
-                      ref_logits: jax.Array | None = None,
+                      group_size: int, config: EstimatorConfig | LossFn, *,
+                      beta: float = 0.0, ref_logits: jax.Array | None = None,
                       old_logits: jax.Array | None = None,
+                      accept: Callable[[jax.Array], jax.Array] | None = None,
                       chunk: int = 8192) -> jax.Array:
   """`exact_batch_expectation` for one prompt (`S^G` groups): `[num_states, V]`."""
   ref = None if ref_logits is None else ref_logits[None]
   old = None if old_logits is None else old_logits[None]
   return exact_batch_expectation(logits[None], table, rewards[None], group_size, config,
-                                 beta=beta, ref_logits=ref, old_logits=old, chunk=chunk)[0]
+                                 beta=beta, ref_logits=ref, old_logits=old, accept=accept,
+                                 chunk=chunk)[0]
