@@ -270,7 +270,9 @@ class Minibatches(NamedTuple):
   environments and replay their sequences from the rollout's first carry.
 
   Each epoch's order is `permutation(key, n)`, drawn for all epochs before the
-  first, so the epochs' sorts do not wait on each other's updates.
+  first (under `jax.vmap` over the epochs' keys), so the epochs' sorts do not
+  wait on each other's updates; each minibatch gathers its rows by its slice
+  of the order.
   `prng.permutation` (the default, `None`) is uniform like
   `jax.random.permutation` and several times faster on XLA:CPU; pass
   `jax.random.permutation` for JAX's own numbers.
@@ -537,23 +539,28 @@ def _minibatch_step(self: Minibatches, learner: Learner, state, key):
     metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads)}
     return (optax.apply_updates(params, updates), opt_state), metrics
 
+  def gathered_update(carry, indices):
+    # Each minibatch gathers its own rows: the same batch as splitting the
+    # shuffled data, without writing the shuffled copy (and, under `vmap`, its
+    # transpose to the scanned axis) every epoch.
+    return update(carry, (jax.tree.map(lambda x: x[indices], data), 0.0))
+
   def epoch(carry, order):
     if learner.recurrent:
       split = lambda x: jnp.moveaxis(  # noqa: E731 - [T, B, ...] -> [n, T, B / n, ...]
           x[:, order].reshape((x.shape[0], num, -1) + x.shape[2:]), 1, 0)
       batches = (jax.tree.map(split, data), jax.tree.map(
           lambda c: c[order].reshape((num, -1) + c.shape[1:]), first_carry))
-    else:
-      batches = (jax.tree.map(lambda x: x[order].reshape((num, -1) + x.shape[1:]), data),
-                 jnp.zeros((num,)))
-    return jax.lax.scan(update, carry, batches, unroll=min(unroll, num))
+      return jax.lax.scan(update, carry, batches, unroll=min(unroll, num))
+    return jax.lax.scan(gathered_update, carry, order.reshape((num, -1)),
+                        unroll=min(unroll, num))
 
-  # Every epoch's order up front, as separate sorts: nothing orders them after
-  # the previous epoch's updates, so XLA:CPU runs them side by side.
+  # Every epoch's order up front, in one batched draw: nothing orders them after
+  # the previous epoch's updates, and the program holds one copy of the shuffle.
   permutation = prng.permutation if self.permutation is None else self.permutation
   length = learner.num_envs if learner.recurrent else data.obs.shape[0]
-  orders = jnp.stack([_checked_order(permutation(k, length), length)
-                      for k in jax.random.split(key_epochs, self.num_epochs)])
+  orders = jax.vmap(lambda k: _checked_order(permutation(k, length), length))(
+      jax.random.split(key_epochs, self.num_epochs))
   (params, opt_state), metrics = jax.lax.scan(
       epoch, (state.params, state.opt_state), orders, unroll=min(unroll, self.num_epochs))
   metrics = jax.tree.map(jnp.mean, metrics)
