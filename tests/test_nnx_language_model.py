@@ -12,12 +12,13 @@ import optax
 import pytest
 from flax import nnx
 
-from reinforce_jax.sequence import losses, sampling, tasks
+from reinforce_jax.sequence import losses, presets, sampling, tasks
 from reinforce_jax.sequence.nnx_models import nnx_policy, tunix_logits, tunix_policy
 from reinforce_jax.sequence.train import (
     SequenceBatch,
     SequenceConfig,
     make_sequence_train_step,
+    preset_loss,
     sequence_loss,
 )
 
@@ -117,6 +118,25 @@ def test_a_loss_fn_replaces_the_policy_term_and_the_kl_term_stays():
   np.testing.assert_allclose(twice_aux["policy_loss"], 2 * aux["policy_loss"], rtol=1e-6)
   with pytest.raises(ValueError, match=r"loss_fn must return a scalar loss, got shape \(4, 3\)"):
     jax.eval_shape(lambda: value_and_grad(lambda lp, b: lp))
+
+
+def test_a_preset_is_a_loss_fn_and_gets_the_entropies():
+  params, batch = _batch()
+  config = SequenceConfig(max_new_tokens=3, group_size=2, clip_eps=0.2,
+                          aggregation="token_mean")
+
+  def value_and_grad(loss_fn):
+    return jax.value_and_grad(
+        lambda w: sequence_loss(_table_apply, w, batch, config, loss_fn=loss_fn)[0])(params)
+
+  # TRL's "dapo" without KL is PPO's clipped surrogate averaged over the batch's tokens.
+  loss, grads = value_and_grad(None)
+  dapo, dapo_grads = value_and_grad(preset_loss(presets.trl_loss("dapo", epsilon=0.2)))
+  np.testing.assert_allclose(dapo, loss, rtol=1e-6)
+  np.testing.assert_allclose(dapo_grads, grads, rtol=1e-5, atol=1e-7)
+  # An entropy bonus needs the per-token entropies, which the train step passes to a preset.
+  bonus = value_and_grad(preset_loss(presets.trl_loss("dapo", epsilon=0.2, entropy_coef=0.1)))[0]
+  assert abs(float(bonus) - float(loss)) > 1e-4
 
 
 # tunix's Qwen3 at a tiny random configuration.

@@ -38,6 +38,7 @@ from reinforce_jax.xla import prng
 
 __all__ = [
     "make_sequence_train_step",
+    "preset_loss",
     "sequence_loss",
     "SequenceBatch",
     "SequenceConfig",
@@ -217,7 +218,9 @@ def sequence_loss(
     config: a `SequenceConfig`.
     loss_fn: `(log_probs [N, T], batch) -> scalar`, a policy loss of your own, or None;
       `log_probs` are the completion tokens' log-probs under `params` (0 where
-      `batch.mask` is 0), the only input that carries a gradient.
+      `batch.mask` is 0), the only input that carries a gradient. A `loss_fn` whose
+      attribute `takes_entropy` is True is also given `entropy=` (`[N, T]` per-token
+      entropies under `params`), as `preset_loss` does.
 
   Returns:
     `(loss, metrics)`: float32 scalars `policy_loss`, `kl`, `clip_fraction` and `entropy`
@@ -242,7 +245,10 @@ def sequence_loss(
         clip_eps_high=config.clip_eps_high, ratio_level=config.ratio_level,
         delta=config.delta, dual_clip=config.dual_clip, rows=config.rows)
   else:
-    policy_loss = loss_fn(log_probs, batch)
+    if getattr(loss_fn, "takes_entropy", False):
+      policy_loss = loss_fn(log_probs, batch, entropy=entropy)
+    else:
+      policy_loss = loss_fn(log_probs, batch)
     if jnp.shape(policy_loss) != ():
       raise ValueError(f"loss_fn must return a scalar loss, got shape {jnp.shape(policy_loss)}")
   kl = losses.kl_penalty(log_probs, ref_log_probs, mask, estimator=config.kl_estimator)
@@ -264,6 +270,42 @@ def sequence_loss(
          "clip_fraction": jnp.sum(jnp.where(mask > 0, outside, False)) / tokens,
          "entropy": jnp.sum(jax.lax.stop_gradient(entropy)) / tokens}
   return loss, aux
+
+
+class _PresetLoss:
+  """A preset's `(loss, metrics)` function seen as a train step's `loss_fn`."""
+
+  takes_entropy = True
+
+  def __init__(self, preset: Callable[..., tuple[jax.Array, Metrics]]):
+    self.preset = preset
+
+  def __call__(self, log_probs: jax.Array, batch: SequenceBatch, *,
+               entropy: jax.Array | None = None) -> jax.Array:
+    loss, _ = self.preset(log_probs, batch.old_log_probs, batch.ref_log_probs,
+                          batch.advantages, batch.mask, entropy=entropy)
+    return loss
+
+
+def preset_loss(preset: Callable[..., tuple[jax.Array, Metrics]]) -> LossFn:
+  """A `presets.trl_loss` / `presets.tunix_loss` function as `make_sequence_train_step`'s loss.
+
+  The preset is called as `preset(log_probs, batch.old_log_probs, batch.ref_log_probs,
+  batch.advantages, batch.mask, entropy=entropy)` and its loss kept (its metrics are
+  dropped). The preset's own KL term (`beta`) uses the batch's reference log-probs, so set
+  `SequenceConfig(kl_coef=0)` to avoid counting a KL twice. The advantages are the batch's,
+  from `SequenceConfig`'s `estimator`, `ddof` and `scale` (TRL and tunix use
+  `estimator="grpo", ddof=1`; their exact `eps` is in `presets.trl_advantages` and
+  `presets.tunix_advantages`).
+
+  Args:
+    preset: a loss function returned by `trl_loss` or `tunix_loss` (or any function with
+      their signature).
+
+  Returns:
+    A `loss_fn` for `make_sequence_train_step` and `sequence_loss`.
+  """
+  return _PresetLoss(preset)
 
 
 class SequenceTrainState(NamedTuple):
