@@ -149,3 +149,21 @@ def test_no_bootstrap_step_has_no_cond_and_matches_the_bootstrapped_rollout():
   for a, b in zip(jax.tree.leaves((state_cut, metrics_cut)),
                   jax.tree.leaves((state_boot, metrics_boot)), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_init_draws_the_same_state_with_the_unrolled_keys():
+  def state(fast: bool):
+    # LeCun-normal kernels: the orthogonal initialiser's Gram-Schmidt is a loop of its own.
+    policy = CategoricalPolicy(2, hidden=(8,), value="separate", initializer="lecun_normal")
+    init_fn, _ = make_train_step(CartPole(), policy, optax.adam(1e-3), algorithms.ppo(),
+                                 num_envs=NUM_ENVS, rollout_length=LENGTH)
+    if fast:
+      assert " while(" not in init_fn.lower(jax.random.key(3)).compile().as_text()
+      return init_fn(jax.random.key(3))
+    with prng.disabled():
+      return init_fn(jax.random.key(3))
+
+  fast, plain = state(True), state(False)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)

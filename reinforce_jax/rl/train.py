@@ -342,11 +342,11 @@ def make_train_step(
     return new_state._replace(step=state.step + 1, obs_stats=new_state.env.obs_stats,
                               env=new_state.env._replace(obs_stats=())), metrics
 
-  # From 16 environments on, threefry keys take the unrolled hash that XLA:CPU
-  # runs faster (`reinforce_jax.xla.prng`: the same numbers, the caller's key types
-  # back). Below that, JAX's rolled loop measured faster (PPO, 4 envs).
+  # Threefry keys take the unrolled hash, which XLA:CPU runs and compiles faster
+  # (`reinforce_jax.xla.prng`: the same numbers, the caller's key types back).
   if num_envs >= prng.MIN_BATCH:
     train_step = prng.with_fast_keys(train_step)
+    init_fn = prng.with_fast_init(init_fn)
   # Building a state is one compiled program: its checks run once, while tracing,
   # and every later call (a seed, a sweep point) takes microseconds.
   return jax.jit(init_fn), train_step

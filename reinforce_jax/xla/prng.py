@@ -22,12 +22,16 @@ the hash is computed once.
 `fast_keys(tree)` re-labels the threefry keys in a pytree with this
 implementation (free: the key data is shared) and `restore_keys(tree)` labels
 them back; `with_fast_keys(step)` wraps a `step(state, key)` in both.
-`make_train_step`'s `train_step` is wrapped from `MIN_BATCH` environments on,
-and the sequence train step always, so a plain
+`make_train_step`'s `train_step` and `init_fn` are wrapped (`with_fast_init`
+for the latter), and the sequence train step, so a plain
 `jax.jit(train_step)` gets the fast hash and returns the key type it was
 given; nothing changes for the caller, not even the random numbers. Use them
-in a loop of your own the same way, and measure: where every array is tiny,
-the rolled loop can be the faster of the two.
+in a loop of your own the same way.
+
+The unrolled hash also compiles faster: JAX's rolled loop is one `while` per
+call site, which XLA compiles as a computation of its own, and a PPO step has
+dozens of call sites (the policy's sample, every environment's step and reset,
+the shuffles, each layer's initialiser).
 
 Only on CPU (other backends already unroll the hash or use a kernel), only
 for keys of type `threefry2x32`, and only with `jax_threefry_partitionable`
@@ -59,6 +63,7 @@ __all__ = [
     "permutation",
     "restore_keys",
     "threefry2x32",
+    "with_fast_init",
     "with_fast_keys",
 ]
 
@@ -160,12 +165,15 @@ def _relabel(tree, source, target):
   return jax.tree.map(relabel, tree)
 
 
-# `make_train_step` uses the unrolled keys from this many environments on. On a
-# 2-core CPU, PPO on CartPole (the PureJaxRL setup, `make_run`) took 0.89-1.04x
-# as long with them at 4 environments (probes), and JAX's keys took 1.03x,
-# 1.07x and 1.00x as long as them at 16, 64 and 2,048 (ppo_levers.py); the
-# bandit at 4,096 took 0.74x and REINFORCE at 64 0.90x (ab_commits.py).
-MIN_BATCH = 16
+# `make_train_step` uses the unrolled keys from this many environments on: every
+# batch. On a 2-core CPU (jaxlib 0.10.2), PPO on CartPole (the PureJaxRL setup,
+# 4 environments, `make_run`) ran a step in 0.89x the time and compiled in 0.88x
+# the CPU time with them; at rejax's settings (4 seeds vmapped) its train step
+# compiled in 0.65x (CartPole, 5 environments) and 0.76x (Breakout-MinAtar, 32)
+# of the CPU time at the same speed (benchmarks/ppo_vs_rejax_speed.py). JAX's
+# keys took 1.03x, 1.07x and 1.00x as long at 16, 64 and 2,048 environments
+# (ppo_levers.py); the bandit at 4,096 took 0.74x and REINFORCE at 64 0.90x.
+MIN_BATCH = 1
 
 _enabled = [True]
 
@@ -215,6 +223,15 @@ def with_fast_keys(step):
     state, key = fast_keys((state, key))
     new_state, out = step(state, key, *args, **kwargs)
     return restore_keys(new_state), out
+  return wrapped
+
+
+def with_fast_init(init):
+  """`init(key, ...) -> tree` drawing with the unrolled keys inside, its result's
+  threefry keys labelled back (`restore_keys`): the same values as `init`."""
+  @functools.wraps(init)
+  def wrapped(key, *args, **kwargs):
+    return restore_keys(init(fast_keys(key), *args, **kwargs))
   return wrapped
 
 
