@@ -474,6 +474,9 @@ def test_kl_cov_matches_numpy(fraction):
   np.testing.assert_array_equal(grad, np.where(want, 0.7 * np.sign(lp - old), 0))
   none, chosen = sh.kl_cov(lp, old, adv, np.zeros_like(MASK), fraction=fraction)
   assert not np.any(chosen) and np.all(np.asarray(none) == 0)
+  # On-policy (old = current) the penalty and its gradient are 0, as |d| has derivative 0 at 0.
+  on_policy = jax.grad(lambda x: jnp.sum(sh.kl_cov(x, x, adv, MASK, fraction=fraction)[0]))(lp)
+  np.testing.assert_array_equal(on_policy, np.zeros_like(lp))
 
 
 def test_shaping_errors():

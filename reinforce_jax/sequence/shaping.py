@@ -464,8 +464,9 @@ def kl_cov(
 
       beta * |log pi_theta(y_t) - log pi_old(y_t)|,
 
-  differentiated through `log_probs`; every other token gets 0. KL-Cov's loss is the
-  unclipped surrogate plus this term: `losses.policy_gradient_loss(..., clip_eps=None) +
+  differentiated through `log_probs` (with the derivative of `|d|` taken as 0 at `d = 0`, so
+  the penalty has no gradient at the on-policy point); every other token gets 0. KL-Cov's
+  loss is the unclipped surrogate plus this term: `losses.policy_gradient_loss(..., clip_eps=None) +
   losses.aggregate(penalty, mask, aggregation=...)` with the same aggregation (the sum of
   two aggregates is the aggregate of the sum). Defaults: `fraction=2e-4` and `coef=1`, the
   paper's (`k = 2e-3` for its largest model).
@@ -496,5 +497,8 @@ def kl_cov(
   dtype = jnp.result_type(log_probs)
   log_probs, old_log_probs = checks.where_on(
       selected, log_probs, jax.lax.stop_gradient(old_log_probs).astype(dtype))
-  penalty = coef * jnp.abs(log_probs - old_log_probs)
+  difference = log_probs - old_log_probs
+  # |d| as sign(d) * d: its derivative at d = 0 (the on-policy point) is 0, as in the
+  # paper's PyTorch code, where jnp.abs's is 1.
+  penalty = coef * jax.lax.stop_gradient(jnp.sign(difference)) * difference
   return jnp.where(selected, penalty, 0), selected
