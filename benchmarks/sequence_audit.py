@@ -39,14 +39,24 @@ that a group's rewards are all equal, 1 otherwise); a cell is unbiased when `E g
 writes benchmarks/results/sequence_audit-<device>.json, .png (the original estimators: bias,
 direction error, std) and sequence_audit-table-<device>.png (every cell, both settings);
 `--replot JSON` redraws both.
+
+    python benchmarks/sequence_audit.py --cells PATTERN --merge JSON
+
+measures only the cells whose names contain PATTERN or match it as a regular expression (in
+every section), with the JSON's number of groups and the same fixed keys, so the new numbers
+are comparable with the rest; their entries replace the old ones in the JSON (or in `--out`),
+everything else is kept, and the JSON's `remeasured` list records which cells were measured
+again, when and with what. Redraw the figures afterwards with `--replot`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import pathlib
+import re
 import time
 from collections.abc import Callable
 
@@ -489,7 +499,7 @@ def one_prompt_cells() -> list[Cell]:
       Cell("Clip-Cov (r=2e-4, band (1, 5)) + rloo", "shaping", _clip_cov,
            "biased: high-covariance tokens dropped"),
       Cell("KL-Cov (r=2e-4, coef 1) + rloo", "shaping", _kl_cov,
-           "biased: JAX's |x|'(0) = 1 gives the penalty a gradient at ratio 1 (torch's 0)"),
+           "unbiased: at ratio 1 the penalty's gradient is 0 (|x|'(0) taken as 0)"),
       Cell("rloo / sequence_sum, rows=nonempty", "aggregation rows",
            _with_advantages(_rloo, rows="nonempty"), "unbiased: no empty rows here"),
       Cell("rloo / sequence_mean, rows=nonempty", "aggregation rows",
@@ -770,6 +780,99 @@ def annotate(row: dict) -> None:
                                == (row["classification"] != "biased"))
 
 
+# --- re-measuring some cells into an earlier run -------------------------------------------
+
+
+# JSON key -> (the cells, prompts, stale sampler, exact group sizes), as `main` runs them.
+SECTIONS = {
+    "cells": (one_prompt_cells, 1, False, EXACT_GROUP_SIZES),
+    "off_policy": (stale_cells, 1, True, EXACT_GROUP_SIZES),
+    "two_prompts": (two_prompt_cells, 2, False, (2,)),
+}
+
+
+def section_rows(result: dict, key: str) -> list[dict]:
+  """The rows of one section of a result (`key` in `SECTIONS`)."""
+  return result["cells"] if key == "cells" else result[key]["cells"]
+
+
+def matches(pattern: str, cell_name: str) -> bool:
+  """Whether `pattern` is a substring of `cell_name` or a regular expression found in it."""
+  if pattern in cell_name:
+    return True
+  try:
+    return re.search(pattern, cell_name) is not None
+  except re.error:
+    return False
+
+
+def _check_comparable(result: dict, groups: int | None) -> None:
+  """Raises ValueError unless this script measures with the settings `result` was run with."""
+  ours = {"group_sizes": list(GROUP_SIZES), "exact_group_sizes": list(EXACT_GROUP_SIZES),
+          "beta": BETA}
+  for field, value in ours.items():
+    if result.get(field) != value:
+      raise ValueError(f"--merge: the JSON has {field}={result.get(field)}, this script "
+                       f"measures with {value}; rerun the whole audit instead")
+  offsets = {s: v.get("eos_offset") for s, v in result.get("settings", {}).items()}
+  if offsets != SETTINGS:
+    raise ValueError(f"--merge: the JSON's settings (EOS offsets {offsets}) are not this "
+                     f"script's {SETTINGS}; rerun the whole audit instead")
+  if groups is not None and groups != result["num_groups"]:
+    raise ValueError(f"--groups: {groups}, but the JSON was measured with "
+                     f"{result['num_groups']} groups; leave --groups out to reuse them")
+
+
+def remeasure(result: dict, pattern: str, groups: int | None = None,
+              run: Callable = run_section) -> dict:
+  """`result` with the cells whose names match `pattern` measured again.
+
+  Each section's matching cells are measured with `result`'s number of groups and this
+  script's fixed keys (the same samples as the run that wrote `result`); their rows replace
+  the rows of the same name (a cell new to `result` is appended to its section) and
+  `result["remeasured"]` gains a record of which cells, when, and on what.
+
+  Args:
+    result: a full run's JSON, as `main` writes it.
+    pattern: a substring of the cell names, or a regular expression (`matches`).
+    groups: Monte Carlo groups per G, or None for `result["num_groups"]`.
+    run: measures a list of cells (`run_section`'s signature).
+
+  Returns:
+    A new result; `result` is left as it was.
+
+  Raises:
+    ValueError: if `pattern` matches no cell, or `result` was measured with other settings.
+  """
+  _check_comparable(result, groups)
+  chosen = {key: [c for c in make() if matches(pattern, c.name)]
+            for key, (make, *_) in SECTIONS.items()}
+  if not any(chosen.values()):
+    raise ValueError(f"--cells: {pattern!r} matches no cell name; the names are the "
+                     "'cell' fields of the JSON (a substring or a regular expression)")
+  merged = copy.deepcopy(result)
+  start = time.perf_counter()
+  measured = []
+  for key, cells in chosen.items():
+    if not cells:
+      continue
+    _, prompts, stale, exact = SECTIONS[key]
+    rows = section_rows(merged, key)
+    for row in run(cells, prompts, stale, exact, result["num_groups"]):
+      where = [i for i, r in enumerate(rows) if r["cell"] == row["cell"]]
+      if where:
+        rows[where[0]] = row
+      else:
+        rows.append(row)
+      measured.append({"section": key, "cell": row["cell"], "new": not where})
+  env = common.environment()
+  merged.setdefault("remeasured", []).append({
+      "date": env["date"], "cells": pattern, "num_groups": result["num_groups"],
+      "seconds": time.perf_counter() - start, "measured": measured,
+      "device": env["device"], "versions": env["versions"]})
+  return merged
+
+
 # --- figures --------------------------------------------------------------------------------
 
 
@@ -902,15 +1005,38 @@ def _figures(result: dict, path: pathlib.Path) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--groups", type=int, default=20000,
-                      help="Monte Carlo groups per group size (fixed keys)")
+  parser.add_argument("--groups", type=int, default=None,
+                      help="Monte Carlo groups per group size (fixed keys); default 20000, "
+                           "with --merge the JSON's")
   parser.add_argument("--out", default=None)
   parser.add_argument("--replot", default=None, help="redraw the figures of this JSON")
+  parser.add_argument("--cells", default=None,
+                      help="measure only the cells whose names contain this substring or "
+                           "match this regular expression (needs --merge)")
+  parser.add_argument("--merge", default=None,
+                      help="JSON of a full run: the --cells' entries replace theirs there "
+                           "(or in --out); redraw its figures with --replot")
   args = parser.parse_args()
   if args.replot:
     path = pathlib.Path(args.replot)
     _figures(json.loads(path.read_text()), path)
     return
+  if (args.cells is None) != (args.merge is None):
+    parser.error("--cells and --merge go together: name the cells to measure again and the "
+                 "JSON to merge them into")
+  if args.cells is not None:
+    path = pathlib.Path(args.merge)
+    try:
+      merged = remeasure(json.loads(path.read_text()), args.cells, args.groups)
+    except ValueError as error:
+      parser.error(str(error))
+    out = pathlib.Path(args.out) if args.out else path
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    record = merged["remeasured"][-1]
+    print(f"merged {len(record['measured'])} re-measured cells into {out} in "
+          f"{record['seconds']:.0f}s; redraw its figures with --replot {out}")
+    return
+  args.groups = 20000 if args.groups is None else args.groups
   start = time.perf_counter()
   print("one prompt, on-policy:")
   rows = run_section(one_prompt_cells(), 1, False, EXACT_GROUP_SIZES, args.groups)

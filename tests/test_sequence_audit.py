@@ -7,7 +7,10 @@ the scale theory predicts), the biased ones must miss it by far more, and fixed-
 Carlo must agree within a stated number of standard errors.
 """
 
+import copy
 import functools
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,9 @@ from reinforce_jax.sequence import (
     tabular,
 )
 from reinforce_jax.sequence.tabular import EstimatorConfig
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import sequence_audit  # noqa: E402
 
 BETA = 0.5
 LENGTH = 4
@@ -513,3 +519,83 @@ def test_unbiased_kl_is_exact_for_one_token_off_policy_and_k3_is_not():
 
   assert _relative_error(exact("unbiased"), grad_kl) < 1e-5
   assert _relative_error(exact("k3"), grad_kl) > 0.05
+
+
+def test_kl_cov_is_exactly_the_plain_surrogate_on_policy():
+  # On-policy the penalty beta |log pi - log pi_old| is 0 with derivative 0 (|x|'(0) as 0),
+  # so KL-Cov's expected gradient is RLOO's: exact, like every sequence_sum surrogate.
+  def kl_cov(batch):
+    adv = _rloo(batch.rewards)
+    penalty, _ = shaping.kl_cov(batch.log_probs, batch.log_probs, adv, batch.mask)
+    return _pg(batch, adv) + losses.aggregate(penalty, batch.mask, aggregation="sequence_sum")
+
+  assert _relative_error(_short_exact(kl_cov), _problem(SHORT)[4]) < 1e-5
+
+
+def _audit_json():
+  """A full run's JSON, shaped as the audit writes it, every row marked "old"."""
+  def rows(key):
+    return [{"cell": c.name, "value": "old"} for c in sequence_audit.SECTIONS[key][0]()]
+
+  return {"num_groups": 7, "group_sizes": [2, 4, 16], "exact_group_sizes": [2, 4],
+          "beta": 0.5, "settings": {"base": {"eos_offset": 0.0}, "long": {"eos_offset": -3.0}},
+          "cells": rows("cells"), "off_policy": {"cells": rows("off_policy")},
+          "two_prompts": {"cells": rows("two_prompts")}}
+
+
+def _fake_run(calls):
+  def run(cells, prompts, stale, exact_sizes, num_groups):
+    calls.append(([c.name for c in cells], prompts, stale, tuple(exact_sizes), num_groups))
+    return [{"cell": c.name, "value": "new"} for c in cells]
+  return run
+
+
+def test_cells_merge_replaces_only_the_matching_rows_at_the_runs_settings():
+  result = _audit_json()
+  before = copy.deepcopy(result)
+  calls = []
+  merged = sequence_audit.remeasure(result, "KL-Cov", run=_fake_run(calls))
+  assert calls == [(["KL-Cov (r=2e-4, coef 1) + rloo"], 1, False, (2, 4), 7)]
+  assert result == before  # the input is left as it was
+  for key in sequence_audit.SECTIONS:
+    old, new = sequence_audit.section_rows(before, key), sequence_audit.section_rows(merged, key)
+    assert [r["cell"] for r in new] == [r["cell"] for r in old]  # same rows, same order
+    changed = [r["cell"] for r in new if r["value"] == "new"]
+    assert changed == (["KL-Cov (r=2e-4, coef 1) + rloo"] if key == "cells" else [])
+  record, = merged["remeasured"]
+  assert record["cells"] == "KL-Cov" and record["num_groups"] == 7 and record["date"]
+  assert record["measured"] == [{"section": "cells", "cell": "KL-Cov (r=2e-4, coef 1) + rloo",
+                                 "new": False}]
+  assert {k: v for k, v in merged.items() if k not in ("cells", "remeasured")} == {
+      k: v for k, v in before.items() if k != "cells"}
+
+  # A regular expression, across sections (the stale ones with the stale sampler); a
+  # second merge adds a second record.
+  calls.clear()
+  again = sequence_audit.remeasure(merged, r"^TRL (dapo|cispo)", groups=7, run=_fake_run(calls))
+  assert calls == [(["TRL dapo", "TRL cispo (eps_high 5)"], 1, False, (2, 4), 7),
+                   (["TRL dapo", "TRL cispo (eps_high 5)"], 1, True, (2, 4), 7)]
+  assert [r["cells"] for r in again["remeasured"]] == ["KL-Cov", r"^TRL (dapo|cispo)"]
+  # Not a valid regular expression: taken as a substring.
+  assert sequence_audit.matches("KL-Cov (r=2e-4", "KL-Cov (r=2e-4, coef 1) + rloo")
+
+
+@pytest.mark.parametrize(("change", "pattern", "groups", "message"), [
+    ({}, "no such cell", None, "--cells"),
+    ({}, "KL-Cov", 20000, "--groups"),
+    ({"beta": 0.25}, "KL-Cov", None, "beta"),
+    ({"group_sizes": [2, 4, 8]}, "KL-Cov", None, "group_sizes"),
+    ({"settings": {"base": {"eos_offset": 0.0}}}, "KL-Cov", None, "settings"),
+])
+def test_cells_merge_refuses_what_would_not_be_comparable(change, pattern, groups, message):
+  calls = []
+  with pytest.raises(ValueError, match=message):
+    sequence_audit.remeasure({**_audit_json(), **change}, pattern, groups, run=_fake_run(calls))
+  assert calls == []
+
+
+def test_cells_and_merge_go_together(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["sequence_audit.py", "--cells", "KL-Cov"])
+  with pytest.raises(SystemExit):
+    sequence_audit.main()
+  assert "--cells and --merge go together" in capsys.readouterr().err
