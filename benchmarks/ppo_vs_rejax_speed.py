@@ -24,6 +24,12 @@ path does (see `LEVERS`), so their cost in compile and run time reads off one ta
 
     python benchmarks/ppo_vs_rejax_speed.py                       # CartPole, Breakout
     python benchmarks/ppo_vs_rejax_speed.py --envs CartPole-v1 --levers all --rounds 3
+
+Results: `results/ppo_vs_rejax_speed-cpu-2core.json` (the library as it is),
+`-before-cpu-2core.json` (the library before its minibatch gathers, single trace,
+skipped bootstrap and unrolled keys everywhere; same script), and
+`-levers-{cartpole,breakout}-cpu-2core.json` (one round of every lever). On a
+shared machine compare the CPU-second columns and the ratios, not wall seconds.
 """
 
 from __future__ import annotations
