@@ -83,6 +83,7 @@ def test_hyperparameter_values_build_their_algorithm():
   chex.assert_trees_all_equal(by_hparams[1], by_builder[1])
 
 
+@pytest.mark.slow
 def test_a_loss_without_mean_terms_still_gets_the_episode_metrics():
   """The step reduces the episode columns itself when the loss does not."""
   env, policy = CartPole(), CategoricalPolicy(2, hidden=(8,))
@@ -158,6 +159,7 @@ def test_the_ema_baseline_is_carried_state():
   np.testing.assert_allclose(new.algo_state, 0.5 * metrics["mean_return"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_schedule_of_your_own_is_called_with_the_learner():
   """Any value with `step(learner, state, key)` and `updates_per_step` is a schedule."""
   env, policy = ContextualBandit(), CategoricalPolicy(2, hidden=())
@@ -185,6 +187,7 @@ def test_a_schedule_of_your_own_is_called_with_the_learner():
   assert rj.rl.train.updates_per_step(algorithm._replace(schedule=TwoPasses())) == 2
 
 
+@pytest.mark.slow
 def test_traced_ppo_hyperparameters_vmap_without_recompiling():
   env = CartPole()
   policy = CategoricalPolicy(2, hidden=(8,), value="separate")
@@ -244,6 +247,7 @@ def test_a_plain_function_a_linen_module_and_nnx_train_the_same_policy():
   chex.assert_trees_all_equal(results[1], by_keyword)
 
 
+@pytest.mark.slow
 def test_an_nnx_constructor_gives_each_seed_its_parameters_and_traces_once():
   class Net(nnx.Module):
     def __init__(self, rngs):
@@ -281,6 +285,7 @@ def test_a_plain_function_without_parameters_is_refused_with_the_way_out():
     policies.as_policy(3)
 
 
+@pytest.mark.slow
 def test_distributions_own_their_fast_paths_and_plain_distrax_scores_the_same():
   logits = jax.random.normal(jax.random.key(0), (64, 3))
   fast = policies.Categorical(logits=logits)

@@ -81,6 +81,7 @@ def _gradient_replicates(baseline, num_envs=16, replicates=3000):
   return np.asarray(estimates), np.asarray(exact)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", BASELINE_CASES)
 def test_baselines_keep_the_gradient_unbiased(baseline):
   estimates, exact = _gradient_replicates(baseline)

@@ -120,6 +120,7 @@ def test_interrupted_run_keeps_its_outputs(tmp_path, monkeypatch):
   assert latest_step(out / "checkpoints") == summary["steps_done"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env, algo", [("pendulum", "ppo"), ("cartpole", "a2c")])
 def test_train_other_algorithms(env, algo, tmp_path, capsys):
   out = tmp_path / env

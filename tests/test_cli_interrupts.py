@@ -63,6 +63,7 @@ def test_ctrl_c_while_jax_starts_exits_130(tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_saves_a_state_to_resume(tmp_path):
   out = tmp_path / "run"
   process = _start(out, "--steps", "100000")

@@ -89,6 +89,7 @@ def test_beam_search_sets_of_three_have_the_set_law():
   assert np.all(np.abs(first - p) < 4.5 * np.sqrt(p * (1 - p) / DRAWS)), (first, p)
 
 
+@pytest.mark.slow
 def test_beam_search_is_distinct_at_sixteen_bits_and_for_categoricals():
   """k = 7 of 2^16 outcomes (a peaked product, where a with-replacement sampler repeats),
   and k = 5 of 3^2 outcomes of two categoricals: distinct rows, their joint log-probability."""
@@ -144,6 +145,7 @@ PRODUCT_PROBLEMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", sorted(PRODUCT_PROBLEMS))
 def test_unordered_set_on_products_is_unbiased(problem):
   f, build, params, k = PRODUCT_PROBLEMS[problem]
@@ -154,6 +156,7 @@ def test_unordered_set_on_products_is_unbiased(problem):
   assert jax.tree.structure(check.mean) == jax.tree.structure(params)
 
 
+@pytest.mark.slow
 def test_unordered_set_with_every_joint_outcome_is_exact():
   """k = 2^L: the set is the whole support and the estimate the exact gradient."""
   f = lambda b: jnp.cos(_float(b) @ jnp.array([1.0, -2.0]))  # noqa: E731
@@ -164,6 +167,7 @@ def test_unordered_set_with_every_joint_outcome_is_exact():
   np.testing.assert_allclose(got, rj.exact_gradient(f, build, theta), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_unordered_set_weights_stay_finite_where_probabilities_underflow():
   """200 fair bits: each member has probability 2^-200 (0 in float32). The log-space
   coefficients are finite, the expectation weights sum to 1 (here 1/k each, by symmetry),
@@ -196,6 +200,7 @@ def test_unordered_set_expectation_weights_estimate_the_mean():
   assert abs(float(jnp.mean(draws)) - exact) < 4.5 * float(jnp.std(draws)) / np.sqrt(3000)
 
 
+@pytest.mark.slow
 def test_unordered_set_on_products_jits_and_vmaps_over_logits():
   """As in the VAE: vmapped over a batch of logits and keys, each row as if alone."""
   f, build, _, k = PRODUCT_PROBLEMS["independent_3"]

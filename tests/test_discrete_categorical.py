@@ -66,6 +66,7 @@ def test_stick_breaking_code_has_the_categorical_law():
   np.testing.assert_allclose(law, jax.nn.softmax(logits), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_categories_match_the_bernoulli_estimators():
   """K = 2: category 0 is the bit set, alpha = l0 - l1, so each per-sample estimate is the
   Bernoulli one `d` (same key, same uniforms) as `(d, -d)` in the two logits."""
@@ -99,6 +100,7 @@ def _total_variance(check):
   return sum(float(jnp.sum(v)) for v in jax.tree.leaves(check.variance))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
 def test_lower_variance_than_the_score_function(problem):
   """At equal evaluations of f (one antithetic pair vs two independent samples) DisARM's

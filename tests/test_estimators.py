@@ -226,6 +226,7 @@ def test_dice_gets_first_and_second_derivatives_right():
 
 # --- VIMCO ---
 
+@pytest.mark.slow
 def test_vimco_is_unbiased_for_the_multi_sample_bound():
   """q(z) = Bernoulli(sigmoid(phi)), log p(x, z) = a_z; K = 3 samples: the exact
   E[log mean_k w_k] is a sum over the 8 joint outcomes."""
@@ -384,6 +385,7 @@ def test_disarm_has_no_more_variance_than_arm():
     assert total["disarm"] < total["arm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", sorted(CATEGORICAL_PROBLEMS))
 def test_unordered_set_is_unbiased(problem):
   f, build, params, k = CATEGORICAL_PROBLEMS[problem]

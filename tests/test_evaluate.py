@@ -143,6 +143,7 @@ def test_statistics_are_applied_and_left_as_they_were():
              obs_stats=ObsStats(jnp.float32(1.0), jnp.zeros(3), jnp.ones(3)))
 
 
+@pytest.mark.slow
 def test_a_recurrent_policy_starts_each_episode_from_its_initial_carry():
   gru = GRUPolicy(2, hidden=8)
   params = as_policy(gru).init(jax.random.key(0), jnp.zeros((1, 4)))

@@ -40,6 +40,7 @@ def test_orthogonal_has_orthonormal_columns_or_rows_and_refuses_a_vector():
     orthogonal()(jax.random.key(0), (5,))
 
 
+@pytest.mark.slow
 def test_the_presets_training_programs_have_no_lapack_call():
   names = []
   for preset, algo in [("cartpole", "a2c"), ("cartpole", "ppo"), ("pendulum", "ppo")]:
@@ -84,6 +85,7 @@ def test_a_policy_with_lapack_in_its_init_is_warned_about(bandit, monkeypatch):
     jax.eval_shape(init_fn, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_many_vmapped_a2c_seeds_finish_without_any_xla_flag():
   # The program that hung in 4 launches of 4 (jaxlib 0.10.2, 2 cores) while the
   # policies used flax's LAPACK-backed orthogonal initialiser.

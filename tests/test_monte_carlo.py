@@ -67,6 +67,7 @@ def test_multi_normal_log_prob_and_sample():
   np.testing.assert_allclose(dist.log_prob(x), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_control_delta_method_removes_the_variance_of_a_quadratic():
   """For quadratic f the delta-method control variate equals f: zero variance left."""
   params = (MU, LOG_SIGMA)
@@ -161,6 +162,7 @@ def test_measure_valued_takes_both_multi_normals_and_refuses_the_rest(builder):
       mc.measure_valued_jacobians(quadratic, params, BUILDERS[builder], key, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_control_variates_agree_across_sampler_conventions_and_with_closed_forms(builder):
   """Both control variates, with both estimators, for every builder.

@@ -108,6 +108,7 @@ def _ppo_step(permutation, num_minibatches, num_epochs=2):
   return jax.jit(train_step)(state, jax.random.key(1))
 
 
+@pytest.mark.slow
 def test_a_whole_batch_epoch_does_not_depend_on_the_order():
   """With one minibatch an epoch's loss is a mean over all transitions: any shuffle that keeps
   each transition's fields together gives the same update (up to summation order)."""

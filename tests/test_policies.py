@@ -104,6 +104,7 @@ def test_categorical_policy_returns_the_fast_categorical():
   assert type(policy.apply(params, obs)) is Categorical
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy_cls, args", [(CategoricalPolicy, (3,)), (GaussianPolicy, (2,))])
 def test_twin_trunk_is_the_separate_networks_in_one_product(policy_cls, args):
   obs = jax.random.normal(jax.random.key(0), (7, 4))

@@ -143,6 +143,7 @@ class _KeyedBandit(Environment):
     return (x[None], {"key": next_key, "x": x}, reward, jnp.bool_(False), jnp.bool_(False), {})
 
 
+@pytest.mark.slow
 def test_keys_in_the_environment_state_keep_their_type():
   env, policy = _KeyedBandit(), CategoricalPolicy(2, hidden=())
   init_fn, train_step = rj.make_train_step(

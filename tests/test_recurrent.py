@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import reinforce_jax as rj
 from reinforce_jax import algorithms, envs, policies
@@ -41,6 +42,7 @@ def _start(key):
   return params, carry._replace(policy_carry=jax.random.normal(key_carry, (B, 8)))
 
 
+@pytest.mark.slow
 def test_the_carry_is_reset_exactly_where_an_episode_ended():
   """Step by step: a finished episode's carry is `initialize_carry`, every other the GRU's."""
   params, carry = _start(jax.random.key(0))

@@ -245,6 +245,7 @@ def _short_exact(loss_fn, group_size=2, **kw):
                                    ref_logits=ref_logits, **kw)
 
 
+@pytest.mark.slow
 def test_a_loss_function_is_audited_like_its_estimator_config():
   table, logits, ref_logits, rewards, grad, _ = _problem(SHORT)
   idx = tabular.sample(jax.random.key(3), logits, table, (16, 2))
@@ -464,6 +465,7 @@ def _on_policy_gradients(loss_type=None, mode=None):
   return np.asarray(tabular.group_gradients(logits, table, rewards, idx, loss_fn))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", presets.TRL_LOSS_TYPES)
 def test_every_trl_loss_is_the_plain_surrogate_on_policy(loss_type):
   # At old_log_probs = log_probs every ratio is 1 with gradient grad log pi (PPO's clip,

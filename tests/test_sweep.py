@@ -68,6 +68,7 @@ BASELINE_SWEEPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, grid", BASELINE_SWEEPS)
 def test_every_kind_of_hyperparameter_sweeps_like_standalone_runs(settings, grid, tmp_path):
   config = rj.TrainConfig(num_envs=16, num_steps=6, **settings)

@@ -26,6 +26,7 @@ def test_state_is_small_and_metrics_are_scalars(bandit, linear_policy):
   assert int(metrics["num_episodes"]) == 32  # one-step episodes
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree_and_same_key_is_bit_identical(bandit, linear_policy):
   init_fn, train_step = rj.make_train_step(bandit, linear_policy, optax.adam(0.05), SMALL)
   state = init_fn(jax.random.key(0))
@@ -60,6 +61,7 @@ def test_second_call_with_same_shapes_does_not_retrace(bandit, linear_policy):
   assert len(traces) == 1 and int(state.step) == 4
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_separate_runs(bandit, linear_policy):
   train = rj.make_train(bandit, linear_policy, optax.adam(0.05), SMALL)
   keys = jax.random.split(jax.random.key(0), 3)
@@ -410,6 +412,7 @@ def test_make_run_refuses_a_bad_max_steps(bandit, linear_policy, max_steps):
     rj.make_run(train_step, max_steps)
 
 
+@pytest.mark.slow
 def test_ppo_value_clipping_is_on_by_default_and_changes_the_critic_update():
   assert rj.TrainConfig(algo="ppo").clip_value is True
   env = CartPole()
