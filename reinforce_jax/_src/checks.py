@@ -106,6 +106,17 @@ def check_mask(name: str, mask: Any) -> None:
         f"{bad.flat[0].item()!r}; pass real non-negative weights as `weights`")
 
 
+def check_tokens(mask: Any, **arrays) -> jax.Array:
+  """Checks `[B, L]` float arrays against a 0/1 `mask` of their shape; returns it as bool."""
+  check_floating(**arrays)
+  check_same_shape(**arrays, mask=mask)
+  name, first = next(iter(arrays.items()))
+  if jnp.ndim(first) != 2:
+    raise ValueError(f"{name} must have shape [B, L], got shape {shape_of(first)}")
+  check_mask("mask", mask)
+  return jnp.asarray(mask) != 0
+
+
 def where_on(on: jax.Array, *arrays: jax.Array) -> tuple[jax.Array, ...]:
   """Each array with its entries off `on` replaced by 0, before any arithmetic touches them.
 

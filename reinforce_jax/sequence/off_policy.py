@@ -92,17 +92,6 @@ class Correction(NamedTuple):
   metrics: dict[str, jax.Array]
 
 
-def _check_tokens(mask, **arrays) -> jax.Array:
-  """Checks `[B, L]` float arrays against a 0/1 `mask`; returns the mask as bool."""
-  checks.check_floating(**arrays)
-  checks.check_same_shape(**arrays, mask=mask)
-  name, first = next(iter(arrays.items()))
-  if jnp.ndim(first) != 2:
-    raise ValueError(f"{name} must have shape [B, L], got shape {checks.shape_of(first)}")
-  checks.check_mask("mask", mask)
-  return jnp.asarray(mask) != 0
-
-
 def _check_bound(name: str, value) -> None:
   if value is not None:
     checks.check_number(name, value, low=0.0)
@@ -180,7 +169,7 @@ def importance_correction(
       unknown, a bound is negative or not finite, or `low > high`; where it is concrete, if
       `mask` holds values other than 0 and 1.
   """
-  on = _check_tokens(mask, old_log_probs=old_log_probs, sampler_log_probs=sampler_log_probs)
+  on = checks.check_tokens(mask, old_log_probs=old_log_probs, sampler_log_probs=sampler_log_probs)
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if level not in LEVELS:
@@ -366,7 +355,7 @@ def off_policy_sequence_mask(
       not `[B]`, or `threshold` is not finite; where it is concrete, if `mask` holds values
       other than 0 and 1.
   """
-  on = _check_tokens(mask, log_probs=log_probs, sampler_log_probs=sampler_log_probs)
+  on = checks.check_tokens(mask, log_probs=log_probs, sampler_log_probs=sampler_log_probs)
   checks.check_floating(advantages=advantages)
   _check_per_sequence("advantages", advantages, log_probs)
   checks.check_number("threshold", threshold)
@@ -420,7 +409,7 @@ def unbiased_kl(
     ValueError: if the arrays are not all `[B, L]` floats of one shape; where it is
       concrete, if `mask` holds values other than 0 and 1.
   """
-  _check_tokens(mask, log_probs=log_probs, old_log_probs=old_log_probs,
+  checks.check_tokens(mask, log_probs=log_probs, old_log_probs=old_log_probs,
                 ref_log_probs=ref_log_probs)
   kl = regularizers.kl_penalty(log_probs, ref_log_probs, mask, estimator="k3")
   log_ratio = importance.log_ratio(log_probs, old_log_probs, mask, level="token")

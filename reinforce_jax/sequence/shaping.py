@@ -58,17 +58,6 @@ __all__ = [
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _check_tokens(mask, **arrays) -> jax.Array:
-  """Checks `[B, L]` float arrays against a 0/1 `mask`; returns the mask as bool."""
-  checks.check_floating(**arrays)
-  checks.check_same_shape(**arrays, mask=mask)
-  name, first = next(iter(arrays.items()))
-  if jnp.ndim(first) != 2:
-    raise ValueError(f"{name} must have shape [B, L], got shape {checks.shape_of(first)}")
-  checks.check_mask("mask", mask)
-  return jnp.asarray(mask) != 0
-
-
 def _check_fraction(name: str, value, *, positive: bool = False) -> None:
   """A Python float in `[0, 1]` (`(0, 1]` with `positive`): token counts are built from it."""
   if isinstance(value, bool) or not isinstance(value, int | float):
@@ -338,7 +327,7 @@ def top_entropy_mask(entropy: jax.Array, mask: jax.Array, *, fraction: float) ->
     ValueError: if `entropy` is not a float `[B, L]` array of `mask`'s shape or `fraction`
       not in `[0, 1]`; where it is concrete, if `mask` holds values other than 0 and 1.
   """
-  on = _check_tokens(mask, entropy=entropy)
+  on = checks.check_tokens(mask, entropy=entropy)
   _check_fraction("fraction", fraction)
   entropy = jax.lax.stop_gradient(entropy)
   k = _count(fraction, jnp.sum(on), up=True)
@@ -368,7 +357,7 @@ def token_covariance(log_probs: jax.Array, advantages: jax.Array, mask: jax.Arra
     ValueError: if the shapes do not fit (`log_probs` and `mask` `[B, L]`, `advantages` `[B]`
       or `[B, L]`); where it is concrete, if `mask` holds values other than 0 and 1.
   """
-  on = _check_tokens(mask, log_probs=log_probs)
+  on = checks.check_tokens(mask, log_probs=log_probs)
   advantages = _token_advantages(advantages, log_probs)
   log_probs, advantages = checks.where_on(
       on, jax.lax.stop_gradient(log_probs),
@@ -423,7 +412,7 @@ def clip_cov(
       finite or `low > high`; where it is concrete, if `mask` holds values other than 0
       and 1.
   """
-  on = _check_tokens(mask, log_probs=log_probs)
+  on = checks.check_tokens(mask, log_probs=log_probs)
   covariance = token_covariance(log_probs, advantages, mask)
   _check_fraction("fraction", fraction)
   checks.check_number("low", low)
@@ -487,7 +476,7 @@ def kl_cov(
     ValueError: if the shapes do not fit, `fraction` is not in `(0, 1]` or `coef` is not
       finite; where it is concrete, if `mask` holds values other than 0 and 1.
   """
-  on = _check_tokens(mask, log_probs=log_probs, old_log_probs=old_log_probs)
+  on = checks.check_tokens(mask, log_probs=log_probs, old_log_probs=old_log_probs)
   covariance = token_covariance(log_probs, advantages, mask)
   _check_fraction("fraction", fraction, positive=True)
   checks.check_number("coef", coef)
