@@ -20,7 +20,8 @@ EXCLUDED = (DOCS / "_build", DOCS / "api" / "generated")
 
 # Pages whose blocks take more than about 10 s on a 2-core CPU: `make test-slow` runs them.
 SLOW = frozenset({"docs/guides/stochastic_nodes.md", "docs/howto/policies.md",
-                  "docs/guides/policy_gradients.md", "docs/guides/sequence_models.md"})
+                  "docs/guides/policy_gradients.md", "docs/guides/sequence_models.md",
+                  "docs/guides/sequence_losses.md", "docs/migration/from_purejaxrl_rejax.md"})
 
 # MyST directives whose body is Markdown (an admonition, a figure's caption, ...): fenced blocks
 # inside them are read as blocks of the page. Any other fence is literal text.

@@ -106,6 +106,7 @@ def test_jumanji_step_types_map_to_terminated_and_truncated():
   np.testing.assert_array_equal(obs[4, 0], [0.0, 0.0])    # the next episode's first
 
 
+@pytest.mark.slow
 def test_jumanji_real_environment_steps():
   pytest.importorskip("jumanji")
   env = make("jumanji:Maze-v0")

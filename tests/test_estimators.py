@@ -411,6 +411,7 @@ def test_unordered_set_with_all_categories_is_exact():
   np.testing.assert_allclose(got, rj.exact_gradient(f, build, params), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_relax_control_variate_trains_with_optax_and_lowers_variance():
   """phi is a pytree with its own optax optimizer; descending relax_gradients' second output
   lowers the variance of the estimate on the Bernoulli toy, which stays unbiased."""

@@ -21,6 +21,7 @@ def test_no_hidden_layers_is_the_seeds_linear_layer():
   np.testing.assert_allclose(dist.logits, jax.nn.log_softmax(linear), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mlp_shapes_and_near_uniform_start():
   policy = CategoricalPolicy(3, hidden=(16, 8))
   obs = jax.random.normal(jax.random.key(1), (5, 4))

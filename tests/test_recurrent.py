@@ -62,6 +62,7 @@ def test_the_carry_is_reset_exactly_where_an_episode_ended():
   assert terminated > 0 and truncated > 0
 
 
+@pytest.mark.slow
 def test_replay_reproduces_the_rollout_and_sees_a_wrong_reset():
   params, carry = _start(jax.random.key(1))
   _, traj = rollout(jax.random.key(2), params, POLICY, ENV, PARAMS, carry, T)
@@ -83,6 +84,7 @@ def test_replay_reproduces_the_rollout_and_sees_a_wrong_reset():
   assert mismatch(POLICY.initial_carry(B), done) > 1e-3
 
 
+@pytest.mark.slow
 def test_ppo_minibatches_replay_a_recurrent_rollout_exactly():
   """With a zero learning rate every minibatch sees the rollout's policy: log ratio 0.
 

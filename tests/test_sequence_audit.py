@@ -142,6 +142,7 @@ def test_only_k1_as_a_reward_gives_the_kl_gradient():
   assert min(errors.values()) > 0.1, errors
 
 
+@pytest.mark.slow
 def test_k2_as_a_loss_is_exact_for_one_token_but_not_k3():
   # One token per sequence: k2's gradient d grad log pi is the KL's; k3's is the forward KL's.
   grad_kl = _problem(1)[5]

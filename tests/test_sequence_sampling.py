@@ -91,6 +91,7 @@ def test_greedy_takes_the_argmax():
   np.testing.assert_array_equal(out.tokens[0], [0, 2, 4, 1, 3])
 
 
+@pytest.mark.slow
 def test_jitted_cached_and_uncached_agree_with_teacher_forcing(model_and_params):
   model, params = model_and_params
   prompts = _prompts()
@@ -113,6 +114,7 @@ def test_jitted_cached_and_uncached_agree_with_teacher_forcing(model_and_params)
   assert not np.array_equal(other.tokens, uncached.tokens)
 
 
+@pytest.mark.slow
 def test_token_log_probs_gradient_and_entropy(model_and_params):
   model, params = model_and_params
   out = jax.jit(lambda k, p: sample(k, model.apply, p, _prompts(), max_new_tokens=6,
