@@ -117,6 +117,20 @@ def check_tokens(mask: Any, **arrays) -> jax.Array:
   return jnp.asarray(mask) != 0
 
 
+def check_sequence_advantages(log_probs: Any, advantages: Any, mask: Any,
+                              rows: str = "N") -> None:
+  """Checks `[rows, L]` float `log_probs`, a `mask` of their shape and one advantage per row."""
+  check_floating(log_probs=log_probs, advantages=advantages)
+  if jnp.ndim(log_probs) != 2:
+    raise ValueError(
+        f"log_probs must have shape [{rows}, L], got shape {shape_of(log_probs)}")
+  check_same_shape(log_probs=log_probs, mask=mask)
+  if shape_of(advantages) != shape_of(log_probs)[:1]:
+    raise ValueError(
+        f"advantages must have shape [{rows}] = {shape_of(log_probs)[:1]} for log_probs of "
+        f"shape {shape_of(log_probs)}, got shape {shape_of(advantages)}")
+
+
 def where_on(on: jax.Array, *arrays: jax.Array) -> tuple[jax.Array, ...]:
   """Each array with its entries off `on` replaced by 0, before any arithmetic touches them.
 

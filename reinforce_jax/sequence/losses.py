@@ -268,15 +268,7 @@ def policy_gradient_loss(
       `dual_clip` comes without `clip_eps`; where it is concrete, if `mask` holds values
       other than 0 and 1.
   """
-  checks.check_floating(log_probs=log_probs, advantages=advantages)
-  if jnp.ndim(log_probs) != 2:
-    raise ValueError(
-        f"log_probs must have shape [N, L], got shape {checks.shape_of(log_probs)}")
-  checks.check_same_shape(log_probs=log_probs, mask=mask)
-  if checks.shape_of(advantages) != checks.shape_of(log_probs)[:1]:
-    raise ValueError(
-        f"advantages must have shape [N] = {checks.shape_of(log_probs)[:1]} for log_probs of "
-        f"shape {checks.shape_of(log_probs)}, got shape {checks.shape_of(advantages)}")
+  checks.check_sequence_advantages(log_probs, advantages, mask)
   if ratio_level not in RATIO_LEVELS:
     raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
   for name, value in (("clip_eps_high", clip_eps_high), ("delta", delta),

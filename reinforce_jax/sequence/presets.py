@@ -119,15 +119,7 @@ def _masked_mean(x: jax.Array, on: jax.Array) -> jax.Array:
 
 
 def _inputs(log_probs, old_log_probs, ref_log_probs, advantages, mask, need_ref: bool):
-  checks.check_floating(log_probs=log_probs, advantages=advantages)
-  if jnp.ndim(log_probs) != 2:
-    raise ValueError(
-        f"log_probs must have shape [B, L], got shape {checks.shape_of(log_probs)}")
-  checks.check_same_shape(log_probs=log_probs, mask=mask)
-  if checks.shape_of(advantages) != checks.shape_of(log_probs)[:1]:
-    raise ValueError(
-        f"advantages must have shape [B] = {checks.shape_of(log_probs)[:1]} for log_probs of "
-        f"shape {checks.shape_of(log_probs)}, got shape {checks.shape_of(advantages)}")
+  checks.check_sequence_advantages(log_probs, advantages, mask, rows="B")
   if need_ref and ref_log_probs is None:
     raise ValueError("beta != 0 needs ref_log_probs (the reference policy's [B, L] "
                      "log-probs); pass them or set beta=0")
