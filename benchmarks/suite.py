@@ -26,8 +26,7 @@ step, which folds the step count into its key, so the chunks are one run).
 Between chunks, outside the timed region, one common evaluator plays each
 library's current policy for `--curve-episodes` (64) stochastic episodes per
 seed, each library's observation statistics frozen
-(`reinforce_jax.rl.evaluation.evaluate`, or the suite's own evaluator where the
-library has none); the last point is the final evaluation, 64 stochastic
+(`reinforce_jax.rl.evaluation.evaluate`); the last point is the final evaluation, 64 stochastic
 episodes per seed. Learning curves are these
 evaluation returns against environment steps and against cumulative training
 wall time. Training wall time is the sum of the chunks' run times (compile
@@ -60,7 +59,6 @@ import optax
 
 from reinforce_jax import envs as rj_envs
 from reinforce_jax.envs.wrappers import Wrapper
-from reinforce_jax.rl import hparams as rj_hparams
 from reinforce_jax.rl.config import TrainConfig
 from reinforce_jax.rl.policies import CategoricalPolicy, GaussianPolicy, as_policy, split_output
 from reinforce_jax.rl.train import make_run, make_train_step
@@ -144,17 +142,6 @@ class ClipAction(Wrapper):
     return self.env.step(key, state, jnp.clip(action, self.low, self.high), params)
 
 
-class DoneAsTerminal(Wrapper):
-  """Reports a time limit as a termination (for a PPO without `bootstrap_truncation`)."""
-
-  def reset(self, key, params=None):
-    return self.env.reset(key, params)
-
-  def step(self, key, state, action, params=None):
-    obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, params)
-    return obs, state, reward, terminated | truncated, jnp.zeros_like(truncated), info
-
-
 def brax_status(name: str) -> str | None:
   """None if rejax's Brax adapter steps `name` beside the installed gymnax, else why not."""
   try:
@@ -170,27 +157,15 @@ def brax_status(name: str) -> str | None:
   return None
 
 
-# --- What this reinforce_jax offers (options that other changes add) -------------------
+# --- The library options the rejax-settings row uses (the JSON's `features`) -----------
 
-
-def features() -> dict[str, bool]:
-  from reinforce_jax.rl.train import TrainState
-
-  fields = CategoricalPolicy.__dataclass_fields__
-  try:
-    TrainConfig(algo="ppo", normalize_observations=True)
-    obs_norm = "obs_stats" in TrainState._fields
-  except ValueError:
-    obs_norm = False
-  try:
-    from reinforce_jax.rl.evaluation import evaluate  # noqa: F401
-    has_evaluate = True
-  except ImportError:
-    has_evaluate = False
-  return {"lecun_normal_init": "initializer" in fields or "init" in fields,
-          "bootstrap_truncation": "bootstrap_truncation" in rj_hparams.static_fields(
-              rj_hparams.PPO),
-          "normalize_observations": obs_norm, "evaluate": has_evaluate}
+FEATURES = {
+    "lecun_normal_init": "CategoricalPolicy/GaussianPolicy(initializer='lecun_normal')",
+    "bootstrap_truncation": "PPO bootstrap_truncation=False",
+    "normalize_observations": "TrainConfig(normalize_observations=True) where rejax's config "
+                              "asks for it",
+    "evaluate": "reinforce_jax.rl.evaluation.evaluate",
+}
 
 
 def library_revision() -> dict:
@@ -205,13 +180,6 @@ def library_revision() -> dict:
   except (OSError, subprocess.CalledProcessError):
     return {"commit": None, "uncommitted_changes": None, "path": str(root)}
   return {"commit": head, "uncommitted_changes": bool(dirty), "path": str(root)}
-
-
-def _init_kwargs(feats: dict, lecun: bool) -> dict:
-  if not feats["lecun_normal_init"]:
-    return {}
-  field = "initializer" if "initializer" in CategoricalPolicy.__dataclass_fields__ else "init"
-  return {field: "lecun_normal" if lecun else "orthogonal"}
 
 
 # --- One environment's plan ------------------------------------------------------------
@@ -287,7 +255,7 @@ def rejax_runner(plan: Plan, gym_env, gym_params):
 # --- reinforce_jax ---------------------------------------------------------------------
 
 
-def ours_config(plan: Plan, feats: dict, *, rejax_settings: bool) -> TrainConfig:
+def ours_config(plan: Plan, *, rejax_settings: bool) -> TrainConfig:
   c = plan.config
   settings = dict(
       algo="ppo", num_envs=c["num_envs"], rollout_length=c["num_steps"],
@@ -298,28 +266,26 @@ def ours_config(plan: Plan, feats: dict, *, rejax_settings: bool) -> TrainConfig
       clip_value=True)
   if not rejax_settings:
     settings["max_grad_norm"] = float(c["max_grad_norm"])
-  if rejax_settings and feats["bootstrap_truncation"]:
+  if rejax_settings:
     settings["bootstrap_truncation"] = False
-  if c.get("normalize_observations") and feats["normalize_observations"]:
+  if c.get("normalize_observations"):
     settings["normalize_observations"] = True
   return TrainConfig(**settings)
 
 
-def ours_runner(plan: Plan, gym_env, gym_params, feats: dict, *, rejax_settings: bool):
+def ours_runner(plan: Plan, gym_env, gym_params, *, rejax_settings: bool):
   """`(init, chunk, evaluable)` for reinforce_jax at rejax's settings (or its own defaults)."""
   c = plan.config
   env = rj_envs.GymnaxEnv(gym_env, gym_params)
   discrete = not hasattr(env.env.action_space(gym_params), "low")
   if not discrete:
     env = ClipAction(env, *env.action_bounds)
-  if rejax_settings and not feats["bootstrap_truncation"]:
-    env = DoneAsTerminal(env)
-  config = ours_config(plan, feats, rejax_settings=rejax_settings)
+  config = ours_config(plan, rejax_settings=rejax_settings)
   activation = ACTIVATIONS[c.get("agent_kwargs", {}).get("activation", "swish")]
   hidden = tuple(c.get("agent_kwargs", {}).get("hidden_layer_sizes", (64, 64)))
   image = len(env.observation_shape) > 1
   common_kw = dict(hidden=hidden, activation=activation, value="separate", flatten=image,
-                   **_init_kwargs(feats, lecun=rejax_settings))
+                   initializer="lecun_normal" if rejax_settings else "orthogonal")
   if discrete:
     module = CategoricalPolicy(env.num_actions, **common_kw)
   else:
@@ -346,63 +312,14 @@ def ours_runner(plan: Plan, gym_env, gym_params, feats: dict, *, rejax_settings:
 
   def evaluable(carry):
     state, _ = carry
-    stats = getattr(state, "obs_stats", None)
-    if stats is not None and config.to_dict().get("normalize_observations"):
-      stats = (stats.count, stats.mean, stats.var)
-    else:
-      stats = None
+    stats = state.obs_stats
+    stats = (stats.count, stats.mean, stats.var) if config.normalize_observations else None
     return apply, state.params, stats
 
   return jax.jit(init), jax.jit(chunk), evaluable, config, module, optimizer
 
 
 # --- The common evaluator ----------------------------------------------------------------
-
-
-def make_evaluator(gym_env, gym_params, num_episodes: int):
-  """`evaluate(apply, params, stats, keys) -> [seeds, episodes]` returns, one jitted program
-  per policy function: stochastic actions, each seed's statistics frozen, continuous actions
-  clipped to the action space (rejax's `act` does the same), every episode to its end
-  (termination or the time limit)."""
-  env = rj_envs.GymnaxEnv(gym_env, gym_params)
-  space = gym_env.action_space(gym_params)
-  bounds = (space.low, space.high) if hasattr(space, "low") else None
-  max_steps = int(gym_params.max_steps_in_episode)
-
-  def one_seed(apply, params, stats, key):
-    def normalized(obs):
-      if stats is None:
-        return obs
-      _, mean, var = stats
-      return (obs - mean) / jnp.sqrt(var + 1e-8)
-
-    key_reset, key_run = jax.random.split(key)
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(
-        jax.random.split(key_reset, num_episodes), gym_params)
-
-    def cond(carry):
-      t, _, _, _, _, done = carry
-      return jnp.logical_and(t < max_steps, jnp.logical_not(jnp.all(done)))
-
-    def body(carry):
-      t, key, obs, state, total, done = carry
-      key, key_action, key_step = jax.random.split(key, 3)
-      action = apply(params, normalized(obs)).sample(seed=key_action)
-      if bounds is not None:
-        action = jnp.clip(action, bounds[0], bounds[1])
-      obs, state, reward, terminated, truncated, _ = jax.vmap(
-          env.step, in_axes=(0, 0, 0, None))(
-              jax.random.split(key_step, num_episodes), state, action, gym_params)
-      total = total + jnp.where(done, 0.0, jnp.reshape(reward, (num_episodes,)))
-      done = done | terminated | truncated
-      return t + 1, key, obs, state, total, done
-
-    zeros = jnp.zeros((num_episodes,), jnp.float32)
-    carry = (0, key_run, obs, state, zeros, jnp.zeros((num_episodes,), bool))
-    return jax.lax.while_loop(cond, body, carry)[4]
-
-  return _compiled_per_policy(
-      lambda apply: jax.jit(jax.vmap(lambda p, s, k: one_seed(apply, p, s, k))))
 
 
 def _compiled_per_policy(build: Callable[[Callable], Any]):
@@ -414,14 +331,17 @@ def _compiled_per_policy(build: Callable[[Callable], Any]):
     if apply not in cache:
       seconds, cache[apply] = common.compile_seconds(build(apply), params, stats, keys)
       evaluate.compile_s[apply] = seconds
-    return np.asarray(_episode_returns(cache[apply](params, stats, keys)))
+    return np.asarray(cache[apply](params, stats, keys))
 
   evaluate.compile_s = {}
   return evaluate
 
 
-def library_evaluate(gym_env, gym_params, num_episodes: int):
-  """The same contract as `make_evaluator`, through `reinforce_jax.rl.evaluation.evaluate`."""
+def make_evaluator(gym_env, gym_params, num_episodes: int):
+  """`evaluate(apply, params, stats, keys) -> [seeds, episodes]` returns through
+  `reinforce_jax.rl.evaluation.evaluate`, one jitted program per policy function: stochastic
+  actions, each seed's statistics frozen, continuous actions clipped to the action space
+  (rejax's `act` does the same), every episode to its end (termination or the time limit)."""
   from reinforce_jax.rl import normalization
   from reinforce_jax.rl.evaluation import evaluate as rj_evaluate
 
@@ -432,22 +352,11 @@ def library_evaluate(gym_env, gym_params, num_episodes: int):
   def build(apply):
     def one(p, s, k):
       obs_stats = None if s is None else normalization.ObsStats(*s)
-      return _episode_returns(rj_evaluate(apply, p, env, k, num_episodes, greedy=False,
-                                          obs_stats=obs_stats))
+      return rj_evaluate(apply, p, env, k, num_episodes, greedy=False,
+                         obs_stats=obs_stats).returns
     return jax.jit(jax.vmap(one))
 
   return _compiled_per_policy(build)
-
-
-def _episode_returns(out):
-  """The `[episodes]` returns from what `evaluate` gives back."""
-  if hasattr(out, "returns"):
-    return out.returns
-  if isinstance(out, dict):
-    return out["returns"]
-  if isinstance(out, tuple):
-    return out[0]
-  return out
 
 
 # --- Running one environment ----------------------------------------------------------------
@@ -464,7 +373,7 @@ def _compile(jitted, *args) -> tuple[float, Any]:
   return seconds, compiled
 
 
-def run_env(plan: Plan, args, feats: dict) -> dict:
+def run_env(plan: Plan, args) -> dict:
   import gymnax
 
   gym_env, gym_params = gymnax.make(plan.env_name)
@@ -472,15 +381,13 @@ def run_env(plan: Plan, args, feats: dict) -> dict:
                                              list(CONFIGS).index(plan.env_name)), args.seeds)
   rows = {}
   runners = {"rejax": rejax_runner(plan, gym_env, gym_params)[:3]}
-  ours = ours_runner(plan, gym_env, gym_params, feats, rejax_settings=True)
+  ours = ours_runner(plan, gym_env, gym_params, rejax_settings=True)
   runners["ours"] = ours[:3]
   if args.ours_defaults:
-    defaults = ours_runner(plan, gym_env, gym_params, feats, rejax_settings=False)
+    defaults = ours_runner(plan, gym_env, gym_params, rejax_settings=False)
     runners["ours_defaults"] = defaults[:3]
-  use_library = feats["evaluate"] and not args.own_evaluator
-  evaluator = library_evaluate if use_library else make_evaluator
-  final_eval = evaluator(gym_env, gym_params, args.final_episodes)
-  curve_eval = final_eval if args.curve_episodes == args.final_episodes else evaluator(
+  final_eval = make_evaluator(gym_env, gym_params, args.final_episodes)
+  curve_eval = final_eval if args.curve_episodes == args.final_episodes else make_evaluator(
       gym_env, gym_params, args.curve_episodes)
 
   states, compiled, compile_s = {}, {}, {}
@@ -547,7 +454,7 @@ def summarize(returns: np.ndarray, chunk_times, compile_s, plan, seeds) -> dict:
 # --- Settings and differences, as written into the output ----------------------------------
 
 
-def settings_for(plan: Plan, feats: dict, config: TrainConfig) -> dict:
+def settings_for(plan: Plan, config: TrainConfig) -> dict:
   c = plan.config
   agent = c.get("agent_kwargs", {})
   return {
@@ -568,23 +475,18 @@ def settings_for(plan: Plan, feats: dict, config: TrainConfig) -> dict:
           "vf_coef": f"value_coef={config.value_coef} (times 0.5 (V - target)^2, as rejax)",
           "agent_kwargs.activation": f"activation={agent.get('activation', 'swish')}",
           "agent_kwargs.hidden_layer_sizes": f"hidden={tuple(agent.get('hidden_layer_sizes', (64, 64)))}",  # noqa: E501
-          "normalize_observations": (
-              f"normalize_observations={bool(c.get('normalize_observations'))}"
-              + ("" if feats["normalize_observations"] or not c.get("normalize_observations")
-                 else " (not available in this reinforce_jax: ours runs without)")),
+          "normalize_observations":
+              f"normalize_observations={bool(c.get('normalize_observations'))}",
           "(rejax's PPO itself)": "normalize_advantages=True (per minibatch, std + 1e-8); "
                                   "separate actor and critic (value='separate'); "
-                                  + ("bootstrap_truncation=False" if feats["bootstrap_truncation"]
-                                     else "a wrapper reporting truncation as termination")
-                                  + "; " + ("initializer='lecun_normal' (every kernel; biases "
-                                            "zero)" if feats["lecun_normal_init"] else
-                                            "orthogonal init (lecun_normal not available)"),
+                                  "bootstrap_truncation=False; initializer='lecun_normal' "
+                                  "(every kernel; biases zero)",
       },
       "our_config": config.to_dict(),
   }
 
 
-def differences(feats: dict, continuous: bool, normalized: bool, image: bool) -> list[str]:
+def differences(continuous: bool, normalized: bool, image: bool) -> list[str]:
   out = [
       "Optimizers: rejax keeps two Adam states (actor, critic) and applies the actor's "
       "gradient, then the critic's, per minibatch; ours one Adam over both networks' "
@@ -597,11 +499,8 @@ def differences(feats: dict, continuous: bool, normalized: bool, image: bool) ->
   ]
   if normalized:
     out.append("Observation normalisation: rejax feeds the first observations of the run "
-               "(the reset's) to the policy unnormalised; ours "
-               + ("normalises them with the prior (mean 0, variance 1), i.e. unchanged up to "
-                  "1e-8" if feats["normalize_observations"] else
-                  "does not normalise at all (no shared normaliser in this reinforce_jax)")
-               + ".")
+               "(the reset's) to the policy unnormalised; ours normalises them with the "
+               "prior (mean 0, variance 1), i.e. unchanged up to 1e-8.")
   if continuous:
     out.append("Gaussian policy: both keep the unclipped sample for the log-probability and "
                "clip it to the action space for the environment; rejax's output layer and "
@@ -610,9 +509,6 @@ def differences(feats: dict, continuous: bool, normalized: bool, image: bool) ->
     out.append("MinAtar: both flatten the [10, 10, C] observation into one vector before the "
                "64x64 MLP (rejax's MLP reshapes; ours flatten=True): rejax's PPO has no "
                "convolutional torso.")
-  if not feats["lecun_normal_init"]:
-    out.append("Initialisation: rejax LeCun normal everywhere; ours orthogonal (this "
-               "reinforce_jax has no lecun_normal option).")
   return out
 
 
@@ -674,8 +570,7 @@ def markdown(results: dict) -> str:
   if extra:
     lines += ["Skipped:", "", *extra, ""]
   lines += ["Configs: " + results["rejax_source"] + "; per env in the JSON (`settings`).",
-            "", "Library options used: " + ", ".join(
-                f"{k}={'yes' if v else 'no (fallback)'}" for k, v in results["features"].items()),
+            "", "Library options used: " + "; ".join(results["features"].values()) + ".",
             "", "Remaining differences:", ""]
   lines += [f"* {d}" for d in results["differences_common"]]
   return "\n".join(lines) + "\n"
@@ -726,8 +621,6 @@ def main(argv=None):
   parser.add_argument("--final-episodes", type=int, default=64)
   parser.add_argument("--ours-defaults", action="store_true",
                       help="also train ours with the library's own defaults")
-  parser.add_argument("--own-evaluator", action="store_true",
-                      help="the suite's evaluator even where reinforce_jax has `evaluate`")
   parser.add_argument("--out", help="JSON path (the .md and .png go beside it)")
   args = parser.parse_args(argv)
   names = [n for n in args.envs.split(",") if n]
@@ -739,16 +632,14 @@ def main(argv=None):
   if args.seeds < 2:
     parser.error(f"--seeds must be at least 2 (a standard error needs two), got {args.seeds}")
 
-  feats = features()
   versions = {}
   for package in ("rejax", "gymnax", "brax"):
     versions[package] = importlib.metadata.version(package)
   results = {"scale": args.scale, "seeds": args.seeds, "seed": args.seed,
              "final_episodes": args.final_episodes, "curve_episodes": args.curve_episodes,
-             "rejax_source": REJAX_SOURCE, "package_versions": versions, "features": feats,
+             "rejax_source": REJAX_SOURCE, "package_versions": versions, "features": FEATURES,
              "reinforce_jax": library_revision(),
-             "evaluator": ("reinforce_jax.rl.evaluation.evaluate" if feats["evaluate"]
-                           and not args.own_evaluator else "the suite's (make_evaluator)"),
+             "evaluator": "reinforce_jax.rl.evaluation.evaluate",
              "curves": ("evaluation returns (curve_episodes stochastic episodes per seed, "
                         "the last point final_episodes) after each of the equal chunks, "
                         "against env steps per seed and cumulative training wall time"),
@@ -762,16 +653,15 @@ def main(argv=None):
       continue
     plan = make_plan(name, args.scale, args.curve_points)
     start = time.perf_counter()
-    rows = run_env(plan, args, feats)
+    rows = run_env(plan, args)
     gym_env = __import__("gymnax").make(name)[0]
     continuous = hasattr(gym_env.action_space(gym_env.default_params), "low")
-    config = ours_config(plan, feats, rejax_settings=True)
+    config = ours_config(plan, rejax_settings=True)
     results["envs"][name] = {
         "env_steps_per_seed": plan.env_steps, "iterations": plan.iterations,
         "chunks": plan.chunks, "rejax_config_iterations": plan.config_iterations,
-        "rows": rows, "settings": settings_for(plan, feats, config),
-        "differences": differences(feats, continuous,
-                                   bool(plan.config.get("normalize_observations")),
+        "rows": rows, "settings": settings_for(plan, config),
+        "differences": differences(continuous, bool(plan.config.get("normalize_observations")),
                                    "MinAtar" in name),
         "wall_s": time.perf_counter() - start}
     r, o = rows["rejax"], rows["ours"]
@@ -780,7 +670,7 @@ def main(argv=None):
           f"{o['mean']:9.1f} ± {o['se']:6.1f} (worst {o['worst_seed']:8.1f}, train "
           f"{o['train_s']:6.1f} s, compile {o['compile_s']['total_s']:5.1f} s) "
           f"[{time.perf_counter() - start:.0f} s]", flush=True)
-  results["differences_common"] = differences(feats, False, False, False)
+  results["differences_common"] = differences(False, False, False)
   path = common.write("suite", results, args.out)
   results = {**common.environment(), **results}
   results["versions"] = {**results["versions"], **versions}
