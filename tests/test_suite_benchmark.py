@@ -30,6 +30,15 @@ def test_plan_counts_the_iterations_rejax_trains():
   assert (tiny.iterations, tiny.chunks) == (2, 2)
 
 
+def test_permutation_p_enumerates_every_relabelling():
+  # Four seeds each, ours all below: 1 of the C(8, 4) = 70 relabellings is as low.
+  assert suite.permutation_p([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(1 / 70)
+  assert suite.permutation_p([5, 6, 7, 8], [1, 2, 3, 4]) == 1.0
+  assert suite.permutation_p([3.0, 3.0], [3.0, 3.0]) == 1.0  # ties count as "at most"
+  # One seed swapped: the observed split and the 3 others with a difference as low.
+  assert suite.permutation_p([1, 2, 3, 5], [4, 6, 7, 8]) == pytest.approx(2 / 70)
+
+
 @pytest.mark.slow  # importing gymnax takes seconds
 def test_legacy_wrapper_survives_deepcopy():
   # rejax's create deep-copies its config, the environment included; gymnax's own
