@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import itertools
+import json
 import math
 import pathlib
 import subprocess
@@ -61,7 +62,13 @@ import optax
 from reinforce_jax import envs as rj_envs
 from reinforce_jax.envs.wrappers import Wrapper
 from reinforce_jax.rl.config import TrainConfig
-from reinforce_jax.rl.policies import CategoricalPolicy, GaussianPolicy, as_policy, split_output
+from reinforce_jax.rl.policies import (
+  CategoricalPolicy,
+  GaussianPolicy,
+  Policy,
+  as_policy,
+  split_output,
+)
 from reinforce_jax.rl.train import make_run, make_train_step
 
 REJAX_SOURCE = "github.com/keraJLi/rejax at d751095 (configs/gymnax/*.yaml, benchmark/*.yaml)"
@@ -100,9 +107,17 @@ CONFIGS: dict[str, tuple[dict, str]] = {
     "Asterix-MinAtar": (_BREAKOUT, "none in rejax: Breakout's (benchmark/breakout_1m.yaml)"),
     "Freeway-MinAtar": (_BREAKOUT, "none in rejax: Breakout's (benchmark/breakout_1m.yaml)"),
 }
-# rejax has no Brax config for this environment; hopper's would be used (configs/brax/hopper.yaml).
+# rejax has no Brax config for this environment: hopper's PPO (configs/brax/hopper.yaml), at
+# 1/20 of its 5,242,880 steps so that the row fits the suite's half hour on a 2-core CPU.
+_HOPPER = dict(agent_kwargs={"activation": "tanh"}, num_envs=32, num_steps=32, num_epochs=9,
+               num_minibatches=2, learning_rate=0.00025674088686342003, max_grad_norm=1,
+               total_timesteps=5_242_880 // 20, eval_freq=32_768, gamma=0.995,
+               gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
+               normalize_observations=True)
+CONFIGS["brax/inverted_double_pendulum"] = (
+    _HOPPER, "none in rejax: hopper's (configs/brax/hopper.yaml), total_timesteps / 20")
 BRAX_ENVS = ("brax/inverted_double_pendulum",)
-DEFAULT_ENVS = (*CONFIGS, *BRAX_ENVS)
+DEFAULT_ENVS = tuple(CONFIGS)
 ACTIVATIONS = {"tanh": jax.nn.tanh, "relu": jax.nn.relu, "swish": jax.nn.swish}
 LIBS = ("rejax", "ours")
 
@@ -141,6 +156,36 @@ class ClipAction(Wrapper):
 
   def step(self, key, state, action, params=None):
     return self.env.step(key, state, jnp.clip(action, self.low, self.high), params)
+
+
+def make_env(name: str, **brax_kwargs):
+  """`(env, params)`: gymnax's environment, or a Brax one through rejax's own adapter.
+
+  rejax 0.1.3's `Brax2GymnaxEnv` predates gymnax 1.x, whose `step` asks
+  `is_truncated(state)` for the time limit (reading `state.time`, which a Brax
+  state lacks; see `brax_status`). The subclass here answers from Brax's
+  `EpisodeWrapper` (`info["truncation"]`, 1000 steps) and reports only real
+  terminations as `terminated`; gymnax's `step` then auto-resets with a fresh
+  key. Both libraries and the evaluator step this same object. `brax_kwargs` go to
+  `brax.envs.create` (e.g. `episode_length`).
+  """
+  if name not in BRAX_ENVS:
+    import gymnax
+    return gymnax.make(name)
+  from brax import envs as brax_envs
+  from rejax.compat.brax2gymnax import Brax2GymnaxEnv
+
+  class TimeLimitedBrax(Brax2GymnaxEnv):
+    def step_env(self, key, state, action, params):
+      obs, state, reward, done, info = super().step_env(key, state, action, params)
+      return obs, state, reward, jnp.logical_and(done, state.info["truncation"] == 0), info
+
+    def is_truncated(self, state, params):
+      return state.info["truncation"] > 0
+
+  env = TimeLimitedBrax(brax_envs.create(name.split("/", 1)[1], auto_reset=False,
+                                         **brax_kwargs))
+  return env, env.default_params
 
 
 def brax_status(name: str) -> str | None:
@@ -274,8 +319,29 @@ def ours_config(plan: Plan, *, rejax_settings: bool) -> TrainConfig:
   return TrainConfig(**settings)
 
 
-def ours_runner(plan: Plan, gym_env, gym_params, *, rejax_settings: bool):
-  """`(init, chunk, evaluable)` for reinforce_jax at rejax's settings (or its own defaults)."""
+def rejax_networks(gym_env, gym_params, c: dict) -> Policy:
+  """rejax's own actor and critic modules (its `create_agent`) as this library's `Policy`."""
+  import rejax
+
+  agent = rejax.PPO.create_agent({"agent_kwargs": dict(c.get("agent_kwargs", {}))}, gym_env,
+                                 gym_params)
+  actor, critic = agent["actor"], agent["critic"]
+
+  def init(key, obs):
+    key_actor, key_critic = jax.random.split(key)
+    return {"actor": actor.init(key_actor, obs, key_actor), "critic": critic.init(key_critic, obs)}
+
+  def apply(params, carry, obs):
+    return carry, (actor.apply(params["actor"], obs, method="_action_dist"),
+                   critic.apply(params["critic"], obs))
+
+  return Policy(init=init, apply=apply)
+
+
+def ours_runner(plan: Plan, gym_env, gym_params, *, rejax_settings: bool,
+                networks: str = "ours"):
+  """`(init, chunk, evaluable)` for reinforce_jax at rejax's settings (or its own defaults);
+  `networks="rejax"` trains rejax's own actor and critic modules in this library's loop."""
   c = plan.config
   env = rj_envs.GymnaxEnv(gym_env, gym_params)
   discrete = not hasattr(env.env.action_space(gym_params), "low")
@@ -297,6 +363,8 @@ def ours_runner(plan: Plan, gym_env, gym_params, *, rejax_settings: bool):
   else:
     from reinforce_jax.rl.train import make_optimizer
     optimizer = make_optimizer(config)
+  if networks == "rejax":
+    module = rejax_networks(gym_env, gym_params, c)
   init_fn, train_step = make_train_step(env, module, optimizer, config)
   run = make_run(train_step, plan.per_chunk)
   policy = as_policy(module)
@@ -375,15 +443,17 @@ def _compile(jitted, *args) -> tuple[float, Any]:
 
 
 def run_env(plan: Plan, args) -> dict:
-  import gymnax
 
-  gym_env, gym_params = gymnax.make(plan.env_name)
+  gym_env, gym_params = make_env(plan.env_name)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed),
                                              list(CONFIGS).index(plan.env_name)), args.seeds)
   rows = {}
   runners = {"rejax": rejax_runner(plan, gym_env, gym_params)[:3]}
   ours = ours_runner(plan, gym_env, gym_params, rejax_settings=True)
   runners["ours"] = ours[:3]
+  if args.rejax_networks:
+    runners["ours_rejax_networks"] = ours_runner(plan, gym_env, gym_params, rejax_settings=True,
+                                                 networks="rejax")[:3]
   if args.ours_defaults:
     defaults = ours_runner(plan, gym_env, gym_params, rejax_settings=False)
     runners["ours_defaults"] = defaults[:3]
@@ -510,7 +580,8 @@ def settings_for(plan: Plan, config: TrainConfig) -> dict:
   }
 
 
-def differences(continuous: bool, normalized: bool, image: bool) -> list[str]:
+def differences(continuous: bool, normalized: bool, image: bool,
+                brax: bool = False) -> list[str]:
   out = [
       "Optimizers: rejax keeps two Adam states (actor, critic) and applies the actor's "
       "gradient, then the critic's, per minibatch; ours one Adam over both networks' "
@@ -533,6 +604,12 @@ def differences(continuous: bool, normalized: bool, image: bool) -> list[str]:
     out.append("MinAtar: both flatten the [10, 10, C] observation into one vector before the "
                "64x64 MLP (rejax's MLP reshapes; ours flatten=True): rejax's PPO has no "
                "convolutional torso.")
+  if brax:
+    out.append("Brax: both libraries and the evaluator step one environment object, rejax's "
+               "Brax2GymnaxEnv with the time limit (1000 steps) read from Brax's "
+               "EpisodeWrapper (suite.make_env); gymnax's auto-reset starts every episode "
+               "from a fresh random state. rejax has no config for this environment: "
+               "hopper's, at 1/20 of its steps.")
   return out
 
 
@@ -599,6 +676,12 @@ def markdown(results: dict) -> str:
             "worst seed falls below rejax's with probability 1/2 at any seed count.", ""]
   if extra:
     lines += ["Skipped:", "", *extra, ""]
+  if "brax_adapter" in results:
+    lines += ["Brax: " + results["brax_adapter"] + ".", ""]
+  if "merged" in results:
+    lines += [f"Environments rerun in this run: {', '.join(results['merged']['envs_rerun'])}; "
+              f"the others from {results['merged']['earlier_date']} (same seeds and scale).",
+              ""]
   lines += ["Configs: " + results["rejax_source"] + "; per env in the JSON (`settings`).",
             "", "Library options used: " + "; ".join(results["features"].values()) + ".",
             "", "Remaining differences:", ""]
@@ -615,7 +698,8 @@ def figure(results: dict, path: pathlib.Path) -> None:
   if not done:
     return
   fig, axes = plt.subplots(len(done), 2, figsize=(10, 2.6 * len(done)), squeeze=False)
-  colors = {"rejax": "tab:orange", "ours": "tab:blue", "ours_defaults": "tab:green"}
+  colors = {"rejax": "tab:orange", "ours": "tab:blue", "ours_defaults": "tab:green",
+            "ours_rejax_networks": "tab:purple"}
   for row, (env_name, entry) in enumerate(done):
     for name, data in entry["rows"].items():
       curve = data["curve"]
@@ -649,9 +733,13 @@ def main(argv=None):
                       help="episodes per seed at each curve point (64: the final "
                            "evaluation's program serves them all)")
   parser.add_argument("--final-episodes", type=int, default=64)
+  parser.add_argument("--rejax-networks", action="store_true",
+                      help="also train rejax's own actor and critic modules in our loop")
   parser.add_argument("--ours-defaults", action="store_true",
                       help="also train ours with the library's own defaults")
   parser.add_argument("--out", help="JSON path (the .md and .png go beside it)")
+  parser.add_argument("--merge", help="an earlier suite JSON (same --seeds and --scale) whose "
+                                      "other environments join this run's in the output")
   args = parser.parse_args(argv)
   names = [n for n in args.envs.split(",") if n]
   unknown = [n for n in names if n not in DEFAULT_ENVS]
@@ -676,15 +764,13 @@ def main(argv=None):
              "envs": {}}
   for name in names:
     if name in BRAX_ENVS:
-      reason = brax_status(name)
-      results["envs"][name] = {"skipped": reason or "runs, but no config in the suite",
-                               "config_that_would_be_used": "configs/brax/hopper.yaml"}
-      print(f"{name}: skipped: {results['envs'][name]['skipped']}", flush=True)
-      continue
+      results["brax_adapter"] = (
+          (brax_status(name) or "rejax's adapter steps it as installed")
+          + "; the suite steps it through make_env's subclass of that adapter")
     plan = make_plan(name, args.scale, args.curve_points)
     start = time.perf_counter()
     rows = run_env(plan, args)
-    gym_env = __import__("gymnax").make(name)[0]
+    gym_env = make_env(name)[0]
     continuous = hasattr(gym_env.action_space(gym_env.default_params), "low")
     config = ours_config(plan, rejax_settings=True)
     results["envs"][name] = {
@@ -694,7 +780,7 @@ def main(argv=None):
         "p_ours_below_rejax": permutation_p(rows["ours"]["final_return_per_seed"],
                                             rows["rejax"]["final_return_per_seed"]),
         "differences": differences(continuous, bool(plan.config.get("normalize_observations")),
-                                   "MinAtar" in name),
+                                   "MinAtar" in name, name in BRAX_ENVS),
         "wall_s": time.perf_counter() - start}
     r, o = rows["rejax"], rows["ours"]
     print(f"{name:26} rejax {r['mean']:9.1f} ± {r['se']:6.1f} (worst {r['worst_seed']:8.1f}, "
@@ -702,7 +788,24 @@ def main(argv=None):
           f"{o['mean']:9.1f} ± {o['se']:6.1f} (worst {o['worst_seed']:8.1f}, train "
           f"{o['train_s']:6.1f} s, compile {o['compile_s']['total_s']:5.1f} s) "
           f"[{time.perf_counter() - start:.0f} s]", flush=True)
+    for extra in set(rows) - {"rejax", "ours"}:
+      e = rows[extra]
+      print(f"{'':26} {extra} {e['mean']:9.2f} ± {e['se']:6.2f} (worst {e['worst_seed']:8.2f}, "
+            f"train {e['train_s']:6.1f} s)", flush=True)
   results["differences_common"] = differences(False, False, False)
+  if args.merge:
+    prior = json.loads(pathlib.Path(args.merge).read_text())
+    if (prior["seeds"], prior["scale"]) != (args.seeds, args.scale):
+      parser.error(f"--merge: {args.merge} has seeds={prior['seeds']}, scale={prior['scale']}; "
+                   f"this run seeds={args.seeds}, scale={args.scale}")
+    envs = {**prior["envs"], **results["envs"]}
+    results["envs"] = {n: envs[n] for n in DEFAULT_ENVS if n in envs}
+    results["merged"] = {"from": args.merge, "envs_rerun": names,
+                         "earlier_reinforce_jax": prior.get("reinforce_jax"),
+                         "earlier_date": prior.get("date")}
+    for key in ("brax_adapter",):
+      if key in prior and key not in results:
+        results[key] = prior[key]
   path = common.write("suite", results, args.out)
   results = {**common.environment(), **results}
   results["versions"] = {**results["versions"], **versions}
