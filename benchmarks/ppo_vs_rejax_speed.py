@@ -208,6 +208,63 @@ def ours_train(setup: Setup, lever: str | None = None) -> Callable:
   return train
 
 
+def networks_only(setup: Setup) -> Callable:
+  """The actor's and critic's arithmetic of one training run, and nothing else.
+
+  The same networks as `ours_train` (64x64 tanh MLPs, LeCun-normal, observations
+  flattened) do what any PPO at these settings must: every iteration a forward
+  pass of both networks on each of the `num_steps` batches of `num_envs`
+  observations, one step after the other, then `num_epochs * num_minibatches`
+  gradient steps on minibatches of the rollout. No environment, no sampling, no
+  advantages, no optimiser state: a lower bound, on this machine and XLA, for the
+  run time of any implementation that does this arithmetic.
+  """
+  import gymnax
+
+  gym_env, gym_params = gymnax.make(setup.env_name)
+  env = rj_envs.GymnaxEnv(gym_env, gym_params)
+  c = setup.config
+  image = len(env.observation_shape) > 1
+  policy = as_policy(CategoricalPolicy(
+      env.num_actions, hidden=(64, 64), activation=jax.nn.tanh, value="separate",
+      flatten=image, initializer="lecun_normal"))
+  steps, envs = c["num_steps"], c["num_envs"]
+  minibatches = c["num_epochs"] * c["num_minibatches"]
+
+  def forward(params, obs):
+    dist, value = split_output(policy.apply(params, (), obs)[1])
+    return dist.logits, value
+
+  def loss(params, obs):
+    logits, value = forward(params, obs)
+    return jnp.sum(logits) + jnp.sum(jnp.square(value))
+
+  def train(key):
+    key_params, key_obs = jax.random.split(key)
+    params = policy.init(key_params, jnp.zeros((envs, *env.observation_shape)))
+    table = jax.random.bernoulli(key_obs, 0.1, (steps, envs, *env.observation_shape))
+    table = table.astype(jnp.float32)
+    batches = table.reshape((c["num_minibatches"], -1, *env.observation_shape))
+
+    def iteration(params, _):
+      def rollout_step(acc, obs):
+        logits, value = forward(params, obs)
+        return acc + jnp.sum(logits) + jnp.sum(value), None
+
+      acc, _ = jax.lax.scan(rollout_step, 0.0, table)
+
+      def update(params, i):
+        grads = jax.grad(loss)(params, batches[i % c["num_minibatches"]])
+        return jax.tree.map(lambda p, g: p - 1e-6 * g, params, grads), None
+
+      params, _ = jax.lax.scan(update, params, jnp.arange(minibatches))
+      return params, acc
+
+    return jax.lax.scan(iteration, params, None, length=setup.iterations)
+
+  return train
+
+
 # --- Measuring ------------------------------------------------------------------------------
 
 
@@ -249,18 +306,21 @@ def measure_once(build: Callable[[], Callable], keys, context) -> tuple[dict, ob
           (lowered, compiled, out))
 
 
-def candidates(setup: Setup, levers: list[str]) -> dict[str, tuple[Callable, Callable]]:
+def candidates(setup: Setup, levers: list[str],
+               floor: bool = False) -> dict[str, tuple[Callable, Callable]]:
   out = {"rejax": (lambda: rejax_train(setup), contextlib.nullcontext),
          "ours": (lambda: ours_train(setup), contextlib.nullcontext)}
+  if floor:
+    out["networks"] = (lambda: networks_only(setup), contextlib.nullcontext)
   for lever in levers:
     context = prng.disabled if lever == "jax_keys" else contextlib.nullcontext
     out[f"ours:{lever}"] = (lambda lever=lever: ours_train(setup, lever), context)
   return out
 
 
-def run_env(setup: Setup, levers: list[str], rounds: int) -> dict:
+def run_env(setup: Setup, levers: list[str], rounds: int, floor: bool = False) -> dict:
   keys = jax.random.split(jax.random.key(0), setup.seeds)
-  cands = candidates(setup, levers)
+  cands = candidates(setup, levers, floor)
   samples: dict[str, list[dict]] = {name: [] for name in cands}
   stats = {}
   for r in range(rounds):
@@ -311,6 +371,8 @@ def main():
                            "CartPole, 0.1 for Breakout)")
   parser.add_argument("--levers", default="",
                       help=f"comma-separated variants of ours, or 'all': {', '.join(LEVERS)}")
+  parser.add_argument("--floor", action="store_true",
+                      help="also time the networks' arithmetic alone (`networks_only`)")
   parser.add_argument("--out")
   args = parser.parse_args()
   levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]
@@ -326,7 +388,7 @@ def main():
     c = CONFIGS[env_name]
     iterations = max(1, round(scale * c["total_timesteps"] / (c["num_envs"] * c["num_steps"])))
     setup = Setup(env_name, iterations, args.seeds)
-    result = run_env(setup, levers, args.rounds)
+    result = run_env(setup, levers, args.rounds, args.floor)
     print_table(env_name, result)
     results[env_name] = {"source": SOURCES[env_name], "config": c, "iterations": iterations,
                          "env_steps_per_seed": iterations * setup.batch, "seeds": args.seeds,
@@ -334,6 +396,7 @@ def main():
   versions = {name: importlib.metadata.version(name) for name in ("rejax", "gymnax")}
   path = common.write("ppo_vs_rejax_speed", {
       "rounds": args.rounds, "levers": {k: LEVERS[k] for k in levers}, "peers": versions,
+      "floor": networks_only.__doc__.split("\n")[0] if args.floor else None,
       "command": " ".join(["python", *sys.argv]), "results": results}, args.out)
   print(f"\nwrote {path}")
 
