@@ -21,9 +21,13 @@ before and after XLA's optimisation, `while` loops, fusions).
 
 `--levers` adds variants of ours, each a single toggle of what the user-facing
 path does (see `LEVERS`), so their cost in compile and run time reads off one table.
+`--floor` adds `networks_only`: the actor's and critic's arithmetic alone (a forward
+pass per rollout step, forward and backward per minibatch), a lower bound on the run
+time of any implementation of this PPO on the machine.
 
     python benchmarks/ppo_vs_rejax_speed.py                       # CartPole, Breakout
     python benchmarks/ppo_vs_rejax_speed.py --envs CartPole-v1 --levers all --rounds 3
+    python benchmarks/ppo_vs_rejax_speed.py --rounds 3 --floor
 
 Results: `results/ppo_vs_rejax_speed-cpu-2core.json` (the library as it is),
 `-before-cpu-2core.json` (the library before its minibatch gathers, single trace,
