@@ -251,3 +251,95 @@ def test_rollouts_match_rejax_from_the_same_parameters():
   se = np.sqrt(theirs.var(0, ddof=1) / len(theirs) + ours.var(0, ddof=1) / len(ours))
   assert np.all(np.abs(ours.mean(0) - theirs.mean(0)) <= 4 * se + 1e-6), (ours.mean(0),
                                                                          theirs.mean(0), se)
+
+
+@pytest.mark.slow
+def test_a_whole_ppo_iteration_equals_rejax_given_its_shuffles():
+  # Asterix at rejax's Breakout config: rejax's rollout and advantages, then
+  # its 4 epochs x 4 minibatches; this library's minibatch schedule, run on the
+  # same rollout with the same epoch orders (rejax's permutations, looked up by
+  # the epoch keys our schedule draws), ends at the same parameters: 16 Adam
+  # steps, the rows each minibatch gathers and the optimiser state they thread.
+  gymnax = pytest.importorskip("gymnax")
+  rejax = pytest.importorskip("rejax")
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from rejax.algos.ppo import AdvantageMinibatch
+
+  from reinforce_jax.rl import algorithms, rollouts
+  from reinforce_jax.rl.policies import CategoricalPolicy, as_policy, score, split_output
+  from reinforce_jax.rl.train import TrainState
+
+  name = "Asterix-MinAtar"
+  env, params = gymnax.make(name)
+  config = {k: v for k, v in suite.CONFIGS[name][0].items()
+            if k not in ("total_timesteps", "eval_freq")}
+  algo = rejax.PPO.create(env=suite._legacy_wrapper_class()(env), env_params=params, **config)
+  ts, traj = algo.collect_trajectories(algo.init_state(jax.random.key(3)))
+  last_value = algo.critic.apply(ts.critic_ts.params, ts.last_obs)
+  advantage, target = algo.calculate_gae(traj, jnp.where(ts.last_done, 0, last_value))
+  batch = AdvantageMinibatch(traj, advantage, target)
+  start_actor, start_critic = ts.actor_ts.params["params"], ts.critic_ts.params["params"]
+  epochs, num = config["num_epochs"], config["num_minibatches"]
+  orders = []
+  for _ in range(epochs):  # rejax's update_epoch, recording each epoch's order
+    rng, minibatch_rng = jax.random.split(ts.rng)
+    ts = ts.replace(rng=rng)
+    orders.append(jax.random.permutation(minibatch_rng, algo.iteration_size))
+    minibatches = algo.shuffle_and_split(batch, minibatch_rng)
+    for i in range(num):
+      ts = algo.update(ts, jax.tree.map(lambda x, i=i: x[i], minibatches))
+  orders = jnp.stack(orders)
+
+  def ours(actor, critic):
+    return {"params": {
+        "trunk": {"hidden_0": actor["features"]["Dense_0"],
+                  "hidden_1": actor["features"]["Dense_1"]},
+        "logits": actor["action_logits"],
+        "value_trunk": {"hidden_0": critic["Dense_0"], "hidden_1": critic["Dense_1"]},
+        "value": critic["Dense_2"]}}
+
+  key = jax.random.key(7)
+  epoch_keys = jax.random.key_data(jax.random.split(jax.random.split(key)[1], epochs))
+
+  def rejax_order(k, n):
+    assert n == algo.iteration_size
+    match = jnp.all(jax.random.key_data(k) == epoch_keys, axis=-1)
+    return orders[jnp.argmax(match)]
+
+  algorithm = algorithms.build(suite.ours_config(suite.make_plan(name, 1.0, 10),
+                                                 rejax_settings=True).algorithm)
+  algorithm = algorithm._replace(schedule=algorithm.schedule._replace(permutation=rejax_order))
+  policy = as_policy(CategoricalPolicy(env.num_actions, hidden=(64, 64), activation=jnp.tanh,
+                                       value="separate", flatten=True,
+                                       initializer="lecun_normal"))
+  optimizer = optax.chain(optax.clip(float(config["max_grad_norm"])),
+                          optax.adam(config["learning_rate"]))
+  zeros = jnp.zeros_like(traj.reward)
+  ours_traj = rollouts.Trajectory(
+      obs=traj.obs, sample=traj.action, log_prob=traj.log_prob, entropy=zeros, value=traj.value,
+      bootstrap_value=zeros, reward=traj.reward, terminated=traj.done,
+      truncated=jnp.zeros_like(traj.done), episode_return=zeros,
+      episode_length=jnp.zeros(traj.reward.shape, jnp.int32))
+
+  def evaluate(p, obs, sample):
+    dist, value = split_output(policy.apply(p, (), obs)[1])
+    return (*score(dist, sample), value)
+
+  learner = algorithms.Learner(
+      algorithm=algorithm, optimizer=optimizer,
+      rollout=lambda p, carry, k: (carry, ours_traj),
+      last_value=lambda p, carry: last_value, evaluate=evaluate, replay=None,
+      recurrent=False, num_envs=config["num_envs"], rollout_length=config["num_steps"])
+  start = ours(start_actor, start_critic)
+  state = TrainState(params=start, opt_state=optimizer.init(start), env=(),
+                     step=jnp.zeros((), jnp.int32), algo_state=algorithm.carry.init(
+                         algorithm.hparams))
+  moved = jax.jit(lambda s: algorithm.schedule.step(learner, s, key)[0].params)(state)
+  expected = ours(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
+  step = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(moved), jax.tree.leaves(start), strict=True))
+  error = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(moved), jax.tree.leaves(expected), strict=True))
+  assert step > 1e-3 and error < 1e-4 * step, (step, error)  # measured: 3e-5 * step
