@@ -1,8 +1,9 @@
 """reinforce_jax's PPO beside rejax's PPO on a standard suite, at rejax's published settings.
 
-Both libraries train on the same gymnax environments with rejax's own PPO
-configurations (`configs/gymnax/*.yaml` and `benchmark/breakout_1m.yaml` of
-github.com/keraJLi/rejax, transcribed in `CONFIGS` below), the same number of
+Both libraries train on the same gymnax environments (and one Brax task, through
+rejax's own adapter: see `make_env`) with rejax's own PPO configurations
+(`configs/gymnax/*.yaml`, `benchmark/breakout_1m.yaml` and `configs/brax/hopper.yaml`
+of github.com/keraJLi/rejax, transcribed in `CONFIGS` below), the same number of
 environment steps, and each library's seeds vmapped in one jitted program.
 
 Ours runs at rejax's settings, not its own defaults: the same batch shape,
@@ -18,7 +19,8 @@ setting, and every difference that remains, is written into the JSON
 (`settings`, `differences`). With `--ours-defaults` a third row trains ours with
 the library's own implementation defaults (orthogonal init, truncation
 bootstrapped from the value of the final observation, global-norm clipping) at
-the same hyperparameters.
+the same hyperparameters; with `--rejax-networks` one trains rejax's own actor and
+critic modules in this library's loop.
 
 Both runs are split into the same chunks of training iterations (rejax's
 `train(train_state=...)` continues a state; ours is `make_run` on its train
@@ -35,8 +37,11 @@ whose time is reported separately); the two libraries' chunks alternate in one
 process, so they see the same machine load.
 
     python benchmarks/suite.py [--scale 1.0] [--envs CartPole-v1,Acrobot-v1] [--seeds 4]
+        [--compile-rounds 1] [--merge results/suite-cpu-2core.json]
 
-writes benchmarks/results/suite-<device>.json, .md and .png.
+writes benchmarks/results/suite-<device>.json, .md and .png: per environment the
+mean, standard error, worst seed, a one-sided permutation test of "ours' mean is
+below rejax's", training and compile time per library, and learning curves.
 """
 
 from __future__ import annotations

@@ -17,6 +17,24 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
 import suite  # noqa: E402
 
 
+def _from_rejax(actor, critic):
+  """rejax's actor and critic parameters in CategoricalPolicy(value="separate")'s tree."""
+  return {"params": {
+      "trunk": {"hidden_0": actor["features"]["Dense_0"],
+                "hidden_1": actor["features"]["Dense_1"]},
+      "logits": actor["action_logits"],
+      "value_trunk": {"hidden_0": critic["Dense_0"], "hidden_1": critic["Dense_1"]},
+      "value": critic["Dense_2"]}}
+
+
+def _max_abs_difference(a, b) -> float:
+  import jax
+  import jax.numpy as jnp
+
+  return max(float(jnp.abs(x - y).max())
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def test_plan_counts_the_iterations_rejax_trains():
   # rejax's train runs ceil(total / eval_freq) evaluations, each after
   # ceil(eval_freq / batch) whole iterations: Pendulum's 150,000 steps with a
@@ -161,17 +179,9 @@ def test_ours_at_rejax_settings_makes_rejax_update():
   assert float(jnp.abs(ours_advantage - advantage).max()) < 1e-5
   assert float(jnp.abs(ours_target - target).max()) < 1e-5
 
-  def ours(actor, critic):
-    return {"params": {
-        "trunk": {"hidden_0": actor["features"]["Dense_0"],
-                  "hidden_1": actor["features"]["Dense_1"]},
-        "logits": actor["action_logits"],
-        "value_trunk": {"hidden_0": critic["Dense_0"], "hidden_1": critic["Dense_1"]},
-        "value": critic["Dense_2"]}}
-
   policy = CategoricalPolicy(3, hidden=(64, 64), activation=jax.nn.tanh, value="separate",
                              initializer="lecun_normal")
-  start = ours(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
+  start = _from_rejax(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
   assert jax.tree.structure(policy.init(jax.random.key(0), jnp.zeros((1, 6)))) == \
       jax.tree.structure(start)
   hp = hparams.PPO(gamma=config["gamma"], gae_lambda=config["gae_lambda"],
@@ -190,11 +200,9 @@ def test_ours_at_rejax_settings_makes_rejax_update():
   optimizer = optax.chain(optax.clip(config["max_grad_norm"]), optax.adam(config["learning_rate"]))
   updates, _ = optimizer.update(jax.grad(loss)(start), optimizer.init(start), start)
   moved = optax.apply_updates(start, updates)
-  expected = ours(updated.actor_ts.params["params"], updated.critic_ts.params["params"])
-  step = max(float(jnp.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(moved), jax.tree.leaves(start), strict=True))
-  error = max(float(jnp.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(moved), jax.tree.leaves(expected), strict=True))
+  expected = _from_rejax(updated.actor_ts.params["params"], updated.critic_ts.params["params"])
+  step = _max_abs_difference(moved, start)
+  error = _max_abs_difference(moved, expected)
   assert step > 1e-4 and error < 1e-3 * step
 
 
@@ -292,14 +300,6 @@ def test_a_whole_ppo_iteration_equals_rejax_given_its_shuffles():
       ts = algo.update(ts, jax.tree.map(lambda x, i=i: x[i], minibatches))
   orders = jnp.stack(orders)
 
-  def ours(actor, critic):
-    return {"params": {
-        "trunk": {"hidden_0": actor["features"]["Dense_0"],
-                  "hidden_1": actor["features"]["Dense_1"]},
-        "logits": actor["action_logits"],
-        "value_trunk": {"hidden_0": critic["Dense_0"], "hidden_1": critic["Dense_1"]},
-        "value": critic["Dense_2"]}}
-
   key = jax.random.key(7)
   epoch_keys = jax.random.key_data(jax.random.split(jax.random.split(key)[1], epochs))
 
@@ -332,14 +332,12 @@ def test_a_whole_ppo_iteration_equals_rejax_given_its_shuffles():
       rollout=lambda p, carry, k: (carry, ours_traj),
       last_value=lambda p, carry: last_value, evaluate=evaluate, replay=None,
       recurrent=False, num_envs=config["num_envs"], rollout_length=config["num_steps"])
-  start = ours(start_actor, start_critic)
+  start = _from_rejax(start_actor, start_critic)
   state = TrainState(params=start, opt_state=optimizer.init(start), env=(),
                      step=jnp.zeros((), jnp.int32), algo_state=algorithm.carry.init(
                          algorithm.hparams))
   moved = jax.jit(lambda s: algorithm.schedule.step(learner, s, key)[0].params)(state)
-  expected = ours(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
-  step = max(float(jnp.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(moved), jax.tree.leaves(start), strict=True))
-  error = max(float(jnp.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(moved), jax.tree.leaves(expected), strict=True))
+  expected = _from_rejax(ts.actor_ts.params["params"], ts.critic_ts.params["params"])
+  step = _max_abs_difference(moved, start)
+  error = _max_abs_difference(moved, expected)
   assert step > 1e-3 and error < 1e-4 * step, (step, error)  # measured: 3e-5 * step
