@@ -27,6 +27,7 @@ def _assert_same_run(a, b):
   assert (a / "params.msgpack").read_bytes() == (b / "params.msgpack").read_bytes()
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_resume_is_bit_identical(uninterrupted, tmp_path):
   out = tmp_path / "half"
   assert _train(out, 20) == 0
@@ -54,6 +55,7 @@ def _one_error_line(capsys):
   return err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_missing_corrupt_and_mismatched_checkpoints_exit_2(tmp_path, capsys):
   with pytest.raises(SystemExit) as info:
     cli.main(["train", "bandit", "--resume", str(tmp_path / "nowhere")])
@@ -107,6 +109,7 @@ def test_every_run_can_be_resumed(uninterrupted, tmp_path):
   _assert_same_run(uninterrupted, out)
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_checkpoints_land_every_n_steps(tmp_path, monkeypatch):
   """60 steps run in chunks of 2 (60 / 50, rounded up); every 5 steps must still save."""
   from reinforce_jax.experiments import checkpoints

@@ -15,6 +15,7 @@ def _refused(argv, capsys):
   return err
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_a_second_run_into_a_run_folder_needs_overwrite(tmp_path, capsys):
   out = tmp_path / "run"
   first = ["train", "bandit", "--num-envs", "8", "--out", str(out), "--no-progress"]

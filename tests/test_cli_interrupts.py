@@ -124,6 +124,7 @@ def test_ctrl_c_during_a_sweep_exits_130_and_writes_nothing(tmp_path, monkeypatc
   assert not out.exists()
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_ctrl_c_is_honoured_within_seconds_at_any_step_count(tmp_path):
   """Chunks of about a second: 2e8 steps would be minutes of one call in 50 chunks."""
   out = tmp_path / "run"

@@ -11,6 +11,7 @@ import pytest
 import reinforce_jax as rj
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_recommended_options_compile_and_give_the_same_training(bandit, linear_policy):
   options = rj.recommended_compiler_options()
   assert isinstance(options, dict)

@@ -84,6 +84,7 @@ def bandit_step():
                             optax.adam(0.05), config)
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 @pytest.mark.parametrize("num_seeds", [None, 2])
 def test_chunks_equal_one_call_bit_for_bit(bandit_step, num_seeds):
   init_fn, train_step = bandit_step

@@ -259,6 +259,7 @@ def test_a_contradicting_setting_or_a_state_without_statistics_is_refused():
     step_on(init_off(jax.random.key(0)), jax.random.key(1))
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_checkpoints_save_and_restore_the_statistics(tmp_path):
   from reinforce_jax.experiments import checkpoints
 

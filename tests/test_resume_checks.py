@@ -316,6 +316,7 @@ def _as_a_user_without_root_powers() -> tuple[str, ...] | None:
   return prefix if probe.returncode == 0 else None
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_a_read_only_checkpoints_folder_exits_2_at_once(run):
   prefix = _as_a_user_without_root_powers()
   if prefix is None:
@@ -331,6 +332,7 @@ def test_a_read_only_checkpoints_folder_exits_2_at_once(run):
       "Permission denied"], done.stderr[-3000:]
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_a_failed_checkpoint_write_exits_2_at_once(run):
   """Orbax's own save fails to create its folder (as in a read-only or full file system),
   whoever runs the test."""

@@ -166,6 +166,7 @@ def test_cli_flags_sweepable_names_and_declarations_agree():
     assert args.num_epochs == 3 and args.clip_value is False
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_sweep_cli(tmp_path, capsys):
   code = cli.main(["sweep", "bandit", "--lr", "0.01,0.1", "--entropy-coef", "0,0.5",
                    "--num-seeds", "2", "--steps", "5", "--num-envs", "16",

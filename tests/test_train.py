@@ -273,6 +273,7 @@ def test_config_errors_name_the_field():
     # are checked the same way through run_sweep (tests/test_sweep.py).
     pytest.param("cartpole", "a2c", "gae_lambda", [0.0, 0.95], {}, marks=pytest.mark.slow),
 ])
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_vmap_over_hyperparams_equals_runs_with_those_configs(
     env_name, algo, name, values, changes):
   if env_name == "bandit":
@@ -354,6 +355,7 @@ def test_traced_hyperparams_reject_unknown_names():
   assert float(hp.gamma) == np.float32(SMALL.gamma)
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 @pytest.mark.parametrize("baseline", ["none", "value"])
 def test_fused_step_metrics_equal_the_public_losses(baseline):
   """The one-pass step's loss terms are `reinforce_loss`, `entropy_bonus`, `value_loss`."""
