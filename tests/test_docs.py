@@ -18,9 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXCLUDED = (DOCS / "_build", DOCS / "api" / "generated")
 
-# Pages whose blocks take more than about 8 s on a 2-core CPU: `make test-slow` runs them.
+# Pages whose blocks take more than about 5 s on a 2-core CPU: `make test-slow` runs them.
 SLOW = frozenset({"docs/guides/stochastic_nodes.md", "docs/howto/policies.md",
-                  "docs/howto/custom_algorithm.md",
+                  "docs/howto/custom_algorithm.md", "docs/migration/from_optax_monte_carlo.md",
                   "docs/guides/policy_gradients.md", "docs/guides/sequence_models.md",
                   "docs/guides/sequence_losses.md", "docs/migration/from_purejaxrl_rejax.md"})
 

@@ -144,6 +144,7 @@ def test_flatten_and_cnn_train_on_image_observations(policy):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 @pytest.mark.parametrize("value", ["shared", "separate", "twin"])
 def test_cnn_with_a_critic(value):
   policy = CategoricalPolicy(3, hidden=(16,), torso="cnn", value=value)
@@ -171,6 +172,7 @@ def test_cnn_torso_is_the_minatar_network():
   assert params["trunk"]["hidden_0"]["kernel"].shape == (8 * 8 * 16, 16)
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_flatten_equals_the_mlp_on_flattened_observations():
   obs = jax.random.normal(jax.random.key(0), (5, *IMAGE))
   flat = obs.reshape(5, -1)

@@ -120,6 +120,7 @@ def test_a_loss_fn_replaces_the_policy_term_and_the_kl_term_stays():
     jax.eval_shape(lambda: value_and_grad(lambda lp, b: lp))
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_a_preset_is_a_loss_fn_and_gets_the_entropies():
   params, batch = _batch()
   config = SequenceConfig(max_new_tokens=3, group_size=2, clip_eps=0.2,

@@ -125,6 +125,7 @@ def test_a_whole_batch_epoch_does_not_depend_on_the_order():
   assert max(jax.tree.leaves(differences)) > 1e-4
 
 
+@pytest.mark.slow  # 5 s or more on 2 cores: make test-slow
 def test_the_schedule_draws_one_order_per_epoch_of_every_transition():
   calls = []
 
